@@ -1,0 +1,309 @@
+"""The check API: parse and validate, call the pipeline, shape the JSON (DESIGN §3).
+
+Every bad input is a 4xx with ``{"error": {"code": ..., "message": ...}}`` that says what
+is wrong. Bodies are limited while they are read, not after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Message
+
+from guard.images import DecodedImage, ImageError, decode_base64, decode_image
+from guard.pipeline import CheckRequest, Guard
+from guard.settings import Settings
+
+if TYPE_CHECKING:
+    from guard.app import GuardApp
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "invalid_content_length", "Content-Length is not a number")
+        if int(declared) > limit:
+            raise ApiError(
+                413, "body_too_large", f"the request body is {declared} bytes; the limit is {limit}"
+            )
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", f"the request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ApiError(400, "client_disconnected", "the client went away before the body was read") from None
+    return b"".join(chunks)
+
+
+async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
+    """The request's fields and, for multipart, the bytes of its ``image`` file."""
+    body = await read_body(request, settings.max_body_bytes)
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        return await _parse_multipart(request, body, settings)
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(
+            400, "invalid_json", f"the body is not valid JSON ({exc}); send JSON or multipart/form-data"
+        ) from None
+    if not isinstance(doc, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    return doc, None
+
+
+async def _parse_multipart(
+    request: Request, body: bytes, settings: Settings
+) -> tuple[dict[str, Any], bytes | None]:
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    replayed = Request(request.scope, replay)
+    try:
+        form = await replayed.form(max_files=1, max_fields=32, max_part_size=settings.max_body_bytes)
+    except MultiPartException as exc:
+        raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc.message}") from None
+    try:
+        fields: dict[str, Any] = {}
+        image: bytes | None = None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise ApiError(
+                        400,
+                        "unexpected_file",
+                        f"file field {key!r} is not expected; send the photo as 'image'",
+                    )
+                image = await value.read()
+            elif key == "candidates":
+                fields.setdefault("candidates", []).append(value)
+            else:
+                fields[key] = value
+        return fields, image
+    finally:
+        await form.close()
+
+
+def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        if required:
+            raise ApiError(422, "missing_field", f"'{name}' is required")
+        return None
+    if not isinstance(value, str):
+        raise ApiError(422, "wrong_type", f"'{name}' must be a string, not {type(value).__name__}")
+    if len(value) > limit:
+        raise ApiError(422, "too_long", f"'{name}' is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+async def _image(
+    fields: Mapping[str, Any], upload: bytes | None, settings: Settings, guard_app: GuardApp
+) -> DecodedImage | None:
+    raw = fields.get("image")
+    data: bytes | None = upload
+    if raw is not None and upload is None:
+        if isinstance(raw, str):  # multipart text field or a bare base64 string
+            raw = {"data": raw}
+        if not isinstance(raw, dict) or len(raw) != 1 or not ({"data", "id"} & raw.keys()):
+            raise ApiError(422, "wrong_type", '\'image\' must be {"data": <base64>} or {"id": <image_id>}')
+        if "id" in raw:
+            return await guard_app.registered_image(raw["id"])
+        if not isinstance(raw["data"], str):
+            raise ApiError(422, "wrong_type", "'image.data' must be a base64 string")
+        data = _decode_b64(raw["data"], settings)
+    if data is None:
+        return None
+    return await asyncio.to_thread(_decode, data, settings)
+
+
+def _decode_b64(text: str, settings: Settings) -> bytes:
+    try:
+        return decode_base64(text, max_bytes=settings.max_body_bytes)
+    except ImageError as exc:
+        raise ApiError(_image_status(exc.code), exc.code, exc.message) from None
+    except binascii.Error as exc:
+        raise ApiError(422, "invalid_base64", f"'image.data' is not valid base64: {exc}") from None
+
+
+def _decode(data: bytes, settings: Settings) -> DecodedImage:
+    try:
+        return decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
+    except ImageError as exc:
+        raise ApiError(_image_status(exc.code), exc.code, exc.message) from None
+
+
+def _image_status(code: str) -> int:
+    if code in ("image_too_large", "image_too_many_pixels"):
+        return 413
+    if code == "unsupported_image_format":
+        return 415
+    return 422
+
+
+async def check_request(request: Request) -> CheckRequest:
+    app = request.app.state.guard_app
+    settings: Settings = app.settings
+    fields, upload = await parse_fields(request, settings)
+    question = _text(fields, "question", limit=settings.max_question_chars, required=True)
+    reply = _text(fields, "reply", limit=settings.max_reply_chars, required=True)
+    assert question is not None and reply is not None
+    channel = _text(fields, "channel", limit=100, required=False) or "default"
+    conversation_id = _text(fields, "conversation_id", limit=200, required=False)
+    locale = _text(fields, "locale", limit=16, required=False)
+    candidates = fields.get("candidates") or []
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        raise ApiError(422, "wrong_type", "'candidates' must be a list of strings")
+    if len(candidates) > settings.max_candidates:
+        raise ApiError(
+            422, "too_many_candidates", f"at most {settings.max_candidates} candidates are allowed"
+        )
+    for i, c in enumerate(candidates):
+        if len(c) > settings.max_reply_chars:
+            raise ApiError(
+                422, "too_long", f"candidate #{i + 1} is over {settings.max_reply_chars} characters"
+            )
+    if not reply.strip():
+        raise ApiError(422, "empty_reply", "'reply' is empty: there is nothing to guard")
+    image = await _image(fields, upload, settings, app)
+    if not question.strip() and image is None:
+        raise ApiError(422, "empty_question", "'question' may be empty only when an image is given")
+    return CheckRequest(
+        question=question,
+        reply=reply,
+        channel=channel,
+        conversation_id=conversation_id,
+        locale=locale,
+        image=image,
+        candidates=tuple(candidates),
+    )
+
+
+async def guard_endpoint(request: Request) -> Response:
+    req = await check_request(request)
+    guard: Guard = request.app.state.guard_app.guard
+    result = await guard.check(req)
+    return JSONResponse(result.to_json())
+
+
+async def images_endpoint(request: Request) -> Response:
+    app = request.app.state.guard_app
+    fields, upload = await parse_fields(request, app.settings)
+    image = await _image(fields, upload, app.settings, app)
+    if image is None:
+        raise ApiError(422, "missing_field", "'image' is required")
+    await app.register_image(image)
+    return JSONResponse(
+        {"image_id": image.sha256, "format": image.format, "width": image.width, "height": image.height},
+        status_code=201,
+    )
+
+
+async def decision_endpoint(request: Request) -> Response:
+    app = request.app.state.guard_app
+    decision_id = request.path_params["decision_id"]
+    row = await app.find_decision(decision_id)
+    if row is None:
+        raise ApiError(
+            404, "not_found", f"no decision {decision_id!r} (it may still be on its way to the log)"
+        )
+    item = row["queue_item"]
+    state = "sent" if item is None else item["state"]
+    final = row["final_reply"] if item is None else item["final_reply"]
+    return JSONResponse(
+        {
+            "decision_id": row["id"],
+            "created_at": row["created_at"].isoformat(),
+            "conversation_id": row["conversation_id"],
+            "channel": row["channel"],
+            "action": row["action"],
+            "score": row["score"],
+            "band": row["band"],
+            "state": state,
+            "reply": final,
+            "draft": row["reply"],
+            "follow_up": row["follow_up"],
+            "holding_message": row["holding_message"],
+            "escalation_id": None if item is None else item["id"],
+            "policy": {"channel": row["policy_channel"], "version": row["policy_version"]},
+            "scorer": {"name": row["scorer_name"], "version": row["scorer_version"]},
+            "inputs_used": row["inputs_used"],
+            "cached": row["cached"],
+            "degraded": row["degraded"],
+        }
+    )
+
+
+async def rerank_endpoint(request: Request) -> Response:
+    """The seed tool's batch re-ranking: a query (question + optional image) and N documents."""
+    app = request.app.state.guard_app
+    settings: Settings = app.settings
+    fields, upload = await parse_fields(request, settings)
+    query = _text(fields, "query", limit=settings.max_question_chars, required=True)
+    assert query is not None
+    documents = fields.get("documents")
+    if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
+        raise ApiError(422, "wrong_type", "'documents' must be a non-empty list of strings")
+    if len(documents) > 64:
+        raise ApiError(422, "too_many_documents", "at most 64 documents are allowed")
+    if any(len(d) > settings.max_reply_chars for d in documents):
+        raise ApiError(422, "too_long", f"a document is over {settings.max_reply_chars} characters")
+    channel = _text(fields, "channel", limit=100, required=False) or "default"
+    instruction = _text(fields, "instruction", limit=2000, required=False)
+    image = await _image(fields, upload, settings, app)
+    guard: Guard = app.guard
+    policy = await guard.policies.get(channel)
+    scored, failed = await guard.score_texts(query, image, documents, instruction or policy.instruction)
+    if failed:
+        raise ApiError(503, "scorer_unavailable", "the scorer could not score these documents")
+    order = sorted(range(len(documents)), key=lambda i: scored[i].score or 0.0, reverse=True)
+    return JSONResponse(
+        {
+            "results": [
+                {"index": i, "document": documents[i], "relevance_score": round(scored[i].score or 0.0, 4)}
+                for i in order
+            ],
+            "scorer": {"name": guard.scoring.scorer.name, "version": guard.scoring.scorer.version},
+        }
+    )
+
+
+routes = [
+    Route("/v1/guard", guard_endpoint, methods=["POST"]),
+    Route("/v1/images", images_endpoint, methods=["POST"]),
+    Route("/v1/decisions/{decision_id}", decision_endpoint, methods=["GET"]),
+    Route("/v1/rerank", rerank_endpoint, methods=["POST"]),
+]

@@ -1,0 +1,179 @@
+"""create_app(settings): routes, middleware, lifespan. The one place the parts are wired."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from guard import api
+from guard.cache import MemoryCache, RedisCache, ScoreCache
+from guard.decision_log import DecisionLog
+from guard.images import DecodedImage, ImageError, decode_image
+from guard.metrics import Metrics
+from guard.pipeline import Guard, PolicyBook, ScoringService
+from guard.scoring.base import Scorer
+from guard.settings import Settings
+from guard.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def load_scorer(settings: Settings) -> Scorer:
+    """The scorer backend named by settings (loading its model: slow, done once at start-up)."""
+    if settings.scorer == "bundled":
+        from guard.scoring.bundled import BundledScorer
+
+        return BundledScorer.load(threads=settings.scorer_threads)
+    raise ValueError(f"GUARD_SCORER={settings.scorer!r} is not a known scorer (known: bundled)")
+
+
+def open_cache(settings: Settings) -> ScoreCache:
+    if settings.redis_url:
+        return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s, timeout_s=settings.redis_timeout_s)
+    return MemoryCache(settings.cache_size, settings.cache_ttl_s)
+
+
+class GuardApp:
+    """The resources of one running guard, opened in the lifespan and closed there."""
+
+    def __init__(self, settings: Settings, scorer_factory: Callable[[Settings], Scorer]) -> None:
+        self.settings = settings
+        self._scorer_factory = scorer_factory
+        self.metrics = Metrics()
+        self._guard: Guard | None = None
+        self._store: Store | None = None
+        self._log: DecisionLog | None = None
+
+    @property
+    def guard(self) -> Guard:
+        if self._guard is None:
+            raise RuntimeError("the guard is not started")
+        return self._guard
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the guard is not started")
+        return self._store
+
+    @property
+    def decision_log(self) -> DecisionLog:
+        if self._log is None:
+            raise RuntimeError("the guard is not started")
+        return self._log
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        s = self.settings
+        scorer = await asyncio.to_thread(self._scorer_factory, s)
+        self._store = Store.open(s.database_url)
+        cache = open_cache(s)
+        self._log = DecisionLog(self._store, max_queue=s.log_queue_size, batch_size=s.log_batch_size)
+        self._log.start()
+        scoring = ScoringService(scorer, s.score_timeout_s)
+        self._guard = Guard(s, scoring, cache, PolicyBook(self._store), self._log, self.metrics)
+        self.metrics.gauge("guard_decision_log_pending", lambda: float(self.decision_log.pending))
+        log.info("guard ready: scorer %s %s, cache %s", scorer.name, scorer.version, cache.name)
+        try:
+            yield
+        finally:
+            await self._log.stop()
+            scoring.close()
+            await cache.close()
+            self._store.close()
+            self._guard = None
+
+    async def register_image(self, image: DecodedImage) -> None:
+        await asyncio.to_thread(
+            self.store.save_image, image.sha256, image.mime_type, image.width, image.height, image.data
+        )
+
+    async def registered_image(self, image_id: Any) -> DecodedImage:
+        if not isinstance(image_id, str) or len(image_id) != 64:
+            raise api.ApiError(422, "wrong_type", "'image.id' must be an image_id from POST /v1/images")
+        found = await asyncio.to_thread(self.store.get_image, image_id)
+        if found is None:
+            raise api.ApiError(
+                404, "unknown_image", f"no image {image_id!r}: register it with POST /v1/images"
+            )
+        try:
+            return await asyncio.to_thread(
+                decode_image,
+                found[1],
+                max_pixels=self.settings.max_image_pixels,
+                max_bytes=self.settings.max_body_bytes,
+            )
+        except ImageError as exc:  # stored before a limit was lowered
+            raise api.ApiError(422, exc.code, exc.message) from None
+
+    async def find_decision(self, decision_id: str) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.store.get_decision, decision_id)
+
+
+async def healthz(_request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    app: GuardApp = request.app.state.guard_app
+    checks: dict[str, bool] = {"scorer": app._guard is not None}
+    try:
+        checks["sql"] = await asyncio.wait_for(asyncio.to_thread(app.store.ping), 2.0)
+    except Exception:
+        checks["sql"] = False
+    if app._guard is not None:
+        checks["cache"] = await app.guard.cache.ping()
+    ready = checks["scorer"] and checks["sql"]
+    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    app: GuardApp = request.app.state.guard_app
+    return PlainTextResponse(app.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, api.ApiError)
+    return api.error_response(exc.status, exc.code, exc.message)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return api.error_response(exc.status_code, code, str(exc.detail))
+
+
+async def _unexpected(_request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", exc_info=exc)
+    return api.error_response(500, "internal_error", "the guard failed unexpectedly; the error is logged")
+
+
+def create_app(settings: Settings | None = None, *, scorer: Scorer | None = None) -> Starlette:
+    """The guard as an ASGI app. ``scorer`` replaces the configured backend (tests, embedding)."""
+    settings = settings or Settings.from_env()
+    guard_app = GuardApp(settings, (lambda _s: scorer) if scorer is not None else load_scorer)
+    app = Starlette(
+        routes=[
+            *api.routes,
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics_endpoint),
+        ],
+        exception_handlers={
+            api.ApiError: _api_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=guard_app.lifespan,
+    )
+    app.state.guard_app = guard_app
+    return app

@@ -1,0 +1,165 @@
+"""The score cache: Redis when GUARD_REDIS_URL is set, an in-process LRU when not.
+
+Keys are hashes, never raw user text; the scorer's name and version and the instruction
+are part of the key, so a new model, a new calibration or an edited instruction never
+serves a stale score. Values are validated when read: anything malformed is a miss.
+A dead or hung Redis costs at most its short socket timeout, then is skipped for a
+moment (a small circuit breaker) and probed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "rg:score:"
+_KNOWN_INPUTS = frozenset({"question", "reply", "image_text", "image"})
+
+
+@dataclass(frozen=True, slots=True)
+class CachedScore:
+    score: float
+    inputs_used: tuple[str, ...]
+
+
+def score_key(
+    *, scorer: str, version: str, instruction: str, image_sha256: str | None, question: str, reply: str
+) -> str:
+    """The cache key for one scored pair: a SHA-256 over every input that can change the score."""
+    h = hashlib.sha256()
+    for part in (scorer, version, instruction, image_sha256 or "-", question, reply):
+        data = part.encode("utf-8", "surrogatepass")
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return KEY_PREFIX + h.hexdigest()
+
+
+def encode(value: CachedScore) -> bytes:
+    return json.dumps({"s": value.score, "i": list(value.inputs_used)}).encode()
+
+
+def decode(raw: bytes | str | None) -> CachedScore | None:
+    """The cached value, or None when it is missing or malformed."""
+    if raw is None:
+        return None
+    try:
+        doc = json.loads(raw)
+        score, inputs = doc["s"], doc["i"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not isinstance(score, float | int) or isinstance(score, bool):
+        return None
+    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        return None
+    if not isinstance(inputs, list) or not all(isinstance(i, str) and i in _KNOWN_INPUTS for i in inputs):
+        return None
+    return CachedScore(float(score), tuple(inputs))
+
+
+class ScoreCache(Protocol):
+    name: str
+
+    async def get(self, key: str) -> CachedScore | None: ...
+
+    async def set(self, key: str, value: CachedScore) -> None: ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryCache:
+    """An in-process LRU with a TTL; the default when no Redis URL is configured."""
+
+    name = "memory"
+
+    def __init__(self, max_entries: int = 10_000, ttl_s: float = 7 * 24 * 3600) -> None:
+        self._data: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+        self._max = max_entries
+        self._ttl = ttl_s
+
+    async def get(self, key: str) -> CachedScore | None:
+        item = self._data.get(key)
+        if item is None:
+            return None
+        expires, raw = item
+        if expires < time.monotonic():
+            del self._data[key]
+            return None
+        self._data.move_to_end(key)
+        return decode(raw)
+
+    async def set(self, key: str, value: CachedScore) -> None:
+        self._data[key] = (time.monotonic() + self._ttl, encode(value))
+        self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        self._data.clear()
+
+
+class RedisCache:
+    """Redis with short timeouts; errors are logged and count as misses, never as failures."""
+
+    name = "redis"
+
+    def __init__(self, url: str, *, ttl_s: int, timeout_s: float = 0.05, cooldown_s: float = 1.0) -> None:
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            health_check_interval=0,
+        )
+        self._ttl = ttl_s
+        self._cooldown = cooldown_s
+        self._down_until = 0.0
+
+    def _available(self) -> bool:
+        return time.monotonic() >= self._down_until
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        self._down_until = time.monotonic() + self._cooldown
+        log.warning("redis %s failed (%s); skipping the cache for %.1fs", op, exc, self._cooldown)
+
+    async def get(self, key: str) -> CachedScore | None:
+        if not self._available():
+            return None
+        try:
+            raw = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return None
+        return decode(raw)
+
+    async def set(self, key: str, value: CachedScore) -> None:
+        if not self._available():
+            return
+        try:
+            await self._redis.set(key, encode(value), ex=self._ttl)
+        except (RedisError, OSError) as exc:
+            self._failed("set", exc)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,362 @@
+"""The pipeline: cache -> score -> policy -> follow-up -> record. No HTTP in here.
+
+Edges (the check API, the CLI, later the middleware and the proxy) build a CheckRequest
+and call ``Guard.check``; everything below it (policy, scorer, cache, store) knows nothing
+of the edges.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+import uuid
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from guard.cache import CachedScore, ScoreCache, score_key
+from guard.followups import MessageContext, Messages, case_ref
+from guard.images import DecodedImage
+from guard.issue_phrase import detect_locale, issue_phrase
+from guard.metrics import Metrics
+from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_policy
+from guard.scoring.base import ScoreInput, Scorer
+from guard.settings import Settings
+from guard.store import DecisionRecord, Store
+from guard.tables import utcnow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    question: str
+    reply: str
+    channel: str = "default"
+    conversation_id: str | None = None
+    locale: str | None = None
+    image: DecodedImage | None = None
+    candidates: tuple[str, ...] = ()
+    """Alternative drafts: the guard ranks them with ``reply`` and decides on the best."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    reply: str
+    score: float | None
+    inputs_used: tuple[str, ...]
+    cached: bool
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    decision_id: str
+    action: Action
+    score: float | None
+    band: str | None
+    reply: str | None
+    draft: str
+    follow_up: str | None
+    escalation_id: str | None
+    holding_message: str | None
+    policy: Policy
+    scorer_name: str
+    scorer_version: str
+    cached: bool
+    degraded: bool
+    reason: str | None
+    inputs_used: tuple[str, ...]
+    locale: str
+    issue_phrase: str | None
+    ranked: tuple[Scored, ...]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The check API's response body (DESIGN §3)."""
+        body: dict[str, Any] = {
+            "decision_id": self.decision_id,
+            "action": self.action,
+            "score": None if self.score is None else round(self.score, 4),
+            "band": self.band,
+            "reply": self.reply,
+            "follow_up": self.follow_up,
+            "escalation_id": self.escalation_id,
+            "holding_message": self.holding_message,
+            "policy": {"channel": self.policy.channel, "version": self.policy.version},
+            "scorer": {"name": self.scorer_name, "version": self.scorer_version},
+            "cached": self.cached,
+            "degraded": self.degraded,
+            "reason": self.reason,
+            "inputs_used": list(self.inputs_used),
+            "locale": self.locale,
+            "issue_phrase": self.issue_phrase,
+            "timings_ms": self.timings_ms,
+        }
+        if len(self.ranked) > 1:
+            body["candidates"] = [
+                {"reply": s.reply, "score": None if s.score is None else round(s.score, 4)}
+                for s in self.ranked
+            ]
+        return body
+
+
+class DecisionSink(Protocol):
+    async def put(self, record: DecisionRecord) -> None: ...
+
+
+class PolicyBook:
+    """The policy in force per channel, read from SQL and kept for a few seconds.
+
+    A channel with no policy of its own uses the default channel's; with no database
+    (``guard check``) the built-in default policy is used.
+    """
+
+    def __init__(self, store: Store | None, ttl_s: float = 2.0) -> None:
+        self._store = store
+        self._ttl = ttl_s
+        self._cache: dict[str, tuple[float, Policy]] = {}
+
+    async def get(self, channel: str) -> Policy:
+        now = time.monotonic()
+        hit = self._cache.get(channel)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        policy = await self._load(channel)
+        self._cache[channel] = (now + self._ttl, policy)
+        return policy
+
+    def invalidate(self) -> None:
+        self._cache.clear()
+
+    async def _load(self, channel: str) -> Policy:
+        if self._store is None:
+            return default_policy()
+        try:
+            own = await asyncio.to_thread(self._store.active_policy, channel)
+            if own is None and channel != "default":
+                own = await asyncio.to_thread(self._store.active_policy, "default")
+        except Exception:
+            stale = self._cache.get(channel)
+            log.exception("could not read the policy of channel %r; using the last one known", channel)
+            return stale[1] if stale is not None else default_policy()
+        return own if own is not None else default_policy()
+
+
+class ScoringService:
+    """Runs the blocking scorer in its own worker thread, under a deadline."""
+
+    def __init__(self, scorer: Scorer, timeout_s: float) -> None:
+        self.scorer = scorer
+        self._timeout = timeout_s
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+
+    async def score(self, items: Sequence[ScoreInput]) -> list[tuple[float | None, tuple[str, ...]]]:
+        """A (score, inputs used) per item; score is None when the scorer failed or gave no number."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self.scorer.score_batch, list(items))
+        results = await asyncio.wait_for(future, self._timeout)
+        if len(results) != len(items):
+            raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
+        return [
+            (r.score if isinstance(r.score, float | int) and math.isfinite(r.score) else None, r.inputs_used)
+            for r in results
+        ]
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Guard:
+    def __init__(
+        self,
+        settings: Settings,
+        scoring: ScoringService,
+        cache: ScoreCache,
+        policies: PolicyBook,
+        sink: DecisionSink | None,
+        metrics: Metrics | None = None,
+        messages: Messages | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scoring = scoring
+        self.cache = cache
+        self.policies = policies
+        self.sink = sink
+        self.metrics = metrics or Metrics()
+        self.messages = messages or Messages()
+
+    async def check(self, req: CheckRequest) -> CheckResult:
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        policy = await self.policies.get(req.channel)
+        locale = detect_locale(req.question, req.locale)
+        drafts = (req.reply, *req.candidates)
+
+        t = time.perf_counter()
+        scored, error = await self.score_texts(
+            req.question, req.image, drafts, policy.instruction, req.locale
+        )
+        timings["score"] = _ms(t)
+
+        best = max(scored, key=lambda s: -1.0 if s.score is None else s.score) if not error else scored[0]
+        verdict = decide(policy, None if error else best.score)
+        phrase = issue_phrase(req.question, locale)
+        decision_id = uuid.uuid4().hex
+        ctx = MessageContext(locale, phrase, case_ref(decision_id), self._response_time(locale))
+        follow_up = final = holding = escalation_id = None
+        if verdict.action == "send":
+            final = best.reply
+        elif verdict.action == "follow_up":
+            follow_up = self.messages.follow_up(ctx, policy.templates)
+            final = f"{best.reply}\n\n{follow_up}"
+        else:
+            holding = self.messages.holding(verdict.action, ctx, policy.templates)
+            escalation_id = uuid.uuid4().hex
+        timings["total"] = _ms(started)
+
+        result = CheckResult(
+            decision_id=decision_id,
+            action=verdict.action,
+            score=None if error else best.score,
+            band=verdict.band,
+            reply=final,
+            draft=best.reply,
+            follow_up=follow_up,
+            escalation_id=escalation_id,
+            holding_message=holding,
+            policy=policy,
+            scorer_name=self.scoring.scorer.name,
+            scorer_version=self.scoring.scorer.version,
+            cached=all(s.cached for s in scored),
+            degraded=verdict.degraded,
+            reason=verdict.reason,
+            inputs_used=best.inputs_used,
+            locale=locale,
+            issue_phrase=phrase,
+            ranked=tuple(sorted(scored, key=lambda s: -1.0 if s.score is None else s.score, reverse=True)),
+            timings_ms=timings,
+        )
+        self.metrics.inc("guard_decisions_total", action=result.action)
+        if result.degraded:
+            self.metrics.inc("guard_degraded_total", reason=result.reason or "unknown")
+        self.metrics.observe_ms("guard_decision_latency_ms", timings["total"])
+        if self.sink is not None:
+            await self.sink.put(self._record(req, result))
+        return result
+
+    async def score_texts(
+        self,
+        question: str,
+        image: DecodedImage | None,
+        replies: Sequence[str],
+        instruction: str,
+        locale: str | None = None,
+    ) -> tuple[list[Scored], bool]:
+        """Score each reply against (question, image): cached where possible. Returns (scored, failed)."""
+        scorer = self.scoring.scorer
+        keys = [
+            score_key(
+                scorer=scorer.name,
+                version=scorer.version,
+                instruction=instruction,
+                image_sha256=image.sha256 if image else None,
+                question=question,
+                reply=reply,
+            )
+            for reply in replies
+        ]
+        hits: list[CachedScore | None] = [await self.cache.get(k) for k in keys]
+        self.metrics.inc("guard_cache_hits_total", sum(h is not None for h in hits))
+        self.metrics.inc("guard_cache_misses_total", sum(h is None for h in hits))
+        misses = [i for i, h in enumerate(hits) if h is None]
+        fresh: dict[int, tuple[float | None, tuple[str, ...]]] = {}
+        failed = False
+        if misses:
+            items = [
+                ScoreInput(
+                    question=question,
+                    reply=replies[i],
+                    instruction=instruction,
+                    image_text=None,
+                    has_image=image is not None,
+                    locale=locale,
+                )
+                for i in misses
+            ]
+            t = time.perf_counter()
+            try:
+                results = await self.scoring.score(items)
+            except Exception as exc:
+                self.metrics.inc("guard_scorer_errors_total", kind=type(exc).__name__)
+                log.warning("scorer failed: %r", exc)
+                results = [(None, ()) for _ in misses]
+            self.metrics.observe_ms("guard_scorer_latency_ms", _ms(t))
+            for i, res in zip(misses, results, strict=True):
+                fresh[i] = res
+                score, inputs = res
+                if score is None or not 0.0 <= score <= 1.0:
+                    failed = True
+                    continue
+                await self.cache.set(keys[i], CachedScore(score, inputs))
+        scored = []
+        for i, reply in enumerate(replies):
+            hit = hits[i]
+            if hit is not None:
+                scored.append(Scored(reply, hit.score, hit.inputs_used, cached=True))
+            else:
+                score, inputs = fresh[i]
+                scored.append(Scored(reply, score, inputs, cached=False))
+        return scored, failed
+
+    def _response_time(self, locale: str) -> str:
+        s = self.settings
+        return s.followup_response_time_zh if locale == "zh" else s.followup_response_time_en
+
+    def _record(self, req: CheckRequest, result: CheckResult) -> DecisionRecord:
+        image = req.image
+        queued = result.action in QUEUED_ACTIONS
+        return DecisionRecord(
+            decision={
+                "id": result.decision_id,
+                "created_at": utcnow(),
+                "conversation_id": req.conversation_id,
+                "channel": req.channel,
+                "locale": result.locale,
+                "question": req.question,
+                "image_sha256": image.sha256 if image else None,
+                "reply": result.draft,
+                "candidates": (
+                    [{"reply": s.reply, "score": s.score} for s in result.ranked] if req.candidates else None
+                ),
+                "score": result.score,
+                "band": result.band,
+                "action": result.action,
+                "final_reply": result.reply,
+                "follow_up": result.follow_up,
+                "holding_message": result.holding_message,
+                "issue_phrase": result.issue_phrase,
+                "policy_channel": result.policy.channel,
+                "policy_version": result.policy.version,
+                "scorer_name": result.scorer_name,
+                "scorer_version": result.scorer_version,
+                "inputs_used": list(result.inputs_used),
+                "cached": result.cached,
+                "degraded": result.degraded,
+                "reason": result.reason,
+                "latency_ms": result.timings_ms["total"],
+                "timings_ms": result.timings_ms,
+            },
+            queue_item_id=result.escalation_id,
+            image=(
+                (image.sha256, image.mime_type, image.width, image.height, image.data)
+                if image is not None and queued
+                else None
+            ),
+        )
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 3)

@@ -1,0 +1,219 @@
+"""Policies: score bands -> actions. Pure functions over frozen dataclasses; no I/O.
+
+A policy covers [0, 1] exactly with half-open bands ``[lo, hi)``; the top band also
+includes 1.0. A score that is NaN, infinite, outside [0, 1] or missing (the scorer
+failed) never falls through a band: it takes the policy's ``on_error`` action and the
+verdict is flagged ``degraded``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast, get_args
+
+from guard.scoring.base import DEFAULT_INSTRUCTION
+
+Action = Literal["send", "follow_up", "review", "escalate"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
+QUEUED_ACTIONS: frozenset[Action] = frozenset({"review", "escalate"})
+"""Actions that hold the draft back and put the case in the supervisors' queue."""
+
+TEMPLATE_KEYS = (
+    "followup.zh",
+    "followup.en",
+    "holding.escalate.zh",
+    "holding.escalate.en",
+    "holding.review.zh",
+    "holding.review.en",
+)
+"""Keys a policy may use to override the default follow-up and holding-message templates."""
+
+
+class PolicyError(ValueError):
+    """A policy document is invalid; ``problems`` lists every reason, each saying where."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    lo: float
+    hi: float
+    action: Action
+
+    def label(self, *, top: bool) -> str:
+        close = "]" if top else ")"
+        return f"[{_fmt(self.lo)},{_fmt(self.hi)}{close}"
+
+
+@dataclass(frozen=True)
+class Policy:
+    channel: str
+    bands: tuple[Band, ...]
+    on_error: Action = "escalate"
+    instruction: str = DEFAULT_INSTRUCTION
+    templates: Mapping[str, str] = field(default_factory=dict)
+    """Overrides of the default templates, keyed by TEMPLATE_KEYS."""
+    version: int = 0
+    """0 for a policy not (yet) stored; stored versions count from 1 per channel."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    band: str | None
+    """The band's label, e.g. "[0.5,0.6)"; None when the score was unusable."""
+    degraded: bool = False
+    reason: str | None = None
+
+
+DEFAULT_BANDS: tuple[Band, ...] = (
+    Band(0.0, 0.4, "escalate"),
+    Band(0.4, 0.5, "review"),
+    Band(0.5, 0.6, "follow_up"),
+    Band(0.6, 0.7, "follow_up"),
+    Band(0.7, 1.0, "send"),
+)
+
+
+def default_policy(channel: str = "default") -> Policy:
+    """DESIGN §1: escalate < 0.4 <= review < 0.5 <= follow_up < 0.7 <= send."""
+    return Policy(channel=channel, bands=DEFAULT_BANDS)
+
+
+def decide(policy: Policy, score: float | None, *, error_reason: str = "scorer_unavailable") -> Verdict:
+    """The action for ``score`` under ``policy``. ``score=None`` means the scorer failed."""
+    if score is None:
+        return Verdict(policy.on_error, None, degraded=True, reason=error_reason)
+    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        return Verdict(policy.on_error, None, degraded=True, reason="invalid_score")
+    last = len(policy.bands) - 1
+    for i, band in enumerate(policy.bands):
+        if band.lo <= score < band.hi or (i == last and score == band.hi):
+            return Verdict(band.action, band.label(top=i == last))
+    # Unreachable for a validated policy; an unvalidated one still never falls through.
+    return Verdict(policy.on_error, None, degraded=True, reason="no_band")
+
+
+def validate(bands: tuple[Band, ...]) -> list[str]:
+    """Every problem with ``bands``, each naming where it is; empty when they cover [0, 1] exactly."""
+    if not bands:
+        return ["the policy has no bands: it must cover [0, 1]"]
+    problems: list[str] = []
+    for band in bands:
+        if not (math.isfinite(band.lo) and math.isfinite(band.hi)):
+            problems.append(f"band {band.lo}..{band.hi} has a bound that is not a finite number")
+        elif band.lo >= band.hi:
+            problems.append(f"band [{_fmt(band.lo)},{_fmt(band.hi)}) is empty: lo must be below hi")
+        if band.action not in ACTIONS:
+            problems.append(f"band [{_fmt(band.lo)},{_fmt(band.hi)}) has unknown action {band.action!r}")
+    if problems:
+        return problems
+    ordered = sorted(bands, key=lambda b: (b.lo, b.hi))
+    if ordered[0].lo > 0.0:
+        problems.append(f"gap: no band covers [0.0,{_fmt(ordered[0].lo)})")
+    if ordered[0].lo < 0.0:
+        problems.append(f"band [{_fmt(ordered[0].lo)},{_fmt(ordered[0].hi)}) starts below 0")
+    for prev, nxt in itertools.pairwise(ordered):
+        if prev.hi < nxt.lo:
+            problems.append(f"gap: no band covers [{_fmt(prev.hi)},{_fmt(nxt.lo)})")
+        elif prev.hi > nxt.lo:
+            problems.append(
+                f"overlap: [{_fmt(prev.lo)},{_fmt(prev.hi)}) and [{_fmt(nxt.lo)},{_fmt(nxt.hi)}) "
+                f"both cover [{_fmt(nxt.lo)},{_fmt(min(prev.hi, nxt.hi))})"
+            )
+    top = max(b.hi for b in ordered)
+    if top < 1.0:
+        problems.append(f"gap: no band covers [{_fmt(top)},1.0]")
+    elif top > 1.0:
+        problems.append(f"a band ends at {_fmt(top)}, above 1")
+    return problems
+
+
+def parse_policy(doc: Any, *, channel: str | None = None, version: int = 0) -> Policy:
+    """Build a validated Policy from a parsed YAML/JSON document; raises PolicyError listing every problem."""
+    if not isinstance(doc, Mapping):
+        raise PolicyError(["a policy must be a mapping with 'bands' (and optionally 'on_error', ...)"])
+    problems: list[str] = []
+    known = {"channel", "bands", "on_error", "instruction", "templates", "version"}
+    for key in doc:
+        if key not in known:
+            problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
+    name = channel if channel is not None else doc.get("channel", "default")
+    if not isinstance(name, str) or not name.strip():
+        problems.append("'channel' must be a non-empty string")
+        name = "default"
+    on_error = doc.get("on_error", "escalate")
+    if on_error not in ACTIONS:
+        problems.append(f"on_error {on_error!r} is not one of {', '.join(ACTIONS)}")
+    instruction = doc.get("instruction", DEFAULT_INSTRUCTION)
+    if not isinstance(instruction, str) or not instruction.strip():
+        problems.append("'instruction' must be a non-empty string")
+    templates = doc.get("templates", {}) or {}
+    if not isinstance(templates, Mapping):
+        problems.append("'templates' must be a mapping of template key to Jinja2 text")
+        templates = {}
+    for key, text in templates.items():
+        if key not in TEMPLATE_KEYS:
+            problems.append(f"unknown template {key!r} (known: {', '.join(TEMPLATE_KEYS)})")
+        elif not isinstance(text, str):
+            problems.append(f"template {key!r} must be a string")
+    bands = _parse_bands(doc.get("bands"), problems)
+    if bands is not None:
+        problems.extend(validate(bands))
+    if problems or bands is None:
+        raise PolicyError(problems)
+    return Policy(
+        channel=name,
+        bands=tuple(sorted(bands, key=lambda b: b.lo)),
+        on_error=cast(Action, on_error),
+        instruction=cast(str, instruction),
+        templates=dict(templates),
+        version=version,
+    )
+
+
+def policy_document(policy: Policy) -> dict[str, Any]:
+    """The stored/printed form of a policy; parse_policy(policy_document(p)) == p."""
+    doc: dict[str, Any] = {
+        "channel": policy.channel,
+        "on_error": policy.on_error,
+        "instruction": policy.instruction,
+        "bands": [{"lo": b.lo, "hi": b.hi, "action": b.action} for b in policy.bands],
+    }
+    if policy.templates:
+        doc["templates"] = dict(policy.templates)
+    return doc
+
+
+def _parse_bands(raw: Any, problems: list[str]) -> tuple[Band, ...] | None:
+    if not isinstance(raw, list) or not raw:
+        problems.append("'bands' must be a non-empty list of {lo, hi, action}")
+        return None
+    bands: list[Band] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or set(item) != {"lo", "hi", "action"}:
+            problems.append(f"band #{i + 1} must have exactly the keys lo, hi and action")
+            continue
+        lo, hi, action = item["lo"], item["hi"], item["action"]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
+            problems.append(f"band #{i + 1}: lo and hi must be numbers")
+            continue
+        if action not in ACTIONS:
+            problems.append(f"band #{i + 1} [{_fmt(lo)},{_fmt(hi)}): unknown action {action!r}")
+            continue
+        bands.append(Band(float(lo), float(hi), cast(Action, action)))
+    return tuple(bands) if len(bands) == len(raw) else None
+
+
+def _fmt(x: float) -> str:
+    """0.4 -> "0.4", 1 -> "1.0": band labels read like the policy table."""
+    if not math.isfinite(x):
+        return str(x)
+    text = f"{x:g}"
+    return text if "." in text or "e" in text else text + ".0"

@@ -1,0 +1,54 @@
+"""The Scorer protocol every backend implements.
+
+A scorer is blocking, CPU-bound code: the pipeline calls ``score_batch`` in a worker
+thread, never on the event loop. Scorers know nothing of HTTP, SQL or caches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+DEFAULT_INSTRUCTION = (
+    "Judge whether the response directly addresses the issue shown in the image and described in the query."
+)
+
+
+class ScorerError(Exception):
+    """The scorer could not produce a score (model missing, bad calibration, ...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreInput:
+    question: str
+    reply: str
+    instruction: str = DEFAULT_INSTRUCTION
+    image_text: str | None = None
+    """Text read from the customer's photo (OCR), when there is any."""
+    has_image: bool = False
+    """A photo came with the question (whether or not the scorer can see it)."""
+    locale: str | None = None
+    """"zh" or "en" when known."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreResult:
+    score: float
+    """Calibrated score in [0, 1] (NaN is treated as an error by the pipeline)."""
+    inputs_used: tuple[str, ...]
+    """Which inputs the score was computed from: "question", "image_text", "image", "reply"."""
+
+
+class Scorer(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str:
+        """Changes whenever weights or calibration change (it is part of the cache key)."""
+        ...
+
+    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
+        """Score each item; blocking. Raises ScorerError when the model cannot score."""
+        ...

@@ -1,0 +1,70 @@
+"""Shared fixtures. Real Redis and PostgreSQL on 127.0.0.1: in CI (CI=true) a test that cannot
+reach them fails; elsewhere it skips."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import redis
+
+REDIS_URL = os.environ.get("GUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+PG_ADMIN_DSN = os.environ.get("GUARD_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+SHARED_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
+OWN_CASES = Path(__file__).resolve().parent / "data" / "cases_own.jsonl"
+
+
+def _unavailable(what: str, exc: Exception) -> None:
+    message = f"{what} is not reachable: {exc}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        client.ping()
+    except redis.RedisError as exc:
+        _unavailable("Redis", exc)
+    client.flushdb()
+    yield REDIS_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        _unavailable("PostgreSQL", exc)
+    return PG_ADMIN_DSN
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"guard_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    params = psycopg.conninfo.conninfo_to_dict(pg_server)
+    user, host, port = (
+        params.get("user", "postgres"),
+        params.get("host", "127.0.0.1"),
+        params.get("port", 5432),
+    )
+    yield f"postgresql+psycopg://{user}@{host}:{port}/{name}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'guard.db'}"
