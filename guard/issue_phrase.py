@@ -232,7 +232,7 @@ def _zh_phrase(text: str) -> str | None:
         word = next((w for w in _ZH_ISSUE_WORDS if w in clause.replace("易碎", "")), None)
         if word is None:
             continue
-        phrase = _ZH_TRAILING.sub("", _ZH_LEADING.sub("", clause))
+        phrase = _ZH_TRAILING.sub("", _ZH_LEADING.sub("", clause)).replace("是不是", "").replace("是否", "")
         if word not in phrase:
             phrase = word
         if len(phrase) > _ZH_MAX:

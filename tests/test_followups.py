@@ -96,6 +96,7 @@ def test_detect_locale(text: str, requested: str | None, expected: str) -> None:
         ("外套拉链拉不上，拉到一半就卡住", "zh", "外套拉链拉不上"),
         ("三个箱子都写了易碎，到我手里全压变形了", "zh", "全压变形"),
         ("这个怎么办？", "zh", None),
+        ("你们看下这个订单，钱是不是扣错了", "zh", "钱扣错"),
         ("The button on my jeans popped off the first time I wore them.", "en", "loose button on your jeans"),
         (
             "There's a bleach spot on the front of the navy hoodie I just received.",

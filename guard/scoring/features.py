@@ -1,0 +1,587 @@
+"""Pure feature functions for the bundled scorer.
+
+Everything here is deterministic and model-free: lexical cues (remedy / generic
+after-sales / apology lexicons in Chinese and English), grader-directed prompt
+injection, keyword stuffing, and the combination of embedding similarities into
+one feature vector. The embedding model itself lives in ``guard.scoring.bundled``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+FEATURES_VERSION = "f1"
+"""Bump whenever a feature's definition changes (stored in, and checked against, the calibration JSON)."""
+
+FloatArray = NDArray[np.float32] | NDArray[np.float64]
+
+_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_EN_WORD = re.compile(r"[a-z0-9][a-z0-9'$.]*[a-z0-9]|[a-z0-9]")
+_DIGITS = re.compile(r"\d")
+
+# --- prompt injection (text addressed to the grader, not to the customer) -------------------------
+
+_INJECTION_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
+    re.compile(p, re.IGNORECASE)
+    for p in (
+        r"\b(ignore|disregard|forget)\b.{0,30}\b(previous|prior|above|earlier|all|any)\b.{0,20}"
+        r"\b(instructions?|prompts?|rules?|guidelines?)",
+        r"\bnote to (the )?(reviewer|grader|evaluator|judge|scorer|rater|model|ai|assistant)",
+        r"\b(reviewer|grader|evaluator|judge|scorer|rater)s?\s*[:：]",
+        r"\b(relevance|quality|final|overall)?\s*score\s*(is|=|:|of|to)?\s*[:：]?\s*(1(\.0+)?|10|100|5/5|10/10)\b",
+        r"\b(rate|score|grade|mark)\b.{0,25}\b(this|the)\b.{0,10}\b(reply|response|answer)\b",
+        r"\b(fully|completely) (resolves|addresses|answers)\b.{0,40}\b(issue|question|problem)\b.{0,60}"
+        r"\b(score|rating|relevan)",
+        r"\bsystem (prompt|message|note|instruction)",
+        r"\[\s*(system|instruction|admin|developer)\b",
+        r"\byou are (now )?(an? )?(ai|language model|grader|evaluator|judge)\b",
+        r"\bas an ai\b",
+        r"系统提示|系统指令|系统消息|提示词",
+        r"(忽略|无视|忘记).{0,8}(之前|以上|前面|上面|所有|全部).{0,6}(指令|指示|说明|提示|规则|要求)",
+        r"(评分|打分|评为|给分|分数|得分)",
+        r"(审核员|评审|评估员|评委|审核人员|打分员|裁判)",
+        r"(满分|高分)",
+    )
+)
+_BRACKETED = re.compile(r"\[[^\]]*\]|【[^】]*】|\([^)]*\)|（[^）]*）|<[^>]*>|\{[^}]*\}")
+_SENTENCE = re.compile(r"[^.!?。！？\n]+[.!?。！？\n]*")
+
+
+def has_injection(text: str) -> bool:
+    """True when the text contains wording addressed to a grader/model rather than the customer."""
+    return any(p.search(text) for p in _INJECTION_PATTERNS)
+
+
+def strip_injection(text: str) -> str:
+    """Remove bracketed segments and sentences that carry injection markers; keep the rest."""
+    out = _BRACKETED.sub(lambda m: "" if has_injection(m.group(0)) else m.group(0), text)
+    kept = [s for s in _SENTENCE.findall(out) if not has_injection(s)]
+    return "".join(kept).strip()
+
+
+# --- language and tokens ------------------------------------------------------------------------
+
+
+def detect_lang(text: str) -> str:
+    """ "zh" when the text contains CJK characters, else "en"."""
+    return "zh" if _CJK.search(text) else "en"
+
+
+_EN_STOP = frozenset(
+    [
+        "a",
+        "an",
+        "the",
+        "and",
+        "or",
+        "but",
+        "if",
+        "of",
+        "to",
+        "in",
+        "on",
+        "at",
+        "for",
+        "from",
+        "by",
+        "with",
+        "about",
+        "as",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "am",
+        "it",
+        "its",
+        "this",
+        "that",
+        "these",
+        "those",
+        "there",
+        "here",
+        "i",
+        "me",
+        "my",
+        "we",
+        "our",
+        "us",
+        "you",
+        "your",
+        "yours",
+        "he",
+        "she",
+        "they",
+        "them",
+        "their",
+        "his",
+        "her",
+        "do",
+        "does",
+        "did",
+        "done",
+        "have",
+        "has",
+        "had",
+        "having",
+        "not",
+        "no",
+        "yes",
+        "so",
+        "very",
+        "too",
+        "just",
+        "can",
+        "could",
+        "would",
+        "should",
+        "will",
+        "shall",
+        "may",
+        "might",
+        "must",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "whose",
+        "when",
+        "where",
+        "why",
+        "how",
+        "all",
+        "any",
+        "some",
+        "each",
+        "every",
+        "more",
+        "most",
+        "other",
+        "such",
+        "only",
+        "own",
+        "same",
+        "than",
+        "then",
+        "once",
+        "again",
+        "also",
+        "up",
+        "down",
+        "out",
+        "off",
+        "over",
+        "under",
+        "into",
+        "onto",
+        "through",
+        "during",
+        "before",
+        "after",
+        "above",
+        "below",
+        "between",
+        "both",
+        "few",
+        "nor",
+        "now",
+        "get",
+        "got",
+        "one",
+        "two",
+        "please",
+        "thank",
+        "thanks",
+        "hi",
+        "hello",
+        "dear",
+        "sorry",
+    ]
+)
+_ZH_STOP_BIGRAMS = frozenset(
+    [
+        "您好",
+        "你好",
+        "亲亲",
+        "我们",
+        "你们",
+        "您的",
+        "你的",
+        "我的",
+        "一下",
+        "一个",
+        "这个",
+        "那个",
+        "什么",
+        "怎么",
+        "可以",
+        "如果",
+        "因为",
+        "所以",
+        "但是",
+        "还是",
+        "就是",
+        "不是",
+        "没有",
+        "已经",
+        "非常",
+        "抱歉",
+        "不便",
+        "带来",
+        "给您",
+        "给你",
+        "麻烦",
+        "谢谢",
+        "感谢",
+        "请您",
+        "这边",
+        "那边",
+        "的话",
+        "时候",
+        "一直",
+        "现在",
+        "今天",
+        "还没",
+        "了吗",
+        "是不",
+        "是的",
+        "好的",
+        "的是",
+        "了一",
+        "是我",
+        "我是",
+        "我买",
+        "的东",
+        "东西",
+        "都没",
+        "也没",
+        "吗？",
+    ]
+)
+
+
+def _en_stem(word: str) -> str:
+    for suf in ("ing", "ed", "es", "s", "e"):
+        if len(word) > len(suf) + 3 and word.endswith(suf):
+            return word[: -len(suf)]
+    return word
+
+
+def content_tokens(text: str) -> set[str]:
+    """Content-bearing tokens: stemmed English words (no stop words) and Chinese character bigrams."""
+    low = text.lower()
+    toks: set[str] = set()
+    for w in _EN_WORD.findall(low):
+        if len(w) >= 3 and w not in _EN_STOP:
+            toks.add(_en_stem(w))
+        elif w.isdigit() or any(c.isdigit() for c in w):
+            toks.add(w)
+    for run in _CJK_RUN.findall(text):
+        if len(run) == 1:
+            continue
+        for i in range(len(run) - 1):
+            bg = run[i : i + 2]
+            if bg not in _ZH_STOP_BIGRAMS:
+                toks.add(bg)
+    return toks
+
+
+# --- lexicons -------------------------------------------------------------------------------------
+
+_REMEDY_EN = re.compile(
+    r"\b(replac\w*|refund\w*|reship\w*|re-ship\w*|resend\w*|re-send\w*|reissu\w*|reimburs\w*|compensat\w*|"
+    r"credit\w*|prepaid|return label|shipping label|pick ?up|collect (it|them)|courier|claim|"
+    r"send (you )?(a |an |another |the )?(new|replacement|missing|correct|right|second|spare)|"
+    r"ship (you )?(a |an |another )?(new|replacement|correct|right)|"
+    r"(new|another|correct|right) one|cancel\w*|revers\w*|void\w*|waiv\w*|expedit\w*|escalat\w*|"
+    r"investigat\w*|trace|restart\w*|reset\w*|reinstall\w*|update the app|clear (the |your )?(cache|cookies)|"
+    r"unlock\w*|reactivat\w*|repair\w*|technician|fix\w*|price adjustment|difference|keep (it|the)|"
+    r"no need to return|free of charge|at no (extra )?cost|on us)\b",
+    re.IGNORECASE,
+)
+_COMMIT_EN = re.compile(
+    r"\b(i'll|i will|i've|i have|we'll|we will|we've|we have|i'm|we're|i am|we are|let me|i can|we can)\b"
+    r".{0,40}\b(send|ship|refund|replac|arrang|issu|process|credit|cancel|file|contact|schedul|book|"
+    r"revers|fix|reset|unlock|expedit|escalat|check|trac|look|open|rais|add|appl|waiv|email)",
+    re.IGNORECASE,
+)
+_TIME_EN = re.compile(
+    r"\b(today|tomorrow|right away|immediately|within \d+|in \d+ (hours?|days?|business days?)|"
+    r"\d+\s*(-|to)\s*\d+ (business )?days|by (monday|tuesday|wednesday|thursday|friday|saturday|sunday))\b",
+    re.IGNORECASE,
+)
+_GENERIC_EN = re.compile(
+    r"\b(you can|you may|please (contact|reach|go to|visit|initiate|request|submit|check|refer|try again|"
+    r"be patient|allow)|within \d+ days of (purchase|delivery|receipt)|return policy|"
+    r"our (support |service )?team|"
+    r"customer (service|support)|support team|from your (account|orders?)|order (history|details|page)|"
+    r"will (be happy to|look into|review)|as soon as possible|can vary|may take|experiencing)\b",
+    re.IGNORECASE,
+)
+_APOLOGY_EN = re.compile(
+    r"\b(sorry|apolog\w*|inconvenien\w*|understand\w*|frustrat\w*|regret\w*|trouble)\b", re.IGNORECASE
+)
+_REMEDY_ZH = re.compile(
+    r"补发|补寄|重发|重新发|再发|再寄|寄一|发一|寄新|发新|换新|更换|换一|调换|换货|退款|退还|退给|返还|原路|赔|补偿|"
+    r"上门取件|取件|揽收|运费.{0,4}(承担|我们出|我们付)|安排|撤销|取消|解冻|解封|重置|重启|刷新|清除缓存|"
+    r"免费|清理缓存|重新登录|升级|维修|返修|检修|寄回|核查|追查|加急|催|报备|理赔|差价|补给|不用退回|不用寄回|留着"
+)
+_COMMIT_ZH = re.compile(
+    r"(我这边|我们这边|我来|我马上|我们马上|我已|我们已|已经给您|已为您|给您(补|退|换|寄|发|安排|申请|处理|登记|联系|加急|核实))"
+)
+_TIME_ZH = re.compile(r"(今天|明天|马上|立即|立刻|尽快|\d+\s*(小时|天|个工作日)内?|\d+-\d+天)")
+_GENERIC_ZH = re.compile(
+    r"(申请售后|申请退换|申请退货|申请退款|可以申请|联系客服|联系我们|耐心等待|尽快处理|会核实|核实后|反馈给|"
+    r"七天无理由|7天无理由|无理由退换|售后问题|有问题随时|订单页面|订单详情|稍后再|晚点再|请留意)"
+)
+_APOLOGY_ZH = re.compile(r"(抱歉|不便|不好意思|给您带来|添麻烦|对不起|理解您|让您久等|不好的体验)")
+
+
+def _count(p: re.Pattern[str], text: str) -> float:
+    return float(len(p.findall(text)))
+
+
+@dataclass(frozen=True, slots=True)
+class LexicalFeatures:
+    remedy: float
+    commit: float
+    time: float
+    generic: float
+    apology: float
+    digits: float
+    log_len: float
+    q_overlap: float
+    """Fraction of the question's content tokens that the reply repeats."""
+    r_novelty: float
+    """Fraction of the reply's content tokens that are not in the question."""
+    stuffing: float
+    """Keyword-stuffing indicator in [0, 1]: repeats the question, adds little, offers no remedy."""
+    list_density: float
+    """Separators (commas, 、, dashes) per content token: lists of keywords score high."""
+
+
+def lexical_features(question: str, reply: str) -> LexicalFeatures:
+    """Lexicon and overlap cues for (question text incl. image text, reply)."""
+    zh = detect_lang(reply) == "zh"
+    remedy = _count(_REMEDY_ZH, reply) if zh else _count(_REMEDY_EN, reply)
+    commit = _count(_COMMIT_ZH, reply) if zh else _count(_COMMIT_EN, reply)
+    time = _count(_TIME_ZH, reply) if zh else _count(_TIME_EN, reply)
+    generic = _count(_GENERIC_ZH, reply) if zh else _count(_GENERIC_EN, reply)
+    apology = _count(_APOLOGY_ZH, reply) if zh else _count(_APOLOGY_EN, reply)
+    digits = float(len(_DIGITS.findall(reply)))
+    n_chars = len(reply) * (2.5 if zh else 1.0)
+    q_toks = content_tokens(question)
+    r_toks = content_tokens(reply)
+    shared = q_toks & r_toks
+    q_overlap = len(shared) / len(q_toks) if q_toks else 0.0
+    r_novelty = (len(r_toks - q_toks) / len(r_toks)) if r_toks else 0.0
+    seps = len(re.findall(r"[,，、;；/—–-]|\band\b", reply))
+    list_density = seps / max(len(r_toks), 1)
+    no_remedy = remedy == 0 and commit == 0
+    stuffing = float(no_remedy) * min(1.0, q_overlap * 2.0) * (1.0 - r_novelty)
+    return LexicalFeatures(
+        remedy=min(remedy, 4.0),
+        commit=min(commit, 3.0),
+        time=min(time, 3.0),
+        generic=min(generic, 3.0),
+        apology=min(apology, 3.0),
+        digits=min(digits, 12.0) / 12.0,
+        log_len=float(np.log1p(n_chars)),
+        q_overlap=q_overlap,
+        r_novelty=r_novelty,
+        stuffing=stuffing,
+        list_density=min(list_density, 2.0),
+    )
+
+
+_STUFFING_PHRASE = re.compile(
+    r"(等|这些|各类|各种|所有)(问题|情况).{0,8}(重视|关注|在意)|take (all )?(of )?(these|this|them|it|such) "
+    r"(issues |matters |things )?(very )?seriously|value (every|all) (piece of )?feedback",
+    re.IGNORECASE,
+)
+_LIST_SEP = re.compile(r"[,，、;；/]|\band\b|\bor\b")
+
+
+def keyword_list(question: str, reply: str) -> tuple[int, int]:
+    """(short list items, items made of the question's keywords) in the reply's leading list.
+
+    Chinese lists are split on the enumeration comma "、" only (the ordinary comma joins clauses).
+    """
+    q_toks = content_tokens(question)
+    zh = detect_lang(reply) == "zh"
+    head_end = r"[:：—!！。?？，,;；]" if zh else r"[:：—!！?？]|\.(?!\d)"
+    head = re.split(head_end, reply, maxsplit=1)[0]
+    segs = head.split("、") if zh else _LIST_SEP.split(head)
+    items = 0
+    keyword_items = 0
+    for seg in segs:
+        if not seg.strip():
+            continue
+        short = len(seg.strip()) <= 8 if zh else len(seg.split()) <= 4
+        if not short:
+            continue
+        items += 1
+        seg_toks = content_tokens(seg)
+        if seg_toks and len(seg_toks & q_toks) / len(seg_toks) >= 0.5:
+            keyword_items += 1
+    return items, keyword_items
+
+
+def is_keyword_stuffing(question: str, reply: str, lex: LexicalFeatures) -> bool:
+    """Reply that lists the question's keywords and offers no remedy ("crushed box, fragile, broken...")."""
+    no_remedy = lex.remedy == 0 and lex.commit == 0
+    items, keyword_items = keyword_list(question, reply)
+    listy = (
+        (items >= 3 and keyword_items >= 2)
+        or items >= 4
+        or (items >= 3 and bool(_STUFFING_PHRASE.search(reply)))
+    )
+    return no_remedy and listy
+
+
+# --- embedding-derived features -----------------------------------------------------------------
+
+
+def _softmax(x: NDArray[np.float64], temp: float) -> NDArray[np.float64]:
+    z = (x - x.max()) / temp
+    e = np.exp(z)
+    return np.asarray(e / e.sum(), dtype=np.float64)
+
+
+def issue_distribution(
+    e: FloatArray, issue_protos: FloatArray, issue_of_proto: Sequence[int], n_issues: int, temp: float
+) -> NDArray[np.float64]:
+    """Soft assignment of a text to issue categories: max cosine per category, then softmax."""
+    sims = np.asarray(issue_protos @ e, dtype=np.float64)
+    per = np.full(n_issues, -1.0)
+    for s, k in zip(sims, issue_of_proto, strict=True):
+        per[k] = max(per[k], s)
+    return _softmax(per, temp)
+
+
+@dataclass(frozen=True, slots=True)
+class Prototypes:
+    """Unit-norm embeddings of the prototype sentences (from the calibration JSON)."""
+
+    generic: NDArray[np.float32]
+    offtopic: NDArray[np.float32]
+    issue: NDArray[np.float32]
+    issue_of_proto: tuple[int, ...]
+    n_issues: int
+    temp: float
+
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "cos_qr",
+    "cos_qr_x_zh",
+    "max_generic",
+    "max_offtopic",
+    "max_issue_r",
+    "issue_agree",
+    "q_issue_conf",
+    "agree_x_conf",
+    "cos_minus_generic",
+    "remedy",
+    "commit",
+    "time",
+    "generic_lex",
+    "apology",
+    "digits",
+    "log_len",
+    "q_overlap",
+    "r_novelty",
+    "stuffing",
+    "list_density",
+    "is_zh",
+    "remedy_x_cos",
+    "cos_minus_issue_r",
+    "q_vs_issue_softmax",
+    "r_issue_at_q",
+)
+
+
+def feature_vector(
+    question: str, reply: str, e_q: FloatArray, e_r: FloatArray, protos: Prototypes
+) -> NDArray[np.float64]:
+    """All features for one case, in FEATURE_NAMES order. ``e_q``/``e_r`` are unit-norm embeddings."""
+    cos_qr = float(e_q @ e_r)
+    max_generic = float(np.max(protos.generic @ e_r))
+    max_offtopic = float(np.max(protos.offtopic @ e_r))
+    max_issue_r = float(np.max(protos.issue @ e_r))
+    p_q = issue_distribution(e_q, protos.issue, protos.issue_of_proto, protos.n_issues, protos.temp)
+    p_r = issue_distribution(e_r, protos.issue, protos.issue_of_proto, protos.n_issues, protos.temp)
+    issue_agree = float(p_q @ p_r)
+    issue_sims = np.asarray(protos.issue @ e_r, dtype=np.float64)
+    q_vs_issue = float(_softmax(np.concatenate([[cos_qr], issue_sims]), protos.temp)[0])
+    q_conf = float(p_q.max())
+    lex = lexical_features(question, reply)
+    is_zh = 1.0 if detect_lang(reply) == "zh" else 0.0
+    has_rem = min(lex.remedy + lex.commit, 3.0)
+    return np.array(
+        [
+            cos_qr,
+            cos_qr * is_zh,
+            max_generic,
+            max_offtopic,
+            max_issue_r,
+            issue_agree,
+            q_conf,
+            issue_agree * q_conf,
+            cos_qr - max_generic,
+            lex.remedy,
+            lex.commit,
+            lex.time,
+            lex.generic,
+            lex.apology,
+            lex.digits,
+            lex.log_len,
+            lex.q_overlap,
+            lex.r_novelty,
+            lex.stuffing,
+            lex.list_density,
+            is_zh,
+            has_rem * cos_qr,
+            cos_qr - max_issue_r,
+            q_vs_issue,
+            float(p_r[int(np.argmax(p_q))]),
+        ],
+        dtype=np.float64,
+    )
+
+
+# --- the calibrated model -------------------------------------------------------------------------
+
+GRADE_TARGETS: tuple[float, float, float] = (0.0, 0.55, 1.0)
+
+
+def predict_proba(
+    x: NDArray[np.float64],
+    mean: NDArray[np.float64],
+    scale: NDArray[np.float64],
+    w: NDArray[np.float64],
+    b: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Multinomial logistic regression on standardised features: rows of P(grade=0,1,2)."""
+    z = ((x - mean) / scale) @ w + b
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
+
+
+def expected_score(proba: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Expected target (0 / 0.55 / 1.0) under the grade probabilities."""
+    return np.asarray(proba @ np.asarray(GRADE_TARGETS), dtype=np.float64)
+
+
+def piecewise_linear(x: NDArray[np.float64], xs: Sequence[float], ys: Sequence[float]) -> NDArray[np.float64]:
+    """Monotone post-calibration map (knots from the calibration JSON)."""
+    return np.asarray(np.interp(x, np.asarray(xs), np.asarray(ys)), dtype=np.float64)
