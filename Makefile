@@ -27,6 +27,9 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	scripts/ensure-services.sh
+	@# The admin pages' browser test drives Debian's chromium (CI runs as root; no browser downloads).
+	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
 	$(MAKE) --no-print-directory lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

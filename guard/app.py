@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from guard import api
+from guard import api, proxy
+from guard.admin import admin_mount
 from guard.cache import MemoryCache, RedisCache, ScoreCache
 from guard.decision_log import DecisionLog
 from guard.images import DecodedImage, ImageError, decode_image
+from guard.integrations import Integrations
+from guard.keys import AuthMiddleware
 from guard.metrics import Metrics
 from guard.pipeline import Guard, PolicyBook, ScoringService
 from guard.scoring.base import Scorer
@@ -25,6 +29,9 @@ from guard.settings import Settings
 from guard.store import Store
 
 log = logging.getLogger(__name__)
+
+OutcomeHook = Callable[[str], Awaitable[None]]
+"""Called with a decision id after a supervisor resolves its case (approve/edit/take over/dismiss)."""
 
 
 def load_scorer(settings: Settings) -> Scorer:
@@ -52,6 +59,9 @@ class GuardApp:
         self._guard: Guard | None = None
         self._store: Store | None = None
         self._log: DecisionLog | None = None
+        self._integrations: Integrations | None = None
+        self.on_outcome: OutcomeHook | None = None
+        """Set by create_app: how a supervisor's outcome reaches the chatbot (handoff delivery)."""
 
     @property
     def guard(self) -> Guard:
@@ -71,6 +81,16 @@ class GuardApp:
             raise RuntimeError("the guard is not started")
         return self._log
 
+    @property
+    def integrations(self) -> Integrations:
+        """API keys, handoff webhooks and the proxy (issue 4)."""
+        if self._integrations is None:
+            raise RuntimeError("the guard is not started")
+        return self._integrations
+
+    async def _deliver_outcome(self, decision_id: str) -> None:
+        await self.integrations.handoff.deliver_outcome(decision_id)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         s = self.settings
@@ -81,11 +101,15 @@ class GuardApp:
         self._log.start()
         scoring = ScoringService(scorer, s.score_timeout_s)
         self._guard = Guard(s, scoring, cache, PolicyBook(self._store), self._log, self.metrics)
+        self._integrations = await Integrations.open(s, self._store, self._guard, self._log, self.metrics)
+        if self.on_outcome is None:
+            self.on_outcome = self._deliver_outcome
         self.metrics.gauge("guard_decision_log_pending", lambda: float(self.decision_log.pending))
         log.info("guard ready: scorer %s %s, cache %s", scorer.name, scorer.version, cache.name)
         try:
             yield
         finally:
+            await self._integrations.close()
             await self._log.stop()
             scoring.close()
             await cache.close()
@@ -157,16 +181,24 @@ async def _unexpected(_request: Request, exc: Exception) -> Response:
     return api.error_response(500, "internal_error", "the guard failed unexpectedly; the error is logged")
 
 
-def create_app(settings: Settings | None = None, *, scorer: Scorer | None = None) -> Starlette:
+def create_app(
+    settings: Settings | None = None,
+    *,
+    scorer: Scorer | None = None,
+    on_outcome: OutcomeHook | None = None,
+) -> Starlette:
     """The guard as an ASGI app. ``scorer`` replaces the configured backend (tests, embedding)."""
     settings = settings or Settings.from_env()
     guard_app = GuardApp(settings, (lambda _s: scorer) if scorer is not None else load_scorer)
+    guard_app.on_outcome = on_outcome
     app = Starlette(
         routes=[
             *api.routes,
+            Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            admin_mount(guard_app),
         ],
         exception_handlers={
             api.ApiError: _api_error,
@@ -174,6 +206,7 @@ def create_app(settings: Settings | None = None, *, scorer: Scorer | None = None
             Exception: _unexpected,
         },
         lifespan=guard_app.lifespan,
+        middleware=[Middleware(AuthMiddleware, guard_app=guard_app)],
     )
     app.state.guard_app = guard_app
     return app

@@ -1,9 +1,10 @@
-"""The ``guard`` command: serve, migrate, check, policy show|validate|publish."""
+"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -48,6 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     publish.add_argument("file", type=Path)
     publish.add_argument("--author", default="cli")
 
+    users = sub.add_parser("users", help="admin page accounts")
+    usub = users.add_subparsers(dest="users_command", required=True)
+    ucreate = usub.add_parser("create", help="create an admin page user (the first admin, for instance)")
+    ucreate.add_argument("--username", required=True)
+    ucreate.add_argument("--role", required=True, choices=["supervisor", "policy_owner", "admin"])
+    ucreate.add_argument(
+        "--password-stdin", action="store_true", help="read the password from stdin instead of a prompt"
+    )
+
+    keys = sub.add_parser("keys", help="API keys of chatbot clients")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    kcreate = ksub.add_parser("create", help="create a key bound to a channel; it is printed only once")
+    kcreate.add_argument("--channel", required=True)
+    kcreate.add_argument("--name", default=None, help="a note: which chatbot uses it")
+    ksub.add_parser("list", help="list keys (ids and channels; never the keys)")
+    krevoke = ksub.add_parser("revoke", help="revoke a key by its id (the part after 'rg_')")
+    krevoke.add_argument("key_id")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -55,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"guard: {exc}", file=sys.stderr)
         return 2
     command = args.command if args.command != "policy" else f"policy {args.policy_command}"
+    if args.command == "users":
+        command = f"users {args.users_command}"
+    if args.command == "keys":
+        command = f"keys {args.keys_command}"
     handler = {
         "serve": _serve,
         "migrate": _migrate,
@@ -62,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         "policy show": _policy_show,
         "policy validate": _policy_validate,
         "policy publish": _policy_publish,
+        "users create": _users_create,
+        "keys create": _keys_create,
+        "keys list": _keys_list,
+        "keys revoke": _keys_revoke,
     }[command]
     return handler(args, settings)
 
@@ -71,10 +98,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from guard.app import create_app
 
+    # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
+    settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     uvicorn.run(
         create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=settings.host,
+        port=settings.port,
         log_level="info",
         timeout_graceful_shutdown=15,
     )
@@ -165,6 +194,81 @@ def _policy_publish(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     print(f"published channel {stored.channel!r} version {stored.version}")
+    return 0
+
+
+def _users_create(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    from guard.admin import auth
+    from guard.store import Store
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+        if getpass.getpass("again: ") != password:
+            print("guard: the passwords differ", file=sys.stderr)
+            return 1
+    problem = auth.username_problem(args.username) or auth.password_problem(password)
+    if problem:
+        print(f"guard: {problem}", file=sys.stderr)
+        return 1
+    store = Store.open(settings.database_url)
+    try:
+        if store.user_by_name(args.username) is not None:
+            print(f"guard: there is already a user {args.username!r}", file=sys.stderr)
+            return 1
+        store.create_user(args.username, auth.hash_password(password), args.role, actor="cli")
+    finally:
+        store.close()
+    print(f"created {args.role} {args.username!r}")
+    return 0
+
+
+def _keys_create(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.keys import create_key
+    from guard.store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        key = create_key(store, args.channel, args.name)
+    except ValueError as exc:
+        print(f"guard: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"created a key for channel {args.channel!r}; it is shown only now:", file=sys.stderr)
+    print(key)
+    return 0
+
+
+def _keys_list(_args: argparse.Namespace, settings: Settings) -> int:
+    from guard.store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        rows = store.api_keys()
+    finally:
+        store.close()
+    for row in rows:
+        state = "revoked" if row["revoked_at"] else "active"
+        print(f"{row['id']}  {state:8} channel={row['channel']!r}  {row['name'] or ''}".rstrip())
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        revoked = store.revoke_api_key(args.key_id)
+    finally:
+        store.close()
+    if not revoked:
+        print(f"guard: no active key {args.key_id!r}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}")
     return 0
 
 

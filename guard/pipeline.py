@@ -283,6 +283,7 @@ class Guard:
                     image_text=None,
                     has_image=image is not None,
                     locale=locale,
+                    image=image.rgb if image is not None else None,
                 )
                 for i in misses
             ]

@@ -47,6 +47,36 @@ class Settings:
     """Decisions waiting to be written to SQL; past it, requests wait for the writer (nothing is dropped)."""
     log_batch_size: int = 200
     """Decisions written to SQL per transaction."""
+    auth: str = "auto"
+    """API keys: "auto" (required unless serving on loopback with no key yet) or "required"."""
+    upstream_url: str | None = None
+    """Base URL of the OpenAI-compatible model server the proxy forwards to (e.g. http://host:8001/v1)."""
+    upstream_api_key: str | None = None
+    """API key sent upstream; unset: the client's Authorization is passed on unless it is a guard key."""
+    upstream_timeout_s: float = 60.0
+    """Deadline for one upstream chat completion, streaming included."""
+    upstream_max_bytes: int = 10 * 1024 * 1024
+    """Largest upstream response the proxy reads (a bigger one is a 502)."""
+    image_fetch_allow_hosts: str = ""
+    """Comma-separated hosts the proxy may fetch http(s) image URLs from ("*.example.com" for subdomains)."""
+    image_fetch_timeout_s: float = 5.0
+    """Deadline for fetching one image URL."""
+    webhook_url: str | None = None
+    """Where escalations, reviews and supervisors' outcomes are POSTed; unset: no webhook."""
+    webhook_secret: str | None = None
+    """HMAC-SHA256 key that signs every webhook delivery."""
+    webhook_timeout_s: float = 5.0
+    """Deadline for one webhook delivery attempt."""
+    webhook_max_attempts: int = 8
+    """Attempts per webhook delivery before it is marked failed."""
+    webhook_backoff_s: float = 2.0
+    """Delay before the first retry; doubled for each further one (capped at one hour)."""
+    admin_case_url: str = "http://127.0.0.1:8000/admin/queue/{escalation_id}"
+    """Link to a case in the admin page, sent in webhooks; {decision_id} and {escalation_id} are filled in."""
+    secret_key: str | None = None
+    """Signs admin session cookies; unset: one is generated once and kept in var/secret_key."""
+    session_ttl_s: int = 8 * 3600
+    """How long an admin sign-in lasts."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

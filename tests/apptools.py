@@ -23,7 +23,8 @@ def guard_client(database_url: str, scorer: Scorer | None = None, **overrides: A
     migrate(database_url)
     settings = Settings(database_url=database_url, **overrides)
     app = create_app(settings, scorer=scorer or FakeScorer())
-    with TestClient(app, raise_server_exceptions=False) as client:
+    # A loopback client: with no API key created, a loopback guard serves it without one (guard/keys.py).
+    with TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         yield client
 
 

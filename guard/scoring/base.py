@@ -7,8 +7,11 @@ thread, never on the event loop. Scorers know nothing of HTTP, SQL or caches.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 DEFAULT_INSTRUCTION = (
     "Judge whether the response directly addresses the issue shown in the image and described in the query."
@@ -30,6 +33,9 @@ class ScoreInput:
     """A photo came with the question (whether or not the scorer can see it)."""
     locale: str | None = None
     """"zh" or "en" when known."""
+    image: Image.Image | None = field(default=None, compare=False, repr=False)
+    """The decoded, EXIF-oriented RGB photo, for scorers that see it (shared: do not mutate).
+    A scorer lists "image" in ``inputs_used`` only when it really used these pixels."""
 
 
 @dataclass(frozen=True, slots=True)

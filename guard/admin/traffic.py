@@ -1,0 +1,209 @@
+"""Preview on recent traffic, outcome agreement and dashboard figures. Pure: rows in, numbers out.
+
+Outcomes are labels. A supervisor who *approved* a held draft says no human was needed; one who
+*edited* it or *took over* says a human was needed; a *dismissed* case says nothing either way.
+A decision agrees with its label when it held the draft for a human (review, escalate) exactly
+when a human was needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy, decide
+
+OUTCOME_NEEDS_HUMAN: dict[str, bool] = {"approved": False, "edited": True, "taken_over": True}
+
+WINDOWS: dict[str, timedelta] = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
+
+
+def window(name: str | None, default: str = "24h") -> tuple[str, timedelta]:
+    key = name if name in WINDOWS else default
+    return key, WINDOWS[key]
+
+
+@dataclass(frozen=True)
+class Agreement:
+    labelled: int
+    agreed: int
+
+    @property
+    def rate(self) -> float | None:
+        return self.agreed / self.labelled if self.labelled else None
+
+
+def agrees(action: str, outcome: str | None) -> bool | None:
+    """Whether ``action`` agrees with the supervisor's ``outcome``; None when the outcome is no label."""
+    needed = OUTCOME_NEEDS_HUMAN.get(outcome or "")
+    if needed is None:
+        return None
+    return (action in QUEUED_ACTIONS) == needed
+
+
+def agreement(pairs: Iterable[tuple[str, str | None]]) -> Agreement:
+    labelled = agreed = 0
+    for action, outcome in pairs:
+        verdict = agrees(action, outcome)
+        if verdict is None:
+            continue
+        labelled += 1
+        agreed += verdict
+    return Agreement(labelled, agreed)
+
+
+@dataclass(frozen=True)
+class Replay:
+    total: int
+    old_counts: dict[str, int]
+    new_counts: dict[str, int]
+    changed: int
+    transitions: list[tuple[str, str, int]]
+    """(old action, new action, count) for every decision the draft would decide differently."""
+    old_agreement: Agreement
+    new_agreement: Agreement
+    scores: list[float]
+
+
+def replay(rows: Sequence[Mapping[str, Any]], draft: Policy) -> Replay:
+    """Decide each logged decision again under ``draft`` from its recorded score (no re-scoring).
+
+    A decision whose score was unusable (degraded) takes the draft's ``on_error`` action."""
+    old: Counter[str] = Counter()
+    new: Counter[str] = Counter()
+    moves: Counter[tuple[str, str]] = Counter()
+    old_pairs: list[tuple[str, str | None]] = []
+    new_pairs: list[tuple[str, str | None]] = []
+    scores: list[float] = []
+    for row in rows:
+        score = row["score"]
+        usable = isinstance(score, float | int) and math.isfinite(score)
+        verdict = decide(draft, float(score) if usable else None)
+        old[row["action"]] += 1
+        new[verdict.action] += 1
+        if verdict.action != row["action"]:
+            moves[(row["action"], verdict.action)] += 1
+        old_pairs.append((row["action"], row.get("outcome")))
+        new_pairs.append((verdict.action, row.get("outcome")))
+        if usable:
+            scores.append(float(score))
+    return Replay(
+        total=len(rows),
+        old_counts={a: old.get(a, 0) for a in ACTIONS},
+        new_counts={a: new.get(a, 0) for a in ACTIONS},
+        changed=sum(moves.values()),
+        transitions=sorted(((a, b, n) for (a, b), n in moves.items()), key=lambda t: -t[2]),
+        old_agreement=agreement(old_pairs),
+        new_agreement=agreement(new_pairs),
+        scores=scores,
+    )
+
+
+@dataclass(frozen=True)
+class BandOutcomes:
+    channel: str
+    band: str
+    action: str
+    outcomes: dict[str, int]
+    agreement: Agreement
+
+
+def band_outcomes(rows: Iterable[Mapping[str, Any]]) -> list[BandOutcomes]:
+    """Per (channel, band, action): what supervisors did with those decisions and how often it agreed."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        key = (row["channel"], row["band"] or "degraded (no score)", row["action"])
+        groups.setdefault(key, []).append(row)
+    out = []
+    for (channel, band, action), items in sorted(groups.items()):
+        counts = Counter(r["outcome"] for r in items)
+        out.append(
+            BandOutcomes(
+                channel,
+                band,
+                action,
+                {k: counts.get(k, 0) for k in ("approved", "edited", "taken_over", "dismissed")},
+                agreement((r["action"], r["outcome"]) for r in items),
+            )
+        )
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0..100) by linear interpolation; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    total: int
+    per_action: dict[str, int]
+    buckets: list[tuple[str, dict[str, int]]]
+    scores: list[float]
+    cache_hit_rate: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    scorer_p50: float | None
+    scorer_p95: float | None
+
+
+def dashboard(rows: Sequence[Mapping[str, Any]], now: datetime, span: timedelta) -> Dashboard:
+    step = _bucket_step(span)
+    n = max(1, math.ceil(span / step))
+    start = now - n * step
+    buckets: list[Counter[str]] = [Counter() for _ in range(n)]
+    per_action: Counter[str] = Counter()
+    total_ms: list[float] = []
+    scorer_ms: list[float] = []
+    cached = 0
+    scores: list[float] = []
+    for row in rows:
+        per_action[row["action"]] += 1
+        i = int((row["created_at"] - start) / step)
+        if 0 <= i < n:
+            buckets[i][row["action"]] += 1
+        cached += bool(row["cached"])
+        total_ms.append(float(row["latency_ms"]))
+        score_ms = (row["timings_ms"] or {}).get("score")
+        if not row["cached"] and isinstance(score_ms, int | float):
+            scorer_ms.append(float(score_ms))
+        if isinstance(row["score"], float | int) and math.isfinite(row["score"]):
+            scores.append(float(row["score"]))
+    fmt = "%H:%M" if step < timedelta(days=1) else "%m-%d"
+    if span > timedelta(days=1) and step < timedelta(days=1):
+        fmt = "%m-%d %H:%M"
+    return Dashboard(
+        total=len(rows),
+        per_action={a: per_action.get(a, 0) for a in ACTIONS},
+        buckets=[((start + i * step).strftime(fmt), dict(c)) for i, c in enumerate(buckets)],
+        scores=scores,
+        cache_hit_rate=cached / len(rows) if rows else None,
+        latency_p50=percentile(total_ms, 50),
+        latency_p95=percentile(total_ms, 95),
+        scorer_p50=percentile(scorer_ms, 50),
+        scorer_p95=percentile(scorer_ms, 95),
+    )
+
+
+def _bucket_step(span: timedelta) -> timedelta:
+    if span <= timedelta(hours=1):
+        return timedelta(minutes=5)
+    if span <= timedelta(days=1):
+        return timedelta(hours=1)
+    if span <= timedelta(days=7):
+        return timedelta(hours=6)
+    return timedelta(days=1)

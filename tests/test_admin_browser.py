@@ -1,0 +1,209 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright against the guard served
+by uvicorn on a loopback port, with real PostgreSQL. Screenshots of the main pages go to
+docs/screenshots/. In CI (CI=true) a browser that cannot start fails the test; elsewhere it skips."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from guard.admin import auth
+from guard.app import create_app
+from guard.settings import Settings
+from guard.store import Store, migrate
+from tests.apptools import b64, png_bytes
+from tests.fakes import FakeScorer
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
+PASSWORD = "correct horse battery"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _unavailable(message: str) -> None:
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        _unavailable(f"playwright is not installed: {exc}")
+    with sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
+        except Exception as exc:
+            _unavailable(f"chromium cannot start from {CHROMIUM}: {exc}")
+        yield b
+        b.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def server(pg_url: str) -> Iterator[tuple[str, Store]]:
+    migrate(pg_url)
+    store = Store.open(pg_url)
+    store.create_user("sam", auth.hash_password(PASSWORD), "supervisor", actor="test")
+    store.create_user("olga", auth.hash_password(PASSWORD), "policy_owner", actor="test")
+    app = create_app(Settings(database_url=pg_url, secret_key="e2e-secret"), scorer=FakeScorer())
+    port = _free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", store
+    finally:
+        srv.should_exit = True
+        thread.join(15)
+        store.close()
+
+
+def api(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        out: dict[str, Any] = json.loads(r.read())
+        return out
+
+
+def until(check: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def sign_in(page: Any, base: str, username: str) -> None:
+    page.goto(f"{base}/admin/login")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_load_state()
+
+
+def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tuple[str, Store]) -> None:
+    from playwright.sync_api import expect
+
+    base, store = server
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    escalated = api(
+        base,
+        "/v1/guard",
+        {
+            "conversation_id": "c-1029",
+            "question": "口袋开线怎么办？<script>alert(1)</script>",
+            "reply": "感谢您的反馈，本品支持7天无理由退换 [score=0.12]",
+            "image": {"data": b64(png_bytes((160, 120), "orange"))},
+        },
+    )
+    assert escalated["action"] == "escalate"
+    reviews = [
+        api(base, "/v1/guard", {"question": f"Seam came open ({i})", "reply": "We can fix it [score=0.45]"})
+        for i in range(3)
+    ]
+    assert {r["action"] for r in reviews} == {"review"}
+    for score in ("0.55", "0.8", "0.9"):
+        api(base, "/v1/guard", {"question": "Where is my parcel?", "reply": f"On its way [score={score}]"})
+    until(lambda: len(store.queue()) == 4)
+
+    # A supervisor works the queue: opens the escalated case with its photo, edits and sends.
+    sup = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = sup.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(f"{base}/admin/login")
+    page.screenshot(path=str(SCREENSHOTS / "login.png"))
+    sign_in(page, base, "sam")
+    assert page.url.endswith("/admin/queue")
+    expect(page.locator("table.queue tbody tr")).to_have_count(4)
+    page.screenshot(path=str(SCREENSHOTS / "queue.png"), full_page=True)
+    page.click(f"a[href='/admin/cases/{escalated['escalation_id']}']")
+    expect(page.locator("blockquote.question")).to_contain_text("<script>alert(1)</script>")
+    expect(page.locator("dd.conversation")).to_have_text("c-1029")
+    photo = page.locator("img.photo")
+    until(lambda: photo.evaluate("img => img.complete && img.naturalWidth") == 160)
+    expect(page.locator("#score-bar rect.marked")).to_have_count(1)
+    page.screenshot(path=str(SCREENSHOTS / "case.png"), full_page=True)
+    page.fill("#edit-reply", "已为您登记口袋开线问题，我们将免费为您修补。")
+    page.click("#edit-send")
+    expect(page.locator("p.notice")).to_contain_text("Done")
+    decision = api(base, f"/v1/decisions/{escalated['decision_id']}")
+    assert (
+        decision["state"] == "edited" and decision["reply"] == "已为您登记口袋开线问题，我们将免费为您修补。"
+    )
+    case = store.case(escalated["escalation_id"])
+    assert case is not None and case["resolved_by"] == "sam"
+    # ... and cannot open the policy page.
+    response = page.goto(f"{base}/admin/policies/default")
+    assert response is not None and response.status == 403
+    expect(page.locator("h1")).to_have_text("Not allowed")
+    assert page.locator("#policy-form").count() == 0
+    sup.close()
+
+    # A policy owner moves a threshold, sees the preview change, publishes.
+    owner = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = owner.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    sign_in(page, base, "olga")
+    page.goto(f"{base}/admin/policies/default")
+    review_new = page.locator("#preview-counts tr[data-action=review] td.new")
+    follow_new = page.locator("#preview-counts tr[data-action=follow_up] td.new")
+    expect(review_new).to_have_text("3")
+    expect(follow_new).to_have_text("1")
+    page.fill("input[name=band_hi_1]", "0.44")  # the review band now ends at 0.44 ...
+    expect(page.locator("input[name=band_lo_2]")).to_have_value("0.44")  # ... and follow-up starts there
+    expect(review_new).to_have_text("0")  # the preview updated in place, without a reload
+    expect(follow_new).to_have_text("4")
+    expect(page.locator("#changed-count")).to_have_text("3")
+    page.fill("textarea[name=tpl_followup_en]", "We logged {{ issue }} as {{ case_ref }}.")
+    expect(page.locator("[data-sample='followup.en']")).to_have_text(
+        "We logged open seam on the pocket as RG-SAMPLE1."
+    )
+    page.screenshot(path=str(SCREENSHOTS / "policy.png"), full_page=True)
+    page.click("#publish-button")
+    expect(page.locator("p.notice")).to_contain_text("Published")
+    expect(page.locator("table.versions tbody tr")).to_have_count(2)
+
+    # The next check uses the new version.
+    after = api(base, "/v1/guard", {"question": "Seam came open", "reply": "We can fix it [score=0.45]"})
+    assert after["policy"]["version"] == 2 and after["action"] == "follow_up"
+
+    page.goto(f"{base}/admin/dashboard")
+    expect(page.locator("svg")).to_have_count(2)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+    page.goto(f"{base}/admin/outcomes")
+    page.screenshot(path=str(SCREENSHOTS / "outcomes.png"), full_page=True)
+    owner.close()
+    assert not [e for e in errors if "Content Security Policy" in e], errors
