@@ -117,6 +117,17 @@ async def _parse_multipart(
         await form.close()
 
 
+def _channel(request: Request, fields: Mapping[str, Any]) -> str:
+    """The request's channel: the API key's when a key was used (a key cannot act for another channel)."""
+    asked = _text(fields, "channel", limit=100, required=False)
+    bound = request.scope.get("state", {}).get("guard_channel")
+    if bound is None:
+        return asked or "default"
+    if asked is not None and asked != bound:
+        raise ApiError(403, "channel_forbidden", f"this API key is for channel {bound!r}, not {asked!r}")
+    return str(bound)
+
+
 def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -> str | None:
     value = fields.get(name)
     if value is None:
@@ -181,7 +192,7 @@ async def check_request(request: Request) -> CheckRequest:
     question = _text(fields, "question", limit=settings.max_question_chars, required=True)
     reply = _text(fields, "reply", limit=settings.max_reply_chars, required=True)
     assert question is not None and reply is not None
-    channel = _text(fields, "channel", limit=100, required=False) or "default"
+    channel = _channel(request, fields)
     conversation_id = _text(fields, "conversation_id", limit=200, required=False)
     locale = _text(fields, "locale", limit=16, required=False)
     candidates = fields.get("candidates") or []
@@ -281,7 +292,7 @@ async def rerank_endpoint(request: Request) -> Response:
         raise ApiError(422, "too_many_documents", "at most 64 documents are allowed")
     if any(len(d) > settings.max_reply_chars for d in documents):
         raise ApiError(422, "too_long", f"a document is over {settings.max_reply_chars} characters")
-    channel = _text(fields, "channel", limit=100, required=False) or "default"
+    channel = _channel(request, fields)
     instruction = _text(fields, "instruction", limit=2000, required=False)
     image = await _image(fields, upload, settings, app)
     guard: Guard = app.guard

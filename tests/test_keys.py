@@ -17,7 +17,7 @@ from guard.keys import create_key, hash_key, is_loopback_host
 from guard.settings import Settings
 from guard.store import Store, migrate
 from guard.tables import ApiKey
-from tests.apptools import b64, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
 from tests.fakes import FakeScorer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,3 +142,24 @@ def test_cli_creates_lists_and_revokes_keys(sqlite_url: str) -> None:
     assert guard("keys", "revoke", key_id).returncode == 0
     assert "revoked" in guard("keys", "list").stdout
     assert guard("keys", "revoke", key_id).returncode == 1
+
+
+def test_a_key_decides_for_its_own_channel_only(sqlite_url: str) -> None:
+    with guard_client(sqlite_url) as client:
+        key = create_key(guard_app(client).store, "vip")
+        guard_app(client).integrations.keys._any = None
+        headers = {"authorization": f"Bearer {key}"}
+        body = {"question": "q", "reply": "fine [score=0.8]"}
+        ok = client.post("/v1/guard", json=body, headers=headers)
+        assert ok.status_code == 200, ok.text
+        flush(client)
+        row = guard_app(client).store.get_decision(ok.json()["decision_id"])
+        assert row is not None and row["channel"] == "vip", "the key's channel, not the default"
+        same = client.post("/v1/guard", json=body | {"channel": "vip"}, headers=headers)
+        assert same.status_code == 200
+        other = client.post("/v1/guard", json=body | {"channel": "default"}, headers=headers)
+        assert other.status_code == 403 and other.json()["error"]["code"] == "channel_forbidden"
+        rerank = client.post(
+            "/v1/rerank", json={"query": "q", "documents": ["a"], "channel": "default"}, headers=headers
+        )
+        assert rerank.status_code == 403
