@@ -43,6 +43,7 @@ ACCESS: dict[str, frozenset[str]] = {
     "queue": frozenset({"supervisor", "admin"}),
     "policies": frozenset({"policy_owner", "admin"}),
     "users": frozenset({"admin"}),
+    "playground": frozenset({"supervisor", "policy_owner", "admin"}),
 }
 
 _hasher = PasswordHasher()

@@ -201,3 +201,19 @@ def paired_bars(
 
 def band_edges(policy: Policy) -> list[float]:
     return sorted({b.lo for b in policy.bands} - {0.0})
+
+
+def mini_bar(policy: Policy, score: float | None, *, width: float = 160, height: float = 16) -> Chart:
+    """A small 0..1 bar for one row of a ranking: the policy's bands faint, the band the score falls
+    in at full colour, and the score marked."""
+    value = score if score is not None and math.isfinite(score) and 0.0 <= score <= 1.0 else None
+    rects: list[Rect] = []
+    last = len(policy.bands) - 1
+    for i, b in enumerate(policy.bands):
+        hit = value is not None and (b.lo <= value < b.hi or (i == last and value == b.hi))
+        css = f"a-{b.action}" + ("" if hit else " old")
+        rects.append(Rect(b.lo * width, 2, (b.hi - b.lo) * width, height - 4, css, b.label(top=i == last)))
+    if value is None:
+        return Chart(width, height, "no score", tuple(rects))
+    line = Line(value * width, 0, value * width, height, "marker", f"score {value:.3f}")
+    return Chart(width, height, f"score {value:.3f}", tuple(rects), (line,))

@@ -21,6 +21,11 @@ TEMPLATE_LABELS = {
 }
 SAMPLE_ISSUE = {"zh": "口袋开线", "en": "open seam on the pocket"}
 SAMPLE_CASE_REF = "RG-SAMPLE1"
+CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+def valid_channel(name: str) -> bool:
+    return 0 < len(name) <= 100 and set(name) <= CHANNEL_CHARS
 
 
 def field_name(template_key: str) -> str:

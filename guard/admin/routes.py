@@ -18,6 +18,8 @@ from urllib.parse import quote, urlencode
 import jinja2
 import yaml
 from starlette.background import BackgroundTask
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -25,8 +27,16 @@ from starlette.staticfiles import StaticFiles
 
 from guard.admin import auth, charts, traffic
 from guard.admin.auth import CurrentUser
-from guard.admin.forms import MAX_BANDS, TEMPLATE_LABELS, PolicyForm, field_name, render_samples
+from guard.admin.forms import (
+    MAX_BANDS,
+    TEMPLATE_LABELS,
+    PolicyForm,
+    field_name,
+    render_samples,
+    valid_channel,
+)
 from guard.admin.headers import SecurityHeaders
+from guard.admin.playground import Playground
 from guard.followups import MessageContext, Messages, case_ref
 from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, default_policy, policy_document
 from guard.tables import USER_ROLES, utcnow
@@ -39,7 +49,6 @@ log = logging.getLogger(__name__)
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 PREFIX = "/admin"
-CHANNEL_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 CASE_OPS = {"approve": "approved", "edit": "edited", "take_over": "taken_over", "dismiss": "dismissed"}
 STATE_LABELS = {
@@ -59,6 +68,14 @@ NOTICES = {
     "user_refused": "Not changed: that would leave no active admin.",
 }
 
+
+class FormRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -71,10 +88,6 @@ class Ctx:
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
-
-
-def valid_channel(name: str) -> bool:
-    return 0 < len(name) <= 100 and set(name) <= CHANNEL_CHARS
 
 
 def safe_next(target: str | None) -> str:
@@ -154,6 +167,7 @@ class Admin:
             action_labels=charts.ACTION_LABELS,
         )
         self._signer: auth.Signer | None = None
+        self.playground = Playground(self)
 
     # Plumbing ------------------------------------------------------------------------------------
 
@@ -193,8 +207,14 @@ class Admin:
             return None
         return CurrentUser(found["id"], found["username"], found["role"], found["csrf"], digest)
 
-    def guarded(self, area: str, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-        """Sign-in, role and (for every POST) CSRF checks, on the server, before ``handler`` runs."""
+    def guarded(
+        self, area: str, handler: Handler, *, upload: bool = False
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Sign-in, role and (for every POST) CSRF checks, on the server, before ``handler`` runs.
+
+        ``upload``: the form may carry a photo (the playground): the body may be three times
+        GUARD_MAX_BODY_BYTES plus 2 MiB (a new photo, the last one carried as base64, the text) and a
+        text field as large as a base64 photo; beyond that the form is refused unread."""
 
         async def endpoint(request: Request) -> Response:
             user = await self.current_user(request)
@@ -209,7 +229,10 @@ class Admin:
                 )
             form: Mapping[str, Any] = {}
             if request.method == "POST":
-                form = await request.form()
+                try:
+                    form = await self._read_form(request, upload)
+                except FormRefused as exc:
+                    return self.error(request, user, exc.status, exc.message)
                 token = form.get("csrf_token") or request.headers.get("x-csrf-token")
                 if not auth.same_token(user.csrf, token if isinstance(token, str) else None):
                     return self.error(
@@ -219,9 +242,32 @@ class Admin:
                         "This form has expired or did not come from these pages (CSRF check failed). "
                         "Reload the page and try again.",
                     )
-            return await handler(Ctx(request, user, form))
+            try:
+                return await handler(Ctx(request, user, form))
+            finally:
+                if isinstance(form, FormData):
+                    await form.close()  # uploaded files; the handler has read what it needs
 
         return endpoint
+
+    async def _read_form(self, request: Request, upload: bool) -> Mapping[str, Any]:
+        if not upload:
+            return await request.form()
+        limit = self.app.settings.max_body_bytes
+        most = 3 * limit + (2 << 20)  # + the text: 50 replies of 8,000 CJK characters are 1.2 MB
+        declared = request.headers.get("content-length")
+        if declared is None or not declared.isdigit():
+            raise FormRefused(411, "The form was sent without a Content-Length; send it from the page.")
+        if int(declared) > most:
+            raise FormRefused(
+                413,
+                f"The form is {int(declared):,} bytes; the limit is {most:,}. A photo may be at most "
+                f"{limit:,} bytes: go back and choose a smaller one.",
+            )
+        try:
+            return await request.form(max_files=2, max_fields=200, max_part_size=limit * 4 // 3 + 4096)
+        except HTTPException as exc:  # Starlette's answer to a malformed multipart body
+            raise FormRefused(400, f"The form could not be read: {exc.detail}") from None
 
     # Sign-in ------------------------------------------------------------------------------------
 
@@ -414,6 +460,7 @@ class Admin:
             settings.followup_response_time_zh if locale == "zh" else settings.followup_response_time_en,
         )
         follow_up = self._messages().follow_up(ctx_msg, policy.templates)
+        deliveries = await self.db(store.deliveries, case["decision_id"])
         return self.render(
             ctx.request,
             "case.html",
@@ -423,6 +470,7 @@ class Admin:
             policy=policy,
             bar=charts.score_bar(policy, case["decision_score"], case["decision_band"]),
             follow_up=follow_up,
+            deliveries=deliveries,
             case_ref=case_ref(case["decision_id"]),
             waiting_s=((case["resolved_at"] or utcnow()) - case["created_at"]).total_seconds(),
             message=message,
@@ -745,6 +793,11 @@ class Admin:
                 Route("/cases/{item_id}", g("queue", self.case)),
                 Route("/cases/{item_id}/photo", g("queue", self.photo)),
                 Route("/cases/{item_id}/act", g("queue", self.act), methods=["POST"]),
+                Route(
+                    "/playground",
+                    g("playground", self.playground.page, upload=True),
+                    methods=["GET", "POST"],
+                ),
                 Route("/outcomes", g("policies", self.outcomes)),
                 Route("/policies", g("policies", self.policies)),
                 Route("/policies/{channel}", g("policies", self.policy), methods=["GET", "POST"]),
