@@ -9,10 +9,17 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,models]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# Infinity (a real rerank server for tests/test_remote.py) needs numpy<2 and transformers 4: its own venv.
+INFINITY := .venv-infinity
+$(INFINITY)/.installed: constraints-infinity.txt
+	test -x $(INFINITY)/bin/python || $(PYTHON) -m venv $(INFINITY)
+	$(INFINITY)/bin/python -m pip install --quiet -c constraints-infinity.txt 'infinity-emb[server,torch]' torch==2.13.0
+	touch $@
+
+install: $(STAMP) $(INFINITY)/.installed
 
 migrate: $(STAMP)
 	$(BIN)/guard migrate
@@ -25,7 +32,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check guard tests migrations
 	$(BIN)/mypy
 
-test: $(STAMP)
+test: $(STAMP) $(INFINITY)/.installed
 	scripts/ensure-services.sh
 	@# The admin pages' browser test drives Debian's chromium (CI runs as root; no browser downloads).
 	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \

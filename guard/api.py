@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -51,15 +52,28 @@ async def read_body(request: Request, limit: int) -> bytes:
             )
     chunks: list[bytes] = []
     size = 0
+    timeout_s = _body_timeout(request)
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise ApiError(413, "body_too_large", f"the request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):  # a slow upload holds a connection at most this long
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(
+                        413, "body_too_large", f"the request body is over the limit of {limit} bytes"
+                    )
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ApiError(400, "client_disconnected", "the client went away before the body was read") from None
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"the request body did not arrive within {timeout_s}s (GUARD_BODY_TIMEOUT_S)"
+        ) from None
     return b"".join(chunks)
+
+
+def _body_timeout(request: Request) -> float | None:
+    guard_app = getattr(request.app.state, "guard_app", None) if "app" in request.scope else None
+    return None if guard_app is None else float(guard_app.settings.body_timeout_s)
 
 
 async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
@@ -96,6 +110,8 @@ async def _parse_multipart(
         form = await replayed.form(max_files=1, max_fields=32, max_part_size=settings.max_body_bytes)
     except MultiPartException as exc:
         raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc.message}") from None
+    except HTTPException as exc:  # what Starlette raises instead when the scope has an app
+        raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc.detail}") from None
     try:
         fields: dict[str, Any] = {}
         image: bytes | None = None
@@ -138,7 +154,18 @@ def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -
         raise ApiError(422, "wrong_type", f"'{name}' must be a string, not {type(value).__name__}")
     if len(value) > limit:
         raise ApiError(422, "too_long", f"'{name}' is {len(value)} characters; the limit is {limit}")
+    _storable(value, f"'{name}'")
     return value
+
+
+def _storable(value: str, what: str) -> None:
+    """Refuse text no database can keep verbatim: NUL characters and unpaired surrogates."""
+    if "\x00" in value:
+        raise ApiError(422, "invalid_text", f"{what} contains a NUL character (\\u0000)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, "invalid_text", f"{what} contains an unpaired surrogate") from None
 
 
 async def _image(
@@ -207,6 +234,7 @@ async def check_request(request: Request) -> CheckRequest:
             raise ApiError(
                 422, "too_long", f"candidate #{i + 1} is over {settings.max_reply_chars} characters"
             )
+        _storable(c, f"candidate #{i + 1}")
     if not reply.strip():
         raise ApiError(422, "empty_reply", "'reply' is empty: there is nothing to guard")
     image = await _image(fields, upload, settings, app)
@@ -236,6 +264,7 @@ async def images_endpoint(request: Request) -> Response:
     image = await _image(fields, upload, app.settings, app)
     if image is None:
         raise ApiError(422, "missing_field", "'image' is required")
+    app.guard.start_reading(image)  # read its text now, while the chatbot writes its reply
     await app.register_image(image)
     return JSONResponse(
         {"image_id": image.sha256, "format": image.format, "width": image.width, "height": image.height},

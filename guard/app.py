@@ -17,12 +17,14 @@ from starlette.routing import Route
 
 from guard import api, proxy
 from guard.admin import admin_mount
-from guard.cache import MemoryCache, RedisCache, ScoreCache
-from guard.decision_log import DecisionLog
+from guard.breaker import scorer_breaker
+from guard.cache import MemoryCache, RedisCache
+from guard.decision_log import DecisionLog, open_decision_log
 from guard.images import DecodedImage, ImageError, decode_image
 from guard.integrations import Integrations
 from guard.keys import AuthMiddleware
 from guard.metrics import Metrics
+from guard.ocr import open_ocr
 from guard.pipeline import Guard, PolicyBook, ScoringService
 from guard.scoring.base import Scorer
 from guard.settings import Settings
@@ -40,10 +42,24 @@ def load_scorer(settings: Settings) -> Scorer:
         from guard.scoring.bundled import BundledScorer
 
         return BundledScorer.load(threads=settings.scorer_threads)
-    raise ValueError(f"GUARD_SCORER={settings.scorer!r} is not a known scorer (known: bundled)")
+    if settings.scorer == "reranker":
+        from guard.scoring.reranker import RerankerScorer
+
+        return RerankerScorer.from_settings(settings)
+    if settings.scorer == "clip":
+        from guard.scoring.clip import ClipScorer
+
+        return ClipScorer.from_settings(settings)
+    if settings.scorer == "remote":
+        from guard.scoring.remote import RemoteScorer
+
+        return RemoteScorer.from_settings(settings)
+    raise ValueError(
+        f"GUARD_SCORER={settings.scorer!r} is not a known scorer (known: bundled, reranker, clip, remote)"
+    )
 
 
-def open_cache(settings: Settings) -> ScoreCache:
+def open_cache(settings: Settings) -> MemoryCache | RedisCache:
     if settings.redis_url:
         return RedisCache(settings.redis_url, ttl_s=settings.cache_ttl_s, timeout_s=settings.redis_timeout_s)
     return MemoryCache(settings.cache_size, settings.cache_ttl_s)
@@ -97,14 +113,22 @@ class GuardApp:
         scorer = await asyncio.to_thread(self._scorer_factory, s)
         self._store = Store.open(s.database_url)
         cache = open_cache(s)
-        self._log = DecisionLog(self._store, max_queue=s.log_queue_size, batch_size=s.log_batch_size)
+        ocr = await open_ocr(s, cache)
+        self._log = open_decision_log(self._store, s)
         self._log.start()
-        scoring = ScoringService(scorer, s.score_timeout_s)
-        self._guard = Guard(s, scoring, cache, PolicyBook(self._store), self._log, self.metrics)
+        scoring = ScoringService(
+            scorer,
+            s.score_timeout_s,
+            batch_max_items=max(1, s.score_batch_size),
+            batch_wait_s=s.score_batch_wait_ms / 1000,
+        )
+        scoring.breaker = scorer_breaker(s, self.metrics)
+        self._guard = Guard(s, scoring, cache, PolicyBook(self._store), self._log, self.metrics, ocr=ocr)
         self._integrations = await Integrations.open(s, self._store, self._guard, self._log, self.metrics)
         if self.on_outcome is None:
             self.on_outcome = self._deliver_outcome
         self.metrics.gauge("guard_decision_log_pending", lambda: float(self.decision_log.pending))
+        self._log.register_metrics(self.metrics)
         log.info("guard ready: scorer %s %s, cache %s", scorer.name, scorer.version, cache.name)
         try:
             yield
@@ -112,6 +136,8 @@ class GuardApp:
             await self._integrations.close()
             await self._log.stop()
             scoring.close()
+            if ocr is not None:
+                await ocr.close()
             await cache.close()
             self._store.close()
             self._guard = None
@@ -149,7 +175,8 @@ async def healthz(_request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     app: GuardApp = request.app.state.guard_app
-    checks: dict[str, bool] = {"scorer": app._guard is not None}
+    # Not ready while the scorer's circuit breaker is open (guard/breaker.py).
+    checks: dict[str, bool] = {"scorer": app._guard is not None and not app._guard.scoring.breaker.is_open}
     try:
         checks["sql"] = await asyncio.wait_for(asyncio.to_thread(app.store.ping), 2.0)
     except Exception:

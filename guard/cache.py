@@ -34,11 +34,23 @@ class CachedScore:
 
 
 def score_key(
-    *, scorer: str, version: str, instruction: str, image_sha256: str | None, question: str, reply: str
+    *,
+    scorer: str,
+    version: str,
+    instruction: str,
+    image_sha256: str | None,
+    question: str,
+    reply: str,
+    image_text: str | None = None,
 ) -> str:
-    """The cache key for one scored pair: a SHA-256 over every input that can change the score."""
+    """The cache key for one scored pair: a SHA-256 over every input that can change the score.
+
+    ``image_text`` (the photo's text, when it was read in time) is part of it: a score computed
+    without the text is never served for a request that has it, nor the other way round.
+    """
     h = hashlib.sha256()
-    for part in (scorer, version, instruction, image_sha256 or "-", question, reply):
+    parts = (scorer, version, instruction, image_sha256 or "-", question, reply)
+    for part in parts if image_text is None else (*parts, "image_text", image_text):
         data = part.encode("utf-8", "surrogatepass")
         h.update(len(data).to_bytes(8, "big"))
         h.update(data)
@@ -65,6 +77,23 @@ def decode(raw: bytes | str | None) -> CachedScore | None:
     if not isinstance(inputs, list) or not all(isinstance(i, str) and i in _KNOWN_INPUTS for i in inputs):
         return None
     return CachedScore(float(score), tuple(inputs))
+
+
+MAX_TEXT_BYTES = 64 * 1024
+
+
+def decode_text(raw: bytes | str | None) -> str | None:
+    """A cached photo text, or None when it is missing, too long or not UTF-8."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_TEXT_BYTES:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class ScoreCache(Protocol):
@@ -102,6 +131,20 @@ class MemoryCache:
 
     async def set(self, key: str, value: CachedScore) -> None:
         self._data[key] = (time.monotonic() + self._ttl, encode(value))
+        self._data.move_to_end(key)
+        while len(self._data) > self._max:
+            self._data.popitem(last=False)
+
+    async def get_text(self, key: str) -> str | None:
+        """A cached photo text (guard/ocr.py), or None."""
+        item = self._data.get(key)
+        if item is None or item[0] < time.monotonic():
+            return None
+        self._data.move_to_end(key)
+        return decode_text(item[1])
+
+    async def set_text(self, key: str, text: str) -> None:
+        self._data[key] = (time.monotonic() + self._ttl, text.encode("utf-8", "surrogatepass"))
         self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)
@@ -152,6 +195,25 @@ class RedisCache:
             return
         try:
             await self._redis.set(key, encode(value), ex=self._ttl)
+        except (RedisError, OSError) as exc:
+            self._failed("set", exc)
+
+    async def get_text(self, key: str) -> str | None:
+        """A cached photo text (guard/ocr.py), or None; Redis errors are misses."""
+        if not self._available():
+            return None
+        try:
+            raw = await self._redis.get(key)
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return None
+        return decode_text(raw)
+
+    async def set_text(self, key: str, text: str) -> None:
+        if not self._available():
+            return
+        try:
+            await self._redis.set(key, text.encode("utf-8", "surrogatepass"), ex=self._ttl)
         except (RedisError, OSError) as exc:
             self._failed("set", exc)
 

@@ -67,6 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     krevoke = ksub.add_parser("revoke", help="revoke a key by its id (the part after 'rg_')")
     krevoke.add_argument("key_id")
 
+    ev = sub.add_parser("eval", help="measure a scorer on labelled cases (JSONL in the dev set's format)")
+    ev.add_argument(
+        "cases", type=Path, help="JSONL: question, reply, grade 0/1/2, optional image path and lang"
+    )
+    ev.add_argument("--scorer", default=None, help="scorer backend (default: GUARD_SCORER)")
+    ev.add_argument("--json", action="store_true", help="print the report as JSON")
+    ev.add_argument("--no-ocr", action="store_true", help="do not read text in the photos")
+
+    score = sub.add_parser("score", help="print the score of one reply and the inputs it used")
+    score.add_argument("--question", required=True)
+    score.add_argument("--reply", required=True)
+    score.add_argument("--image", type=Path, help="path of a JPEG, PNG, WebP or GIF photo")
+    score.add_argument("--locale", choices=["zh", "en"])
+    score.add_argument("--scorer", default=None, help="scorer backend (default: GUARD_SCORER)")
+    score.add_argument("--json", action="store_true", help="print the result as JSON")
+
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -89,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         "keys create": _keys_create,
         "keys list": _keys_list,
         "keys revoke": _keys_revoke,
+        "eval": _eval,
+        "score": _score,
     }[command]
     return handler(args, settings)
 
@@ -144,17 +162,115 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
             return policy
 
     async def run() -> dict[str, Any]:
+        from guard.ocr import open_ocr
+
         scoring = ScoringService(load_scorer(settings), settings.score_timeout_s)
-        guard = Guard(settings, scoring, MemoryCache(), FixedPolicy(None), None)
+        cache = MemoryCache()
+        ocr = await open_ocr(settings, cache) if image is not None else None
+        guard = Guard(settings, scoring, cache, FixedPolicy(None), None, ocr=ocr)
         try:
             result = await guard.check(
                 CheckRequest(question=args.question, reply=args.reply, locale=args.locale, image=image)
             )
         finally:
             scoring.close()
+            if ocr is not None:
+                await ocr.close()
         return result.to_json()
 
     print(json.dumps(asyncio.run(run()), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.app import load_scorer
+    from guard.evaluation import EvalError, format_report, load_cases, run
+    from guard.ocr import load_reader
+    from guard.scoring.base import ScorerError
+
+    if args.scorer:
+        settings = dataclasses.replace(settings, scorer=args.scorer)
+    try:
+        cases = load_cases(args.cases)
+    except EvalError as exc:
+        print(f"guard: {exc}", file=sys.stderr)
+        return 2
+    try:
+        scorer = load_scorer(settings)
+    except (ScorerError, ValueError) as exc:
+        print(f"guard: cannot load scorer {settings.scorer!r}: {exc}", file=sys.stderr)
+        return 2
+    read_text = None
+    reader_name = ""
+    if not args.no_ocr and settings.ocr.strip().lower() != "off" and any(c.image for c in cases):
+        reader = load_reader(max(1, settings.ocr_threads))
+        reader_name = reader.name
+
+        def read_text(path: Path) -> str | None:
+            image = decode_image(
+                path.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes
+            )
+            return reader.read(image.rgb) or None
+
+    report = run(cases, scorer, read_text=read_text, source=str(args.cases), reader_name=reader_name)
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+    else:
+        print(format_report(report))
+    return 0
+
+
+def _score(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.app import load_scorer
+    from guard.issue_phrase import detect_locale
+    from guard.ocr import load_reader
+    from guard.scoring.base import ScoreInput, ScorerError
+
+    if args.scorer:
+        settings = dataclasses.replace(settings, scorer=args.scorer)
+    image_text = None
+    if args.image is not None:
+        try:
+            image = decode_image(
+                args.image.read_bytes(),
+                max_pixels=settings.max_image_pixels,
+                max_bytes=settings.max_body_bytes,
+            )
+        except (OSError, ImageError) as exc:
+            print(f"guard: cannot use {args.image}: {exc}", file=sys.stderr)
+            return 2
+        if settings.ocr.strip().lower() != "off":
+            image_text = load_reader(max(1, settings.ocr_threads)).read(image.rgb) or None
+    try:
+        scorer = load_scorer(settings)
+        result = scorer.score_batch(
+            [
+                ScoreInput(
+                    question=args.question,
+                    reply=args.reply,
+                    image_text=image_text,
+                    has_image=args.image is not None,
+                    locale=detect_locale(args.question, args.locale),
+                )
+            ]
+        )[0]
+    except (ScorerError, ValueError) as exc:
+        print(f"guard: the scorer failed: {exc}", file=sys.stderr)
+        return 1
+    body = {
+        "score": round(result.score, 4),
+        "inputs_used": list(result.inputs_used),
+        "image_text": image_text,
+        "scorer": {"name": scorer.name, "version": scorer.version},
+    }
+    if args.json:
+        print(json.dumps(body, ensure_ascii=False, indent=2))
+    else:
+        print(f"score: {body['score']:.4f}")
+        print(f"inputs used: {', '.join(result.inputs_used)}")
+        if args.image is not None:
+            print(f"text in the photo: {image_text!r}" if image_text else "text in the photo: none found")
+        print(f"scorer: {scorer.name} {scorer.version}")
     return 0
 
 

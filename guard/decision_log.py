@@ -1,76 +1,244 @@
 """The decision log writer: decisions go to SQL in batches, off the request's critical path.
 
-A request hands its decision to a bounded queue and returns; one background task writes
-batches in a worker thread. When the database fails the batch is kept and retried with
-backoff (a batch is idempotent, so nothing is doubled); when the queue is full, requests
-wait for room rather than drop a decision. On shutdown the queue is drained.
+With a spool (``GUARD_SPOOL_DIR``, guard/spool.py) a request's decision is first appended to a
+local, fsync'd journal, and only then does the request return. Appends are group-committed:
+while one fsync runs, the decisions that arrive meanwhile gather and share the next one, so
+the cost per decision falls as load rises. Once durable, a decision is handed to a bounded
+in-memory queue; one background task writes batches to SQL in a worker thread, and a journal
+segment is deleted only after SQL holds all of it. When the database fails, the batch is kept
+and retried with backoff (a batch is idempotent, so nothing is doubled); when the queue is full
+the decision waits on disk instead of in memory, and is replayed from there. On start-up the
+segments a previous process left behind (a crash, a kill -9) are replayed.
+
+Without a spool (``GUARD_SPOOL_DIR`` empty) decisions wait in the queue only, and when it is
+full requests wait for room rather than drop a decision. On shutdown the queue is drained.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
+from pathlib import Path
+from typing import Any
 
+from guard.metrics import Metrics
+from guard.settings import Settings
+from guard.spool import Spool, encode_record, iter_batches, read_segment
 from guard.store import DecisionRecord, Store
 
 log = logging.getLogger(__name__)
 
+_Item = tuple[int | None, DecisionRecord]
+"""(spool segment, record); the segment is None without a spool."""
+
 
 class DecisionLog:
-    def __init__(self, store: Store, *, max_queue: int = 10_000, batch_size: int = 200) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queue: int = 10_000,
+        batch_size: int = 200,
+        spool: Spool | None = None,
+        max_retry_delay_s: float = 5.0,
+    ) -> None:
         self._store = store
-        self._queue: asyncio.Queue[DecisionRecord] = asyncio.Queue(maxsize=max_queue)
-        self._batch_size = batch_size
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        self._batch_size = max(1, batch_size)
+        self._spool = spool
+        self._max_delay = max_retry_delay_s
         self._task: asyncio.Task[None] | None = None
+        self._orphans: list[Path] = []
+        self._replaying = 0
+        # Group commit: lines waiting for the next fsync, and the task that runs it.
+        self._pending: list[tuple[bytes, DecisionRecord, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool") if spool else None
         self.written = 0
         self.failures = 0
+        self.replayed = 0
+        self.spool_errors = 0
+        self.skipped_lines = 0
 
     def start(self) -> None:
+        if self._spool is not None:
+            self._orphans = self._spool.open()
         self._task = asyncio.create_task(self._run(), name="decision-log-writer")
 
+    # Handing decisions over ---------------------------------------------------------------------
+
     async def put(self, record: DecisionRecord) -> None:
-        await self._queue.put(record)
+        """Returns once the decision is durable (in the spool) or, without a spool, queued."""
+        if self._spool is None:
+            await self._queue.put((None, record))
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((encode_record(record), record, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush_spool(), name="spool-group-commit")
+        # If this caller is cancelled (its client went away) the decision still becomes durable
+        # and reaches SQL: the flusher owns it from here.
+        await done
+
+    async def _flush_spool(self) -> None:
+        assert self._spool is not None
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            group, self._pending = self._pending, []
+            data = b"".join(line for line, _, _ in group)
+            seq: int | None
+            try:
+                seq = await loop.run_in_executor(self._io, self._spool.append, data, len(group))
+            except Exception:
+                # Disk full or failing: the decisions are still logged through memory (not durable).
+                self.spool_errors += 1
+                log.exception("spool: could not append %d decisions; queuing them in memory only", len(group))
+                seq = None
+            for _line, record, done in group:
+                try:
+                    self._queue.put_nowait((seq, record))
+                except asyncio.QueueFull:
+                    if seq is None:
+                        await self._queue.put((None, record))
+                    else:  # it waits on disk; the writer replays the segment once the queue is empty
+                        self._spool.mark_spilled(seq)
+                if not done.done():
+                    done.set_result(None)
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        metrics.gauge("guard_decision_log_written_total", lambda: float(self.written))
+        metrics.gauge("guard_decision_log_failures_total", lambda: float(self.failures))
+        metrics.gauge("guard_decision_log_replayed_total", lambda: float(self.replayed))
+        if self._spool is not None:
+            spool = self._spool
+            metrics.gauge("guard_spool_appends_total", lambda: float(spool.appends))
+            metrics.gauge("guard_spool_fsyncs_total", lambda: float(spool.fsyncs))
+            metrics.gauge("guard_spool_errors_total", lambda: float(self.spool_errors))
+
+    # State --------------------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        """Decisions not in SQL yet (in memory or waiting on disk)."""
+        if self._spool is None:
+            return self._queue.qsize()
+        return self._spool.pending + len(self._pending) + self._replaying
 
     async def flush(self) -> None:
         """Wait until every decision handed over so far is in the database."""
-        await self._queue.join()
+        while True:
+            if self._flusher is not None and not self._flusher.done():
+                await asyncio.shield(self._flusher)
+            await self._queue.join()
+            if self._idle():
+                return
+            await asyncio.sleep(0.01)
+
+    def _idle(self) -> bool:
+        if self._pending or self._replaying or self._orphans or not self._queue.empty():
+            return False
+        return self._spool is None or not self._spool.has_spilled
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         try:
-            await asyncio.wait_for(self._queue.join(), timeout_s)
+            await asyncio.wait_for(self.flush(), timeout_s)
         except TimeoutError:
-            log.error("decision log: %d decisions not written at shutdown", self._queue.qsize())
+            log.error("decision log: %d decisions not written to SQL at shutdown", self.pending)
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
                 await self._task
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._flusher
+        if self._spool is not None:
+            kept = self._spool.close()
+            if kept:
+                log.warning("spool: %d decisions stay in %s for the next start", kept, self._spool.root)
+        if self._io is not None:
+            self._io.shutdown(wait=True)
+
+    # Writing ------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
+        if self._orphans:
+            await self._replay(self._orphans)
+            self._orphans = []
+            assert self._spool is not None
+            await self._in_io(self._spool.release_adopted)
         while True:
+            if self._spool is not None and self._queue.empty() and self._spool.has_spilled:
+                self._replaying += 1  # has_spilled turns False inside take_spilled, before _replay counts
+                try:
+                    paths = await self._in_io(self._spool.take_spilled)
+                    await self._replay(paths)
+                finally:
+                    self._replaying -= 1
+                continue
             batch = [await self._queue.get()]
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write(batch)
+            await self._write([record for _, record in batch])
+            if self._spool is not None:
+                counts = Counter(seq for seq, _ in batch if seq is not None)
+                if counts:
+                    await self._in_io(self._spool.committed, counts)
             for _ in batch:
                 self._queue.task_done()
+
+    async def _replay(self, paths: list[Path]) -> None:
+        """Write segments from disk into SQL (idempotent), then delete them."""
+        assert self._spool is not None
+        self._replaying += len(paths)  # not idle until the last one is written
+        for path in paths:
+            records, bad = await self._in_io(read_segment, path)
+            self.skipped_lines += bad
+            if bad:
+                log.warning("spool: %d unreadable line(s) skipped in %s (a torn write)", bad, path.name)
+            self._replaying += len(records)
+            for chunk in iter_batches(records, self._batch_size):
+                await self._write(chunk)
+                self.replayed += len(chunk)
+                self._replaying -= len(chunk)
+            await self._in_io(self._spool.discard, path)
+            self._replaying -= 1
+
+    async def _in_io(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     async def _write(self, batch: list[DecisionRecord]) -> None:
         delay = 0.05
         while True:
             try:
                 await asyncio.to_thread(self._store.record, batch)
-            except Exception:
+            except Exception as exc:
                 self.failures += 1
-                log.exception(
-                    "decision log: writing %d decisions failed; retrying in %.2fs", len(batch), delay
+                log.warning(
+                    "decision log: writing %d decisions failed (%s); retrying in %.2fs",
+                    len(batch),
+                    _brief(exc),
+                    delay,
                 )
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                delay = min(delay * 2, self._max_delay)
             else:
                 self.written += len(batch)
                 return
+
+
+def _brief(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text[:200]}"
+
+
+def open_decision_log(store: Store, settings: Settings) -> DecisionLog:
+    """The decision log of ``settings``: spooled under GUARD_SPOOL_DIR unless that is empty."""
+    spool = Spool(settings.spool_dir, settings.database_url) if settings.spool_dir else None
+    return DecisionLog(
+        store, max_queue=settings.log_queue_size, batch_size=settings.log_batch_size, spool=spool
+    )

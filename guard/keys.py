@@ -105,7 +105,14 @@ class KeyRing:
         hit = self._known.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        found = self._store.api_key(match.group(1))
+        try:
+            found = self._store.api_key(match.group(1))
+        except Exception:
+            if hit is None:
+                raise
+            log.warning("API keys: SQL is unreachable; the last answer for key %s stands", match.group(1))
+            self._known[digest] = (now + self._ttl, hit[1])
+            return hit[1]
         channel = found[0] if found is not None and hmac.compare_digest(digest, found[1]) else None
         if len(self._known) > 10_000:
             self._known.clear()
@@ -121,7 +128,13 @@ class KeyRing:
             return False
         now = time.monotonic()
         if self._any is None or self._any[0] <= now:
-            self._any = (now + self._ttl, self._store.count_api_keys() > 0)
+            try:
+                self._any = (now + self._ttl, self._store.count_api_keys() > 0)
+            except Exception:
+                if self._any is None:
+                    raise
+                log.warning("API keys: SQL is unreachable; the last count stands")
+                self._any = (now + self._ttl, self._any[1])
         return not self._any[1]
 
 

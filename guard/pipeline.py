@@ -17,13 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
 from guard.followups import MessageContext, Messages, case_ref
 from guard.images import DecodedImage
 from guard.issue_phrase import detect_locale, issue_phrase
 from guard.metrics import Metrics
+from guard.ocr import OcrService, PhotoText
 from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_policy
 from guard.scoring.base import ScoreInput, Scorer
+from guard.scoring.batching import MicroBatcher
 from guard.settings import Settings
 from guard.store import DecisionRecord, Store
 from guard.tables import utcnow
@@ -73,6 +76,10 @@ class CheckResult:
     issue_phrase: str | None
     ranked: tuple[Scored, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
+    image_text_status: str | None = None
+    """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
+    image_text: str | None = None
+    """The text read from the photo, when it was read in time (recorded; not in the API response)."""
 
     def to_json(self) -> dict[str, Any]:
         """The check API's response body (DESIGN §3)."""
@@ -94,6 +101,7 @@ class CheckResult:
             "locale": self.locale,
             "issue_phrase": self.issue_phrase,
             "timings_ms": self.timings_ms,
+            "image_text_status": self.image_text_status,
         }
         if len(self.ranked) > 1:
             body["candidates"] = [
@@ -146,26 +154,36 @@ class PolicyBook:
 
 
 class ScoringService:
-    """Runs the blocking scorer in its own worker thread, under a deadline."""
+    """Runs the blocking scorer in its own worker thread, under a deadline.
 
-    def __init__(self, scorer: Scorer, timeout_s: float) -> None:
+    Concurrent requests are micro-batched into one ``score_batch`` call (guard/scoring/batching.py):
+    at most ``batch_max_items`` pairs, waiting at most ``batch_wait_s`` for company.
+    """
+
+    def __init__(
+        self, scorer: Scorer, timeout_s: float, *, batch_max_items: int = 32, batch_wait_s: float = 0.003
+    ) -> None:
         self.scorer = scorer
         self._timeout = timeout_s
+        self.breaker = CircuitBreaker("the scorer")
+        """Refuses at once (BreakerOpen) after repeated failures (guard/breaker.py); app.py configures it."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
+        self.batcher = MicroBatcher(
+            scorer, self._executor, max_items=batch_max_items, max_wait_s=batch_wait_s
+        )
 
     async def score(self, items: Sequence[ScoreInput]) -> list[tuple[float | None, tuple[str, ...]]]:
         """A (score, inputs used) per item; score is None when the scorer failed or gave no number."""
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, self.scorer.score_batch, list(items))
-        results = await asyncio.wait_for(future, self._timeout)
-        if len(results) != len(items):
-            raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
-        return [
-            (r.score if isinstance(r.score, float | int) and math.isfinite(r.score) else None, r.inputs_used)
-            for r in results
-        ]
+        with self.breaker.attempt() as attempt:
+            results = await asyncio.wait_for(self.batcher.score(list(items)), self._timeout)
+            if len(results) != len(items):
+                raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
+            scores = [(_finite(r.score), r.inputs_used) for r in results]
+            attempt.ok = all(score is not None for score, _ in scores)
+            return scores
 
     def close(self) -> None:
+        self.batcher.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
@@ -179,8 +197,11 @@ class Guard:
         sink: DecisionSink | None,
         metrics: Metrics | None = None,
         messages: Messages | None = None,
+        ocr: OcrService | None = None,
     ) -> None:
         self.settings = settings
+        self.ocr = ocr
+        """Reads the text in photos; None when OCR is off."""
         self.scoring = scoring
         self.cache = cache
         self.policies = policies
@@ -191,19 +212,27 @@ class Guard:
     async def check(self, req: CheckRequest) -> CheckResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
+        if req.image is not None:
+            self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
         policy = await self.policies.get(req.channel)
         locale = detect_locale(req.question, req.locale)
         drafts = (req.reply, *req.candidates)
+        photo = await self.photo_text(req.image)
+        if photo is not None and photo.status != "off":
+            timings["ocr"] = photo.ms
+        image_text = photo.text if photo is not None else None
 
         t = time.perf_counter()
         scored, error = await self.score_texts(
-            req.question, req.image, drafts, policy.instruction, req.locale
+            req.question, req.image, drafts, policy.instruction, req.locale, image_text=image_text
         )
         timings["score"] = _ms(t)
 
         best = max(scored, key=lambda s: -1.0 if s.score is None else s.score) if not error else scored[0]
         verdict = decide(policy, None if error else best.score)
-        phrase = issue_phrase(req.question, locale)
+        phrase = issue_phrase(req.question, locale) or (
+            issue_phrase(image_text, locale) if image_text else None
+        )
         decision_id = uuid.uuid4().hex
         ctx = MessageContext(locale, phrase, case_ref(decision_id), self._response_time(locale))
         follow_up = final = holding = escalation_id = None
@@ -232,12 +261,14 @@ class Guard:
             scorer_version=self.scoring.scorer.version,
             cached=all(s.cached for s in scored),
             degraded=verdict.degraded,
-            reason=verdict.reason,
+            reason=verdict.reason or _photo_reason(photo),
             inputs_used=best.inputs_used,
             locale=locale,
             issue_phrase=phrase,
             ranked=tuple(sorted(scored, key=lambda s: -1.0 if s.score is None else s.score, reverse=True)),
             timings_ms=timings,
+            image_text_status=None if photo is None else photo.status,
+            image_text=image_text,
         )
         self.metrics.inc("guard_decisions_total", action=result.action)
         if result.degraded:
@@ -254,6 +285,8 @@ class Guard:
         replies: Sequence[str],
         instruction: str,
         locale: str | None = None,
+        *,
+        image_text: str | None = None,
     ) -> tuple[list[Scored], bool]:
         """Score each reply against (question, image): cached where possible. Returns (scored, failed)."""
         scorer = self.scoring.scorer
@@ -265,6 +298,7 @@ class Guard:
                 image_sha256=image.sha256 if image else None,
                 question=question,
                 reply=reply,
+                image_text=image_text,
             )
             for reply in replies
         ]
@@ -280,7 +314,7 @@ class Guard:
                     question=question,
                     reply=replies[i],
                     instruction=instruction,
-                    image_text=None,
+                    image_text=image_text,
                     has_image=image is not None,
                     locale=locale,
                     image=image.rgb if image is not None else None,
@@ -312,6 +346,21 @@ class Guard:
                 scored.append(Scored(reply, score, inputs, cached=False))
         return scored, failed
 
+    def start_reading(self, image: DecodedImage) -> None:
+        """Start reading the photo's text now (as soon as it arrives), so that it overlaps other work."""
+        if self.ocr is not None:
+            self.ocr.start(image)
+
+    async def photo_text(self, image: DecodedImage | None) -> PhotoText | None:
+        """The photo's text within its budget; None without a photo, status "off" when OCR is off."""
+        if image is None:
+            return None
+        if self.ocr is None:
+            return PhotoText(None, "off")
+        photo = await self.ocr.text(image)
+        self.metrics.inc("guard_ocr_total", status=photo.status)
+        return photo
+
     def _response_time(self, locale: str) -> str:
         s = self.settings
         return s.followup_response_time_zh if locale == "zh" else s.followup_response_time_en
@@ -339,6 +388,7 @@ class Guard:
                 "follow_up": result.follow_up,
                 "holding_message": result.holding_message,
                 "issue_phrase": result.issue_phrase,
+                "image_text": result.image_text,
                 "policy_channel": result.policy.channel,
                 "policy_version": result.policy.version,
                 "scorer_name": result.scorer_name,
@@ -357,6 +407,17 @@ class Guard:
                 else None
             ),
         )
+
+
+def _photo_reason(photo: PhotoText | None) -> str | None:
+    """Why a photo's text was not used, when it should have been (e.g. "image_text_timeout")."""
+    if photo is None or photo.status not in ("timeout", "error", "busy"):
+        return None
+    return f"image_text_{photo.status}"
+
+
+def _finite(score: object) -> float | None:
+    return float(score) if isinstance(score, float | int) and math.isfinite(score) else None
 
 
 def _ms(since: float) -> float:

@@ -19,11 +19,51 @@ class Settings:
     redis_url: str | None = None
     """Redis URL for the score cache; unset means an in-process LRU."""
     scorer: str = "bundled"
-    """Scorer backend; "bundled" (the default) is the only one so far."""
+    """Scorer backend: "bundled" (the default), "reranker", "clip" or "remote"."""
     scorer_threads: int = 2
     """CPU threads the scorer may use."""
+    reranker_model: str | None = None
+    """Qwen-VL yes/no reranker (scorer "reranker"): a checkpoint directory or a hub id."""
+    reranker_max_pixels: int = 1280 * 28 * 28
+    """Largest photo the reranker sees (width x height); bigger ones are shrunk first."""
+    reranker_batch_size: int = 8
+    """(query, reply) pairs per forward pass of the reranker."""
+    reranker_template: str = "auto"
+    """Prompt template: "auto" (by model type), "lychee" or "qwen3-vl"."""
+    clip_model: str | None = None
+    """CLIP / Chinese-CLIP / SigLIP checkpoint (scorer "clip"): a directory or a hub id."""
+    model_device: str = "auto"
+    """Device of the reranker / clip model: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N"."""
+    model_calibration: str | None = None
+    """Score-map JSON for the reranker, clip or remote scorer; unset: the packaged one."""
+    remote_url: str | None = None
+    """Base URL of the rerank server (scorer "remote"), e.g. http://gpu-1:8000/v1; /rerank is appended."""
+    remote_model: str | None = None
+    """Model name sent to the rerank server."""
+    remote_timeout_s: float = 5.0
+    """Deadline for one rerank request (all retries together stay within the score timeout)."""
+    remote_api_key: str | None = None
+    """Sent to the rerank server as Authorization: Bearer ..."""
+    remote_retries: int = 2
+    """Retries of a rerank request after a connection error, timeout, 429 or 5xx."""
+    remote_query: str = "text"
+    """Rerank query: "text" (question + photo text) or "multimodal" (vLLM's form, with the photo)."""
+    remote_api: str = "rerank"
+    """Request shape: "rerank" (vLLM, Infinity, Jina, Cohere) or "tei" (text-embeddings-inference)."""
     score_timeout_s: float = 10.0
     """Deadline for one scoring call; past it the policy's on_error action applies."""
+    score_batch_size: int = 32
+    """Most (question, reply) pairs scored in one micro-batch; 1 scores requests one at a time."""
+    score_batch_wait_ms: float = 3.0
+    """How long a scoring request waits for others to share its batch (only when the model is idle)."""
+    ocr: str = "on"
+    """Read the text in photos (OCR): "on" or "off"."""
+    ocr_budget_s: float = 3.0
+    """Time budget for reading a photo, from its arrival; past it the photo is scored without its text."""
+    ocr_threads: int = 2
+    """CPU threads the OCR model may use."""
+    ocr_max_pending: int = 8
+    """Photos being read or waiting to be read at once; more are scored without their text."""
     cache_ttl_s: int = 7 * 24 * 3600
     """How long a cached score lives."""
     cache_size: int = 10_000
@@ -32,6 +72,8 @@ class Settings:
     """Socket timeout for Redis calls: a dead or hung Redis costs at most about this much."""
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted request body, enforced while reading."""
+    body_timeout_s: float = 30.0
+    """Deadline for receiving a whole request body (a slow upload past it gets 408)."""
     max_image_pixels: int = 40_000_000
     """Largest accepted image (width x height), checked before decoding pixels."""
     max_question_chars: int = 4_000
@@ -47,6 +89,12 @@ class Settings:
     """Decisions waiting to be written to SQL; past it, requests wait for the writer (nothing is dropped)."""
     log_batch_size: int = 200
     """Decisions written to SQL per transaction."""
+    spool_dir: str | None = "var/spool"
+    """Durable local journal of decisions on their way to SQL (fsync'd before the response); empty: none."""
+    scorer_breaker_failures: int = 5
+    """Consecutive scorer failures (errors, timeouts, NaN) that open the scorer's circuit breaker."""
+    scorer_breaker_cooldown_s: float = 10.0
+    """While the scorer's breaker is open, requests take on_error at once; then one request probes."""
     auth: str = "auto"
     """API keys: "auto" (required unless serving on loopback with no key yet) or "required"."""
     upstream_url: str | None = None
@@ -71,7 +119,7 @@ class Settings:
     """Attempts per webhook delivery before it is marked failed."""
     webhook_backoff_s: float = 2.0
     """Delay before the first retry; doubled for each further one (capped at one hour)."""
-    admin_case_url: str = "http://127.0.0.1:8000/admin/queue/{escalation_id}"
+    admin_case_url: str = "http://127.0.0.1:8000/admin/cases/{escalation_id}"
     """Link to a case in the admin page, sent in webhooks; {decision_id} and {escalation_id} are filled in."""
     secret_key: str | None = None
     """Signs admin session cookies; unset: one is generated once and kept in var/secret_key."""

@@ -61,6 +61,8 @@ class Decision(Base):
     follow_up: Mapped[str | None] = mapped_column(Text)
     holding_message: Mapped[str | None] = mapped_column(Text)
     issue_phrase: Mapped[str | None] = mapped_column(String(200))
+    image_text: Mapped[str | None] = mapped_column(Text)
+    """The text read from the photo (OCR), when there was any and it was read in time."""
     policy_channel: Mapped[str] = mapped_column(String(100))
     policy_version: Mapped[int] = mapped_column(Integer)
     scorer_name: Mapped[str] = mapped_column(String(100))

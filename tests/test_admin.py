@@ -170,11 +170,11 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(client: TestClient) ->
 
 
 def test_sessions_expire(sqlite_url: str) -> None:
-    with guard_client(sqlite_url, secret_key="k", session_ttl_s=1) as c:
+    with guard_client(sqlite_url, secret_key="k", session_ttl_s=4) as c:
         make_users(guard_app(c).store)
         signed_in(c, "sup")
         assert c.get("/admin/queue", follow_redirects=False).status_code == 200
-        time.sleep(1.2)
+        time.sleep(4.3)
         assert c.get("/admin/queue", follow_redirects=False).status_code == 303
 
 

@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from guard.handoff import sign, verify
 from tests.apptools import guard_app, guard_client
 from tests.serving import closed_port, serve
+from tests.test_admin import make_users, signed_in
 
 SECRET = "s3cret-for-tests"
 
@@ -95,7 +96,7 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
         webhook_url=url,
         webhook_secret=SECRET,
         webhook_backoff_s=0.05,
-        admin_case_url="https://guard.example/admin/queue/{escalation_id}",
+        admin_case_url="https://guard.example/admin/cases/{escalation_id}",
     ) as client:
         held = {a: _post(client, s, f"c-{a}") for a, s in (("escalate", 0.2), ("review", 0.45))}
         _post(client, 0.9, "c-send")
@@ -126,7 +127,7 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
             "My parcel never came",
         )
         assert case["reply"] == "ok [score=0.45]" and case["score"] == 0.45
-        assert case["case_url"] == f"https://guard.example/admin/queue/{held['review']['escalation_id']}"
+        assert case["case_url"] == f"https://guard.example/admin/cases/{held['review']['escalation_id']}"
 
         # A supervisor edits the reviewed draft: the final reply goes out the same way and is pollable.
         item_id = held["review"]["escalation_id"]
@@ -173,8 +174,24 @@ def test_a_dead_webhook_receiver_costs_the_customer_nothing(sqlite_url: str) -> 
         (row,) = wait_until(failed)
         assert row["attempts"] == 2 and row["last_error"] and row["delivered_at"] is None
 
+        # Supervisors see the delivery state on the case page.
+        make_users(app.store)
+        signed_in(client, "sup")
+        page = client.get(f"/admin/cases/{held['escalation_id']}")
+        assert page.status_code == 200
+        table = page.text[page.text.index('id="deliveries"') :]
+        assert "failed" in table[: table.index("</table>")] and "not yet" in table
+
 
 def test_a_webhook_url_needs_a_secret(sqlite_url: str) -> None:
     with pytest.raises(Exception, match="GUARD_WEBHOOK_SECRET"):  # noqa: SIM117
         with guard_client(sqlite_url, webhook_url="http://127.0.0.1:9/hook"):
             pass
+
+
+def test_the_default_case_url_opens_the_case_page() -> None:
+    from guard.admin.routes import PREFIX
+    from guard.settings import Settings
+
+    path = Settings().admin_case_url.split("8000", 1)[1]
+    assert path.startswith(PREFIX + "/cases/"), "webhooks link to the admin page's case route"

@@ -69,7 +69,7 @@ async def upstream_chat(request: Request) -> Response:
     if model == "huge":
         return JSONResponse(_completion(model, "x" * 50_000))
     if model == "slow":
-        await asyncio.sleep(3)
+        await asyncio.sleep(4)
     if not body.get("stream"):
         return JSONResponse(_completion(model, content))
 
@@ -109,7 +109,7 @@ def _serve_guard(url: str, **overrides: Any) -> Any:
 
 @pytest.fixture
 def guard_pg(pg_url: str, redis_url: str, upstream: str) -> Iterator[tuple[str, GuardApp]]:
-    app = _serve_guard(pg_url, redis_url=redis_url, upstream_url=upstream, upstream_timeout_s=1.0)
+    app = _serve_guard(pg_url, redis_url=redis_url, upstream_url=upstream, upstream_timeout_s=15.0)
     with serve(app) as base:
         yield base, app.state.guard_app
 
@@ -215,7 +215,7 @@ def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple
 def test_upstream_failures_are_clear_json_errors(
     sqlite_url: str, upstream: str, model: str, stream: bool, status: int, code: str | None
 ) -> None:
-    app = _serve_guard(sqlite_url, upstream_url=upstream, upstream_timeout_s=0.5, upstream_max_bytes=20_000)
+    app = _serve_guard(sqlite_url, upstream_url=upstream, upstream_timeout_s=1.5, upstream_max_bytes=20_000)
     with serve(app) as base:
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as info:

@@ -1,0 +1,342 @@
+"""The decision spool: a durable, append-only local journal of decisions on their way to SQL.
+
+Every decision is appended here, and fsync'd, before its response is sent; SQL gets it later,
+in batches (guard/decision_log.py). A segment file is deleted only once SQL holds every decision
+in it, so a slow, read-only or dead database, or a guard killed with SIGKILL, loses nothing: on
+the next start the leftover segments are replayed (``Store.record`` is idempotent, nothing is
+doubled).
+
+Layout: ``<GUARD_SPOOL_DIR>/<key of the database URL>/`` holds, per running guard process, a lock
+file ``<owner>.lock`` (held with ``flock`` while the process lives) and its segments
+``<owner>.<seq>.jsonl``: one JSON document per line. A process that starts finds the segments
+of owners whose lock is free (dead processes) and adopts them, so a few uvicorn workers may
+share one spool directory. Segments are kept per database so a spool is never replayed into
+another database.
+
+A torn last line (the process died inside a write) was never acknowledged to a client; it is
+skipped on replay. The methods here are blocking and thread-safe; the decision log calls them
+from one worker thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+from guard.store import DecisionRecord
+
+log = logging.getLogger(__name__)
+
+SEGMENT_SUFFIX = ".jsonl"
+LOCK_SUFFIX = ".lock"
+
+
+def _shown_url(database_url: str) -> str:
+    try:
+        return make_url(database_url).render_as_string(hide_password=True)
+    except Exception:
+        return "(unparsable database URL)"
+
+
+def spool_key(database_url: str) -> str:
+    """A directory name for the spool of ``database_url`` (its password is not part of it)."""
+    return hashlib.sha256(_shown_url(database_url).encode()).hexdigest()[:16]
+
+
+# Records <-> lines ------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$dt": value.isoformat()}
+    if isinstance(value, bytes):
+        return {"$b64": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _typed(value: Any) -> Any:
+    if isinstance(value, dict):
+        if len(value) == 1:
+            if "$dt" in value:
+                return datetime.fromisoformat(value["$dt"])
+            if "$b64" in value:
+                return base64.b64decode(value["$b64"])
+        return {k: _typed(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return value
+
+
+def encode_record(record: DecisionRecord) -> bytes:
+    """One spool line (ASCII JSON, newline-terminated) holding everything in ``record``."""
+    doc = {"d": _plain(record.decision), "q": record.queue_item_id, "i": _plain(record.image)}
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode() + b"\n"
+
+
+def decode_record(line: bytes) -> DecisionRecord:
+    doc = json.loads(line)
+    image = doc.get("i")
+    return DecisionRecord(
+        decision=_typed(doc["d"]),
+        queue_item_id=doc.get("q"),
+        image=None if image is None else tuple(_typed(image)),
+    )
+
+
+def read_segment(path: Path) -> tuple[list[DecisionRecord], int]:
+    """The records in a segment and how many lines could not be read (a torn last line, say)."""
+    records: list[DecisionRecord] = []
+    bad = 0
+    with path.open("rb") as f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                bad += 1  # torn write: never acknowledged
+                continue
+            try:
+                records.append(decode_record(line))
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+    return records, bad
+
+
+# The spool --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    path: Path
+    appended: int = 0
+    committed: int = 0
+    spilled: bool = False
+    """Some of its records were not queued in memory: they must be replayed from the file."""
+
+
+class Spool:
+    def __init__(
+        self, directory: str | os.PathLike[str], database_url: str, *, segment_bytes: int = 16 << 20
+    ) -> None:
+        self.root = Path(directory) / spool_key(database_url)
+        self._database_url = database_url
+        self._segment_bytes = max(1, segment_bytes)
+        self._lock = threading.Lock()
+        self._owner = f"{time.time_ns():x}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._lock_fd: int | None = None
+        self._adopted_locks: dict[str, int] = {}
+        self._segments: dict[int, _Segment] = {}
+        self._seq = 0
+        self._fd: int | None = None
+        self._size = 0
+        self.appends = 0
+        self.fsyncs = 0
+
+    # Start and stop ---------------------------------------------------------------------------
+
+    def open(self) -> list[Path]:
+        """Take this process's place in the spool; return the segments of dead owners to replay."""
+        for attempt in range(3):  # another process may remove an empty spool folder meanwhile
+            self.root.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(self.root / f"{self._owner}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+                break
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+        note = self.root / "database.txt"
+        if not note.exists():
+            note.write_text(_shown_url(self._database_url) + "\n")
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = fd
+        orphans = self._adopt()
+        self._open_segment(1)
+        _fsync_dir(self.root)
+        if orphans:
+            log.warning(
+                "spool: replaying %d segment(s) left by a guard that stopped: %s", len(orphans), self.root
+            )
+        return orphans
+
+    def _adopt(self) -> list[Path]:
+        owners_alive: set[str] = set()
+        for lock_path in sorted(self.root.glob(f"*{LOCK_SUFFIX}")):
+            owner = lock_path.name[: -len(LOCK_SUFFIX)]
+            if owner == self._owner:
+                continue
+            try:
+                fd = os.open(lock_path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                owners_alive.add(owner)
+                continue
+            self._adopted_locks[owner] = fd
+        orphans = []
+        for seg in self.root.glob(f"*{SEGMENT_SUFFIX}"):
+            owner = seg.name.split(".", 1)[0]
+            if owner != self._owner and owner not in owners_alive:
+                orphans.append(seg)
+        return sorted(orphans, key=_segment_order)
+
+    def release_adopted(self) -> None:
+        """After the adopted segments are replayed: drop the dead owners' lock files."""
+        with self._lock:
+            for owner, fd in list(self._adopted_locks.items()):
+                if not any(self.root.glob(f"{owner}.*{SEGMENT_SUFFIX}")):
+                    (self.root / f"{owner}{LOCK_SUFFIX}").unlink(missing_ok=True)
+                os.close(fd)
+                del self._adopted_locks[owner]
+
+    def close(self) -> int:
+        """Delete what SQL holds; keep the rest for the next start. Returns the records kept."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            kept = 0
+            for seg in self._segments.values():
+                left = seg.appended - seg.committed
+                if left <= 0 and not seg.spilled:
+                    seg.path.unlink(missing_ok=True)
+                else:
+                    kept += max(left, 1)
+            self._segments.clear()
+            for fd in self._adopted_locks.values():
+                os.close(fd)
+            self._adopted_locks.clear()
+            if self._lock_fd is not None:
+                if kept == 0:
+                    (self.root / f"{self._owner}{LOCK_SUFFIX}").unlink(missing_ok=True)
+                os.close(self._lock_fd)
+                self._lock_fd = None
+            if kept == 0 and not any(self.root.glob(f"*{SEGMENT_SUFFIX}")):
+                with contextlib.suppress(OSError):  # another process uses it, or it is gone
+                    (self.root / "database.txt").unlink(missing_ok=True)
+                    self.root.rmdir()
+            return kept
+
+    # Writing ----------------------------------------------------------------------------------
+
+    def _open_segment(self, seq: int) -> None:
+        path = self.root / f"{self._owner}.{seq:08d}{SEGMENT_SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._seq = seq
+        self._size = 0
+        self._segments[seq] = _Segment(path)
+
+    def _rotate(self) -> None:
+        assert self._fd is not None
+        os.close(self._fd)
+        self._open_segment(self._seq + 1)
+        _fsync_dir(self.root)
+        self._collect()
+
+    def append(self, data: bytes, count: int) -> int:
+        """Append ``count`` records (``data``, whole lines) durably; returns their segment number."""
+        with self._lock:
+            if self._fd is None:
+                raise RuntimeError("the spool is closed")
+            if self._size >= self._segment_bytes:
+                self._rotate()
+            fd, seq = self._fd, self._seq
+        # Only the decision log's one spool thread writes, so the fsync runs outside the lock.
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+        with self._lock:
+            self._size += len(data)
+            self._segments[seq].appended += count
+            self.appends += count
+            self.fsyncs += 1
+        return seq
+
+    # Bookkeeping ------------------------------------------------------------------------------
+
+    def mark_spilled(self, seq: int) -> None:
+        with self._lock:
+            seg = self._segments.get(seq)
+            if seg is not None:
+                seg.spilled = True
+
+    def committed(self, counts: Mapping[int, int]) -> None:
+        """SQL now holds ``counts[seq]`` more records of segment ``seq``."""
+        with self._lock:
+            for seq, n in counts.items():
+                seg = self._segments.get(seq)
+                if seg is not None:
+                    seg.committed += n
+            self._collect()
+
+    def _collect(self) -> None:
+        for seq, seg in list(self._segments.items()):
+            if seq != self._seq and not seg.spilled and seg.committed >= seg.appended:
+                seg.path.unlink(missing_ok=True)
+                del self._segments[seq]
+
+    def take_spilled(self) -> list[Path]:
+        """Segments whose records must be replayed from their files (the active one is closed first)."""
+        with self._lock:
+            active = self._segments.get(self._seq)
+            if active is not None and active.spilled and self._fd is not None:
+                self._rotate()
+            out = []
+            for seq, seg in list(self._segments.items()):
+                if seq != self._seq and seg.spilled:
+                    out.append(seg.path)
+                    del self._segments[seq]
+            return out
+
+    @property
+    def has_spilled(self) -> bool:
+        with self._lock:
+            return any(seg.spilled for seg in self._segments.values())
+
+    @property
+    def pending(self) -> int:
+        """Records in this process's segments that SQL does not hold yet (spilled ones counted as 1+)."""
+        with self._lock:
+            return sum(max(seg.appended - seg.committed, 0) for seg in self._segments.values())
+
+    def discard(self, path: Path) -> None:
+        """A replayed segment: SQL holds all of it."""
+        path.unlink(missing_ok=True)
+
+
+def _segment_order(path: Path) -> tuple[str, str]:
+    owner, _, rest = path.name.partition(".")
+    return owner, rest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_batches(records: list[DecisionRecord], size: int) -> Iterator[list[DecisionRecord]]:
+    for i in range(0, len(records), size):
+        yield records[i : i + size]

@@ -1,0 +1,101 @@
+"""A real `guard serve` killed with SIGKILL mid-load: every decision a client received lands after restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+
+from guard.store import migrate
+from tests.serving import closed_port
+from tests.test_faults import drive, logged, wait_for
+
+pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
+
+
+@contextmanager
+def guard_serve(env: dict[str, str], port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "guard"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx2.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"guard serve did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+def test_sigkill_mid_load_then_restart_every_received_decision_lands(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'guard.db'}"
+    migrate(url)
+    port = closed_port()
+    env = {
+        **os.environ,
+        "GUARD_DATABASE_URL": url,
+        "GUARD_SPOOL_DIR": str(tmp_path / "spool"),
+        "GUARD_OCR": "off",
+        # A writer that is slow to reach SQL: many decisions are only in the spool at the kill.
+        "GUARD_LOG_BATCH_SIZE": "5",
+    }
+    env.pop("GUARD_REDIS_URL", None)
+    base_url = f"http://127.0.0.1:{port}"
+    # Another writer holds SQLite's write lock from 3 s on, so the decisions made after that are
+    # only in the spool when the guard is killed at 6 s.
+    locker = sqlite3.connect(tmp_path / "guard.db", timeout=30, isolation_level=None, check_same_thread=False)
+    with guard_serve(env, port, tmp_path / "guard.log") as proc:
+        result = drive(
+            base_url,
+            8.0,
+            schedule=[
+                (3.0, lambda: locker.execute("BEGIN EXCLUSIVE")),
+                (6.0, lambda: os.kill(proc.pid, signal.SIGKILL)),
+            ],
+        )
+        proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL
+    locker.execute("ROLLBACK")
+    locker.close()
+    received = set(result.decisions)
+    assert len(received) > 30, "too few decisions before the kill to prove anything"
+    assert result.failures, "the kill happened after the load: nothing was tested"
+    before = logged(url)
+    assert len(set(before) & received) < len(received), "SQL had every decision: the spool was not tested"
+    segments = list((tmp_path / "spool").rglob("*.jsonl"))
+    assert segments, "no spool left behind by the killed guard"
+
+    with guard_serve(env, port, tmp_path / "guard.log"):
+        wait_for(lambda: received <= set(logged(url)), 60, "the spool to be replayed")
+    rows = logged(url)
+    assert received <= set(rows)
+    assert all(n == 1 for _, n in rows.values())
+    assert {k: rows[k][0] for k in received} == result.decisions
+    print(f"received {len(received)}, in SQL at the kill {len(before)}, after restart {len(rows)}")

@@ -1,0 +1,345 @@
+"""The remote scorer: against a real Infinity server (its own venv, a tiny local cross-encoder), and
+against in-process fakes for the retry, timeout and bad-answer paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from PIL import Image
+
+from guard.app import load_scorer
+from guard.scoring.base import ScoreInput, ScorerError
+from guard.scoring.remote import RemoteConfig, RemoteScorer
+from guard.scoring.score_map import load_score_map
+from guard.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+INFINITY = ROOT / ".venv-infinity" / "bin" / "infinity_emb"
+
+
+def scorer(handler: Any, **cfg: Any) -> tuple[RemoteScorer, list[float]]:
+    sleeps: list[float] = []
+    c = RemoteConfig(**{"url": "http://rerank.test/v1", "model": "m", **cfg})
+    s = RemoteScorer(
+        c,
+        load_score_map(None, backend="remote"),
+        transport=httpx2.MockTransport(handler),
+        sleep=sleeps.append,
+    )
+    return s, sleeps
+
+
+def ranked(scores: list[float]) -> dict[str, Any]:
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return {"results": [{"index": i, "relevance_score": scores[i]} for i in order]}
+
+
+# -- in-process fakes ------------------------------------------------------------------------
+
+
+def test_request_shape_grouping_and_scores() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.url == "http://rerank.test/v1/rerank"
+        assert request.headers["authorization"] == "Bearer k-1"
+        body = json.loads(request.content)
+        seen.append(body)
+        return httpx2.Response(200, json=ranked([0.9, 0.2, 0.5][: len(body["documents"])]))
+
+    s, _ = scorer(handler, api_key="k-1")
+    items = [
+        ScoreInput("seam open", "we fix it"),
+        ScoreInput("seam open", "thanks"),
+        ScoreInput("parcel crushed", "refund", image_text="ORDER 1029"),
+        ScoreInput("seam open", "return it", image=Image.new("RGB", (8, 8))),
+    ]
+    results = s.score_batch(items)
+    assert [b["query"] for b in seen] == ["seam open", "parcel crushed\nORDER 1029"]
+    assert seen[0] == {
+        "query": "seam open",
+        "documents": ["we fix it", "thanks", "return it"],
+        "return_documents": False,
+        "model": "m",
+    }
+    # identity calibration: the server's probability is the score
+    assert [r.score for r in results] == pytest.approx([0.9, 0.2, 0.9, 0.5])
+    assert results[2].inputs_used == ("question", "image_text", "reply")
+    assert results[3].inputs_used == ("question", "reply")  # text query: the photo was not sent
+    assert s.version.startswith("remote:rerank:rerank.test:m:text:cal-identity-1-")
+
+
+def test_multimodal_query_is_vllms_content_form() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        seen.append(json.loads(request.content))
+        return httpx2.Response(200, json=ranked([0.7]))
+
+    s, _ = scorer(handler, query="multimodal")
+    [r] = s.score_batch(
+        [ScoreInput("what is this?", "a torn seam", image=Image.new("RGB", (2000, 2000), "red"))]
+    )
+    content = seen[0]["query"]["content"]
+    assert content[0]["type"] == "image_url" and content[0]["image_url"]["url"].startswith(
+        "data:image/jpeg;base64,"
+    )
+    assert content[1] == {"type": "text", "text": "what is this?"}
+    assert r.inputs_used == ("question", "image", "reply")
+    assert r.score == pytest.approx(0.7)
+
+
+def test_tei_shape() -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        assert body == {"query": "q", "texts": ["a", "b"], "raw_scores": False, "truncate": True}
+        return httpx2.Response(200, json=[{"index": 1, "score": 0.1}, {"index": 0, "score": 0.8}])
+
+    s, _ = scorer(handler, api="tei", url="http://tei.test")
+    assert [r.score for r in s.score_batch([ScoreInput("q", "a"), ScoreInput("q", "b")])] == pytest.approx(
+        [0.8, 0.1]
+    )
+
+
+def test_retries_on_5xx_429_and_connection_errors_then_succeeds() -> None:
+    answers: list[Any] = [
+        httpx2.Response(503, text="loading"),
+        httpx2.ConnectError("refused"),
+        httpx2.Response(429, text="slow down"),
+        httpx2.Response(200, json=ranked([0.6])),
+    ]
+    calls = 0
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        nonlocal calls
+        calls += 1
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        assert isinstance(a, httpx2.Response)
+        return a
+
+    s, sleeps = scorer(handler, retries=3, backoff_s=0.1)
+    assert s.score_batch([ScoreInput("q", "r")])[0].score == pytest.approx(0.6)
+    assert calls == 4
+    assert sleeps == pytest.approx([0.1, 0.2, 0.4])
+
+
+def test_gives_up_after_the_retries() -> None:
+    calls = 0
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        nonlocal calls
+        calls += 1
+        raise httpx2.ReadTimeout("slow", request=request)
+
+    s, _ = scorer(handler, retries=2)
+    with pytest.raises(ScorerError, match=r"failed 3 time\(s\); last: timed out"):
+        s.score_batch([ScoreInput("q", "r")])
+    assert calls == 3
+
+
+def test_a_client_error_is_not_retried() -> None:
+    calls = 0
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        nonlocal calls
+        calls += 1
+        return httpx2.Response(404, json={"detail": "model 'm' not found"})
+
+    s, _ = scorer(handler)
+    with pytest.raises(ScorerError, match=r"said HTTP 404: .*model 'm' not found"):
+        s.score_batch([ScoreInput("q", "r")])
+    assert calls == 1
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"results": [{"index": 0, "relevance_score": 0.5}]},  # one of two
+        {"results": [{"index": 0, "relevance_score": 0.5}, {"index": 0, "relevance_score": 0.4}]},
+        {"results": [{"index": 0, "relevance_score": "high"}, {"index": 1, "relevance_score": 0.4}]},
+        {"results": [{"index": 0, "relevance_score": math.nan}, {"index": 1, "relevance_score": 0.4}]},
+        {"object": "error"},
+    ],
+)
+def test_an_answer_that_does_not_fit_is_an_error(answer: dict[str, Any]) -> None:
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        return httpx2.Response(200, content=json.dumps(answer, allow_nan=True).encode())
+
+    s, _ = scorer(handler)
+    with pytest.raises(ScorerError):
+        s.score_batch([ScoreInput("q", "a"), ScoreInput("q", "b")])
+
+
+class _Slow(BaseHTTPRequestHandler):
+    delay = 2.0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(self.delay)
+        body = json.dumps(ranked([0.5])).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def slow_server() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        t.join(5)
+
+
+def test_a_hung_server_costs_the_timeout_per_attempt(slow_server: str) -> None:
+    s = RemoteScorer(
+        RemoteConfig(url=slow_server, timeout_s=0.2, retries=1, backoff_s=0.01),
+        load_score_map(None, backend="remote"),
+    )
+    t = time.perf_counter()
+    with pytest.raises(ScorerError, match=r"failed 2 time\(s\); last: timed out after 0.2s"):
+        s.score_batch([ScoreInput("q", "r")])
+    assert time.perf_counter() - t < 1.5
+    s.close()
+
+
+def test_a_closed_port_is_a_connection_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    s = RemoteScorer(
+        RemoteConfig(url=f"http://127.0.0.1:{port}", retries=1, backoff_s=0.01),
+        load_score_map(None, backend="remote"),
+    )
+    with pytest.raises(ScorerError, match="ConnectError"):
+        s.score_batch([ScoreInput("q", "r")])
+
+
+def test_bad_settings_fail_at_start_up() -> None:
+    with pytest.raises(ScorerError, match="GUARD_REMOTE_URL is not set"):
+        load_scorer(Settings(scorer="remote"))
+    with pytest.raises(ScorerError, match="must be an http"):
+        load_scorer(Settings(scorer="remote", remote_url="gpu-1:8000"))
+    with pytest.raises(ScorerError, match="GUARD_REMOTE_QUERY='photo'"):
+        load_scorer(Settings(scorer="remote", remote_url="http://gpu-1:8000", remote_query="photo"))
+    with pytest.raises(ScorerError, match="cannot read the remote calibration"):
+        load_scorer(Settings(scorer="remote", remote_url="http://x:1", model_calibration="/nonexistent.json"))
+
+
+# -- a real server: Infinity serving a tiny cross-encoder built here ---------------------------
+
+
+@pytest.fixture(scope="module")
+def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    pytest.importorskip("transformers")
+    from tests.models import build_cross_encoder
+
+    if not INFINITY.exists():
+        message = f"{INFINITY} is missing: `make install` creates it (Infinity in its own venv)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    model_dir = build_cross_encoder(tmp_path_factory.mktemp("infinity") / "tiny-ce")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = (model_dir.parent / "infinity.log").open("wb")
+    env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(INFINITY), "v2", "--model-id", str(model_dir), "--served-model-name", "tiny-ce",
+           "--device", "cpu", "--no-model-warmup", "--url-prefix", "/v1",
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                tail = (model_dir.parent / "infinity.log").read_text()[-2000:]
+                pytest.fail(f"infinity exited with {proc.returncode}: {tail}")
+            try:
+                if httpx2.get(f"{base}/models", timeout=1.0).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("infinity did not start within 240 s")
+            time.sleep(0.5)
+        yield base, model_dir
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
+
+
+def _local_scores(model_dir: Path, query: str, docs: list[str]) -> list[float]:
+    """What the cross-encoder gives for each pair, computed here with transformers (sigmoid of its logit)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    enc = tok([query] * len(docs), docs, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        return torch.sigmoid(model(**enc).logits[:, 0]).tolist()
+
+
+def test_scores_through_a_real_infinity_server(infinity: tuple[str, Path]) -> None:
+    base, model_dir = infinity
+    s = load_scorer(Settings(scorer="remote", remote_url=base, remote_model="tiny-ce", remote_timeout_s=30.0))
+    assert isinstance(s, RemoteScorer)
+    question = "The pocket seam came open, what do I do?"
+    replies = ["We will send a replacement today.", "Thanks for your message.", "口袋开线，我们给您补发。"]
+    results = s.score_batch([ScoreInput(question, r) for r in replies])
+    expected = _local_scores(model_dir, question, replies)
+    assert [r.score for r in results] == pytest.approx(expected, abs=1e-3)
+    assert len({round(r.score, 4) for r in results}) == 3  # the tiny model does tell the replies apart
+    assert all(r.inputs_used == ("question", "reply") for r in results)
+    # Two questions in one batch: two requests, scores land on the right items.
+    mixed = s.score_batch(
+        [ScoreInput("My parcel arrived crushed.", replies[1]), ScoreInput(question, replies[0])]
+    )
+    assert mixed[1].score == pytest.approx(results[0].score, abs=1e-4)
+    assert mixed[0].score == pytest.approx(
+        _local_scores(model_dir, "My parcel arrived crushed.", replies[1:2])[0], abs=1e-3
+    )
+    s.close()
+
+
+def test_a_wrong_url_on_a_real_server_is_a_clear_error(infinity: tuple[str, Path]) -> None:
+    base, _ = infinity
+    s = load_scorer(
+        Settings(scorer="remote", remote_url=base.removesuffix("/v1") + "/v9", remote_model="tiny-ce")
+    )
+    assert isinstance(s, RemoteScorer)
+    try:
+        with pytest.raises(ScorerError, match=r"/v9/rerank said HTTP 404"):
+            s.score_batch([ScoreInput("q", "r")])
+    finally:
+        s.close()
