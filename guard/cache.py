@@ -180,42 +180,36 @@ class RedisCache:
         self._down_until = time.monotonic() + self._cooldown
         log.warning("redis %s failed (%s); skipping the cache for %.1fs", op, exc, self._cooldown)
 
-    async def get(self, key: str) -> CachedScore | None:
+    async def _get(self, key: str) -> bytes | str | None:
         if not self._available():
             return None
         try:
-            raw = await self._redis.get(key)
+            raw: bytes | str | None = await self._redis.get(key)
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
-        return decode(raw)
+        return raw
 
-    async def set(self, key: str, value: CachedScore) -> None:
+    async def _set(self, key: str, raw: bytes) -> None:
         if not self._available():
             return
         try:
-            await self._redis.set(key, encode(value), ex=self._ttl)
+            await self._redis.set(key, raw, ex=self._ttl)
         except (RedisError, OSError) as exc:
             self._failed("set", exc)
+
+    async def get(self, key: str) -> CachedScore | None:
+        return decode(await self._get(key))
+
+    async def set(self, key: str, value: CachedScore) -> None:
+        await self._set(key, encode(value))
 
     async def get_text(self, key: str) -> str | None:
         """A cached photo text (guard/ocr.py), or None; Redis errors are misses."""
-        if not self._available():
-            return None
-        try:
-            raw = await self._redis.get(key)
-        except (RedisError, OSError) as exc:
-            self._failed("get", exc)
-            return None
-        return decode_text(raw)
+        return decode_text(await self._get(key))
 
     async def set_text(self, key: str, text: str) -> None:
-        if not self._available():
-            return
-        try:
-            await self._redis.set(key, text.encode("utf-8", "surrogatepass"), ex=self._ttl)
-        except (RedisError, OSError) as exc:
-            self._failed("set", exc)
+        await self._set(key, text.encode("utf-8", "surrogatepass"))
 
     async def ping(self) -> bool:
         try:

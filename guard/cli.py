@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from guard.followups import Messages, template_problems
-from guard.images import ImageError, decode_image
+from guard.images import DecodedImage, ImageError, decode_image
 from guard.policies import Policy, PolicyError, default_policy, parse_policy, policy_document
 from guard.settings import Settings, SettingsError
 
@@ -143,14 +143,8 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
     image = None
     if args.image is not None:
-        try:
-            image = decode_image(
-                args.image.read_bytes(),
-                max_pixels=settings.max_image_pixels,
-                max_bytes=settings.max_body_bytes,
-            )
-        except (OSError, ImageError) as exc:
-            print(f"guard: cannot use {args.image}: {exc}", file=sys.stderr)
+        image = _read_image(args.image, settings)
+        if image is None:
             return 2
     loaded = _load_policy(args.policy) if args.policy else default_policy()
     if loaded is None:
@@ -230,14 +224,8 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
         settings = dataclasses.replace(settings, scorer=args.scorer)
     image_text = None
     if args.image is not None:
-        try:
-            image = decode_image(
-                args.image.read_bytes(),
-                max_pixels=settings.max_image_pixels,
-                max_bytes=settings.max_body_bytes,
-            )
-        except (OSError, ImageError) as exc:
-            print(f"guard: cannot use {args.image}: {exc}", file=sys.stderr)
+        image = _read_image(args.image, settings)
+        if image is None:
             return 2
         if settings.ocr.strip().lower() != "off":
             image_text = load_reader(max(1, settings.ocr_threads)).read(image.rgb) or None
@@ -386,6 +374,17 @@ def _keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     print(f"revoked {args.key_id}")
     return 0
+
+
+def _read_image(path: Path, settings: Settings) -> DecodedImage | None:
+    """The decoded photo at ``path``, or None after saying why it cannot be used."""
+    try:
+        return decode_image(
+            path.read_bytes(), max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes
+        )
+    except (OSError, ImageError) as exc:
+        print(f"guard: cannot use {path}: {exc}", file=sys.stderr)
+        return None
 
 
 def _load_policy(path: Path) -> Policy | None:
