@@ -28,8 +28,8 @@ run: migrate
 	$(BIN)/guard serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check guard tests migrations
-	$(BIN)/ruff format --check guard tests migrations
+	$(BIN)/ruff check guard tests migrations benchmarks
+	$(BIN)/ruff format --check guard tests migrations benchmarks
 	$(BIN)/mypy
 
 test: $(STAMP) $(INFINITY)/.installed

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -96,6 +97,10 @@ async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, 
 async def _parse_multipart(
     request: Request, body: bytes, settings: Settings
 ) -> tuple[dict[str, Any], bytes | None]:
+    boundary = parse_options_header(request.headers.get("content-type"))[1].get(b"boundary")
+    if boundary and not (body.startswith(b"--" + boundary + b"--") or b"\r\n--" + boundary + b"--" in body):
+        # A cut-off body would parse "successfully" without its last part (the photo, silently dropped).
+        raise ApiError(400, "invalid_multipart", "the multipart body is cut off: no closing boundary")
     sent = False
 
     async def replay() -> Message:

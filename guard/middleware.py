@@ -182,11 +182,13 @@ class LocalGuard:
     async def prepare_image(self, data: bytes) -> object:
         s = self.guard.settings
         try:
-            return await asyncio.to_thread(
+            image = await asyncio.to_thread(
                 decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
             )
         except ImageError as exc:
             raise CheckerError(f"the photo is not usable: {exc.message}") from None
+        self.guard.start_reading(image)  # its text is read while the app generates
+        return image
 
     async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict:
         guard = self.guard

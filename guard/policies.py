@@ -204,6 +204,11 @@ def _parse_bands(raw: Any, problems: list[str]) -> tuple[Band, ...] | None:
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
             problems.append(f"band #{i + 1}: lo and hi must be numbers")
             continue
+        try:
+            lo, hi = float(lo), float(hi)
+        except OverflowError:  # an integer too large for a float, e.g. 1 followed by 400 zeros
+            problems.append(f"band #{i + 1}: lo and hi must be numbers between 0 and 1")
+            continue
         if action not in ACTIONS:
             problems.append(f"band #{i + 1} [{_fmt(lo)},{_fmt(hi)}): unknown action {action!r}")
             continue

@@ -199,7 +199,7 @@ class Proxy:
                 data = decode_base64(url, max_bytes=s.max_body_bytes)
             else:
                 data = await self.fetcher.fetch(url)
-            return await asyncio.to_thread(
+            image = await asyncio.to_thread(
                 decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
             )
         except FetchError as exc:
@@ -207,6 +207,8 @@ class Proxy:
         except ImageError as exc:
             status = {"image_too_large": 413, "image_too_many_pixels": 413, "unsupported_image_format": 415}
             raise ApiError(status.get(exc.code, 422), exc.code, f"image_url: {exc.message}") from None
+        self.guard.start_reading(image)  # its text is read while the upstream generates
+        return image
 
     async def _send(self, url: str, body: bytes, headers: dict[str, str]) -> httpx2.Response:
         request = self._client.build_request("POST", url, content=body, headers=headers)

@@ -194,7 +194,11 @@ def test_supervisors_see_the_text_read_from_the_photo(client: TestClient) -> Non
 
     held = client.post(
         "/v1/guard",
-        json={"question": "what now?", "reply": "Newsletter! [score=0.1]", "image": {"data": b64(png_bytes())}},
+        json={
+            "question": "what now?",
+            "reply": "Newsletter! [score=0.1]",
+            "image": {"data": b64(png_bytes())},
+        },
     ).json()
     flush(client)
     make_users(guard_app(client).store)
