@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -95,9 +96,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=200)
     ap.add_argument("--pg", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
+    load_start = os.getloadavg()[0]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        targets = [("SQLite (WAL)", f"sqlite:///{tmp}/bench.db", None)]
+        targets: list[tuple[str, str, str | None]] = [("SQLite (WAL)", f"sqlite:///{tmp}/bench.db", None)]
         name = f"guard_bench_{uuid.uuid4().hex[:8]}"
         admin = args.pg.replace("postgresql+psycopg://", "postgresql://")
         try:
@@ -126,6 +128,10 @@ def main() -> None:
         print(f"{label:14} {base:10.0f} {mem[1]:10.0f} {spooled[1]:10.0f} {spooled[0]:10.0f}")
     print("baseline: Store.record straight; log: in-memory queue + writer; log+spool: as served;")
     print("accepted: rate at which puts returned (fsync'd in the spool), before SQL caught up.")
+    print(
+        f"load average (1 min): {load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end;"
+        f" {os.cpu_count()} CPUs"
+    )
 
 
 if __name__ == "__main__":

@@ -11,15 +11,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, or_, select, text, update
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.expression import Executable
 
 from guard.policies import Policy, parse_policy, policy_document
 from guard.tables import (
@@ -37,6 +38,8 @@ from guard.tables import (
 )
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+_DECISIONS = cast(Table, Decision.__table__)
+_QUEUE_ITEMS = cast(Table, QueueItem.__table__)
 
 
 def create_db_engine(url: str) -> Engine:
@@ -112,31 +115,60 @@ class Store:
     # Decisions -------------------------------------------------------------------------------
 
     def record(self, records: Sequence[DecisionRecord]) -> None:
-        """Write a batch of decisions in one transaction; idempotent (a retried batch adds nothing twice)."""
+        """Write a batch of decisions in one transaction; idempotent (a retried batch adds nothing twice).
+
+        Core statements, no ORM unit of work: one SELECT of the batch's ids that already exist, then
+        one ``INSERT ... ON CONFLICT (id) DO NOTHING`` for the rest (executemany: on SQLite sent as
+        multi-row VALUES pages by SQLAlchemy's "insertmanyvalues"; on PostgreSQL as one prepared
+        statement pipelined by psycopg, which measured 2x faster than a multi-row VALUES statement
+        that psycopg re-parses on every call). Only new decisions get their photo and, when held,
+        their queue item (``ON CONFLICT DO NOTHING`` too, for a concurrent writer of the same batch).
+        Rows are grouped by their keys, so older spool lines with fewer fields still insert.
+        """
         if not records:
             return
         with self.session() as s:
+            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+            conn = s.connection()
             ids = [r.decision["id"] for r in records]
-            existing = set(s.scalars(select(Decision.id).where(Decision.id.in_(ids))))
+            existing = set(conn.execute(select(_DECISIONS.c.id).where(_DECISIONS.c.id.in_(ids))).scalars())
+            fresh, seen = [], set(existing)
             for rec in records:
-                if rec.decision["id"] in existing:
-                    continue
-                if rec.image is not None:
-                    self._keep_image(s, *rec.image)
-                s.add(Decision(**rec.decision))
-                if rec.queue_item_id is not None:
-                    s.flush()
-                    s.add(
-                        QueueItem(
-                            id=rec.queue_item_id,
-                            decision_id=rec.decision["id"],
-                            kind=rec.decision["action"],
-                            state="pending",
-                            channel=rec.decision["channel"],
-                            created_at=rec.decision["created_at"],
-                            updated_at=rec.decision["created_at"],
-                        )
-                    )
+                if rec.decision["id"] not in seen:
+                    seen.add(rec.decision["id"])
+                    fresh.append(rec)
+            if not fresh:
+                return
+            groups: dict[frozenset[str], list[dict[str, Any]]] = {}
+            for rec in fresh:
+                groups.setdefault(frozenset(rec.decision), []).append(rec.decision)
+            add_decisions: Executable = insert(_DECISIONS).on_conflict_do_nothing(index_elements=["id"])
+            if insert is sqlite_insert:  # RETURNING makes SQLAlchemy send multi-row VALUES pages
+                add_decisions = (
+                    sqlite_insert(_DECISIONS)
+                    .on_conflict_do_nothing(index_elements=["id"])
+                    .returning(_DECISIONS.c.id)
+                )
+            for rows in groups.values():
+                conn.execute(add_decisions, rows).close()
+            images = {r.image[0]: r.image for r in fresh if r.image is not None}
+            for image in images.values():
+                self._keep_image(s, *image)
+            items = [
+                {
+                    "id": r.queue_item_id,
+                    "decision_id": r.decision["id"],
+                    "kind": r.decision["action"],
+                    "state": "pending",
+                    "channel": r.decision["channel"],
+                    "created_at": r.decision["created_at"],
+                    "updated_at": r.decision["created_at"],
+                }
+                for r in fresh
+                if r.queue_item_id is not None
+            ]
+            if items:
+                conn.execute(insert(_QUEUE_ITEMS).on_conflict_do_nothing(), items)
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:
         with self.session() as s:
