@@ -136,6 +136,9 @@ class GuardApp:
             await self._integrations.close()
             await self._log.stop()
             scoring.close()
+            close_scorer = getattr(scorer, "close", None)  # backends holding connections (remote)
+            if callable(close_scorer):
+                close_scorer()
             if ocr is not None:
                 await ocr.close()
             await cache.close()

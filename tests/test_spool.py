@@ -20,6 +20,7 @@ import pytest
 from guard.decision_log import DecisionLog
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
 from guard.store import DecisionRecord, Store, migrate
+from tests.test_store import decision
 
 ROOT = Path(__file__).resolve().parents[1]
 P = ParamSpec("P")
@@ -37,11 +38,10 @@ def sync(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
 
 def record(i: int, *, image: bool = False, text: str = "口袋开线怎么办？") -> DecisionRecord:
     return DecisionRecord(
-        decision={
-            "id": f"{i:032x}",
+        decision=decision(f"{i:032x}", "review" if image else "follow_up")
+        | {
             "created_at": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
             "conversation_id": f"c-{i}",
-            "channel": "default",
             "locale": "zh",
             "question": text,
             "image_sha256": "ab" * 32 if image else None,
@@ -49,21 +49,8 @@ def record(i: int, *, image: bool = False, text: str = "口袋开线怎么办？
             "candidates": [{"reply": "a", "score": 0.5}],
             "score": 0.55,
             "band": "[0.5,0.6)",
-            "action": "review" if image else "follow_up",
-            "final_reply": None,
             "follow_up": "\u202eRTL\u200b",
             "holding_message": None,
-            "issue_phrase": None,
-            "policy_channel": "default",
-            "policy_version": 1,
-            "scorer_name": "fake",
-            "scorer_version": "1",
-            "inputs_used": ["question", "reply"],
-            "cached": False,
-            "degraded": False,
-            "reason": None,
-            "latency_ms": 1.5,
-            "timings_ms": {"total": 1.5},
         },
         queue_item_id=f"{i:031x}q" if image else None,
         image=("ab" * 32, "image/png", 3, 2, b"\x89PNG\x00\xff") if image else None,
