@@ -118,7 +118,8 @@ class MemoryCache:
         self._max = max_entries
         self._ttl = ttl_s
 
-    async def get(self, key: str) -> CachedScore | None:
+    def raw(self, key: str) -> bytes | None:
+        """The stored bytes of ``key``, or None when missing or expired."""
         item = self._data.get(key)
         if item is None:
             return None
@@ -127,27 +128,26 @@ class MemoryCache:
             del self._data[key]
             return None
         self._data.move_to_end(key)
-        return decode(raw)
+        return raw
 
-    async def set(self, key: str, value: CachedScore) -> None:
-        self._data[key] = (time.monotonic() + self._ttl, encode(value))
+    def put_raw(self, key: str, raw: bytes) -> None:
+        self._data[key] = (time.monotonic() + self._ttl, raw)
         self._data.move_to_end(key)
         while len(self._data) > self._max:
             self._data.popitem(last=False)
+
+    async def get(self, key: str) -> CachedScore | None:
+        return decode(self.raw(key))
+
+    async def set(self, key: str, value: CachedScore) -> None:
+        self.put_raw(key, encode(value))
 
     async def get_text(self, key: str) -> str | None:
         """A cached photo text (guard/ocr.py), or None."""
-        item = self._data.get(key)
-        if item is None or item[0] < time.monotonic():
-            return None
-        self._data.move_to_end(key)
-        return decode_text(item[1])
+        return decode_text(self.raw(key))
 
     async def set_text(self, key: str, text: str) -> None:
-        self._data[key] = (time.monotonic() + self._ttl, text.encode("utf-8", "surrogatepass"))
-        self._data.move_to_end(key)
-        while len(self._data) > self._max:
-            self._data.popitem(last=False)
+        self.put_raw(key, text.encode("utf-8", "surrogatepass"))
 
     async def ping(self) -> bool:
         return True
@@ -157,11 +157,24 @@ class MemoryCache:
 
 
 class RedisCache:
-    """Redis with short timeouts; errors are logged and count as misses, never as failures."""
+    """Redis with short timeouts; errors are logged and count as misses, never as failures.
+
+    With ``local_size`` > 0 an in-process LRU sits in front of Redis: a value read from or written
+    to Redis is kept there too, so a repeated key skips the round trip. That is safe because a key
+    is a hash of everything that can change its value, so a value never goes stale; it only expires.
+    """
 
     name = "redis"
 
-    def __init__(self, url: str, *, ttl_s: int, timeout_s: float = 0.05, cooldown_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        ttl_s: int,
+        timeout_s: float = 0.05,
+        cooldown_s: float = 1.0,
+        local_size: int = 0,
+    ) -> None:
         self._redis = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -172,6 +185,7 @@ class RedisCache:
         self._ttl = ttl_s
         self._cooldown = cooldown_s
         self._down_until = 0.0
+        self._local = MemoryCache(local_size, ttl_s) if local_size > 0 else None
 
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
@@ -180,7 +194,9 @@ class RedisCache:
         self._down_until = time.monotonic() + self._cooldown
         log.warning("redis %s failed (%s); skipping the cache for %.1fs", op, exc, self._cooldown)
 
-    async def _get(self, key: str) -> bytes | str | None:
+    async def _get(self, key: str) -> bytes | None:
+        if self._local is not None and (held := self._local.raw(key)) is not None:
+            return held
         if not self._available():
             return None
         try:
@@ -188,9 +204,15 @@ class RedisCache:
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
+        if isinstance(raw, str):
+            raw = raw.encode("utf-8", "surrogatepass")
+        if raw is not None and self._local is not None:
+            self._local.put_raw(key, raw)
         return raw
 
     async def _set(self, key: str, raw: bytes) -> None:
+        if self._local is not None:
+            self._local.put_raw(key, raw)
         if not self._available():
             return
         try:
@@ -218,4 +240,6 @@ class RedisCache:
             return False
 
     async def close(self) -> None:
+        if self._local is not None:
+            await self._local.close()
         await self._redis.aclose()

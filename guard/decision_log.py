@@ -24,6 +24,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from sqlalchemy import exc as sa_exc
+
 from guard.metrics import Metrics
 from guard.settings import Settings
 from guard.spool import Spool, encode_record, iter_batches, read_segment
@@ -44,12 +47,14 @@ class DecisionLog:
         batch_size: int = 200,
         spool: Spool | None = None,
         max_retry_delay_s: float = 5.0,
+        linger_s: float = 0.0,
     ) -> None:
         self._store = store
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
         self._batch_size = max(1, batch_size)
         self._spool = spool
         self._max_delay = max_retry_delay_s
+        self._linger = linger_s
         self._task: asyncio.Task[None] | None = None
         self._orphans: list[Path] = []
         self._replaying = 0
@@ -62,6 +67,7 @@ class DecisionLog:
         self.replayed = 0
         self.spool_errors = 0
         self.skipped_lines = 0
+        self.rejected = 0
 
     def start(self) -> None:
         if self._spool is not None:
@@ -113,6 +119,7 @@ class DecisionLog:
         metrics.gauge("guard_decision_log_written_total", lambda: float(self.written))
         metrics.gauge("guard_decision_log_failures_total", lambda: float(self.failures))
         metrics.gauge("guard_decision_log_replayed_total", lambda: float(self.replayed))
+        metrics.gauge("guard_decision_log_rejected_total", lambda: float(self.rejected))
         if self._spool is not None:
             spool = self._spool
             metrics.gauge("guard_spool_appends_total", lambda: float(spool.appends))
@@ -181,6 +188,8 @@ class DecisionLog:
                     self._replaying -= 1
                 continue
             batch = [await self._queue.get()]
+            if self._linger > 0 and self._queue.qsize() < self._batch_size - 1:
+                await asyncio.sleep(self._linger)  # light traffic: let a batch gather first
             while len(batch) < self._batch_size and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             await self._write([record for _, record in batch])
@@ -212,11 +221,26 @@ class DecisionLog:
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     async def _write(self, batch: list[DecisionRecord]) -> None:
+        """Write ``batch`` to SQL, retrying (with backoff) until the database takes it.
+
+        A batch that SQL refuses for its content (DataError, IntegrityError: a value too long for
+        its column, a field missing from an old spool line) is split and its decisions written one
+        by one; a decision refused on its own is set aside (``_reject``) so that it cannot block
+        the log. Every other error (connection lost, read-only, locked) is the database's and is
+        retried.
+        """
         delay = 0.05
         while True:
             try:
                 await asyncio.to_thread(self._store.record, batch)
             except Exception as exc:
+                if _refused(exc):
+                    if len(batch) == 1:
+                        await self._reject(batch[0], exc)
+                    else:
+                        for record in batch:
+                            await self._write([record])
+                    return
                 self.failures += 1
                 log.warning(
                     "decision log: writing %d decisions failed (%s); retrying in %.2fs",
@@ -230,6 +254,40 @@ class DecisionLog:
                 self.written += len(batch)
                 return
 
+    async def _reject(self, record: DecisionRecord, exc: Exception) -> None:
+        """Set aside a decision SQL refuses: in the spool's rejected file, or in the log without a spool."""
+        self.rejected += 1
+        line = encode_record(record)
+        if self._spool is not None:
+            try:
+                path = await self._in_io(self._spool.reject, line)
+            except OSError:
+                log.exception("spool: could not keep a refused decision")
+            else:
+                log.error(
+                    "decision log: SQL refused decision %s (%s); kept in %s",
+                    record.decision.get("id"),
+                    _brief(exc),
+                    path,
+                )
+                return
+        log.error(
+            "decision log: SQL refused decision %s (%s); the decision: %s",
+            record.decision.get("id"),
+            _brief(exc),
+            line.decode().rstrip(),
+        )
+
+
+_REFUSALS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Did SQL refuse the data (as opposed to failing as a database)?"""
+    return isinstance(
+        exc, sa_exc.DataError | sa_exc.IntegrityError | psycopg.DataError | psycopg.IntegrityError
+    )
+
 
 def _brief(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else ""
@@ -240,5 +298,9 @@ def open_decision_log(store: Store, settings: Settings) -> DecisionLog:
     """The decision log of ``settings``: spooled under GUARD_SPOOL_DIR unless that is empty."""
     spool = Spool(settings.spool_dir, settings.database_url) if settings.spool_dir else None
     return DecisionLog(
-        store, max_queue=settings.log_queue_size, batch_size=settings.log_batch_size, spool=spool
+        store,
+        max_queue=settings.log_queue_size,
+        batch_size=settings.log_batch_size,
+        spool=spool,
+        linger_s=settings.log_linger_ms / 1000,
     )

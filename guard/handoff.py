@@ -27,12 +27,12 @@ import json
 import logging
 import random
 import time
-import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import httpx2
 
+from guard.ids import new_id
 from guard.metrics import Metrics
 from guard.pipeline import DecisionSink
 from guard.settings import Settings, SettingsError
@@ -113,7 +113,7 @@ def enqueue_outcome(store: Store, settings: Settings, decision_id: str) -> str |
     item = None if row is None else row["queue_item"]
     if row is None or item is None or item["state"] == "pending":
         return None
-    delivery_id = uuid.uuid4().hex
+    delivery_id = new_id()
     resolved = item["resolved_at"]
     payload = {
         "event": "case.outcome",
@@ -223,7 +223,7 @@ class Handoff:
             delay = 0.05
             try:
                 while True:
-                    delivery_id = uuid.uuid4().hex
+                    delivery_id = new_id()
                     body = _dump(case_payload(self.settings, record, delivery_id))
                     try:
                         await asyncio.to_thread(

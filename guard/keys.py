@@ -15,7 +15,6 @@ first start and logs it once. ``GUARD_AUTH=required`` always asks for a key.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import ipaddress
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guard.settings import Settings, SettingsError
-from guard.store import Store
+from guard.store import Store, bounded
 
 if TYPE_CHECKING:
     from guard.app import GuardApp
@@ -95,8 +94,13 @@ class KeyRing:
         self._known: dict[str, tuple[float, str | None]] = {}
         self._any: tuple[float, bool] | None = None
 
-    def channel_of(self, key: str) -> str | None:
-        """The channel ``key`` is bound to, or None when it is not an active key (blocking)."""
+    async def channel_of(self, key: str) -> str | None:
+        """The channel ``key`` is bound to, or None when it is not an active key.
+
+        A fresh answer is served from memory without leaving the event loop. When SQL fails or
+        does not answer within GUARD_SQL_TIMEOUT_S, the last answer for the key stands; with none,
+        KeysUnavailable is raised (a 503, never a guess).
+        """
         match = _KEY.fullmatch(key)
         if match is None:
             return None
@@ -106,11 +110,11 @@ class KeyRing:
         if hit is not None and hit[0] > now:
             return hit[1]
         try:
-            found = self._store.api_key(match.group(1))
-        except Exception:
+            found = await bounded(self._settings.sql_timeout_s, self._store.api_key, match.group(1))
+        except Exception as exc:
             if hit is None:
-                raise
-            log.warning("API keys: SQL is unreachable; the last answer for key %s stands", match.group(1))
+                raise KeysUnavailable from exc
+            log.warning("API keys: SQL did not answer; the last answer for key %s stands", match.group(1))
             self._known[digest] = (now + self._ttl, hit[1])
             return hit[1]
         channel = found[0] if found is not None and hmac.compare_digest(digest, found[1]) else None
@@ -119,7 +123,7 @@ class KeyRing:
         self._known[digest] = (now + self._ttl, channel)
         return channel
 
-    def open_to(self, scope: Scope) -> bool:
+    async def open_to(self, scope: Scope) -> bool:
         """May this request go without a key? Only in auto mode, on loopback, before any key exists."""
         if self._settings.auth != "auto" or not is_loopback_host(self._settings.host):
             return False
@@ -129,13 +133,18 @@ class KeyRing:
         now = time.monotonic()
         if self._any is None or self._any[0] <= now:
             try:
-                self._any = (now + self._ttl, self._store.count_api_keys() > 0)
-            except Exception:
+                count = await bounded(self._settings.sql_timeout_s, self._store.count_api_keys)
+                self._any = (now + self._ttl, count > 0)
+            except Exception as exc:
                 if self._any is None:
-                    raise
-                log.warning("API keys: SQL is unreachable; the last count stands")
+                    raise KeysUnavailable from exc
+                log.warning("API keys: SQL did not answer; the last count stands")
                 self._any = (now + self._ttl, self._any[1])
         return not self._any[1]
+
+
+class KeysUnavailable(Exception):
+    """SQL could not tell whether a key is valid, and there is no earlier answer to fall back on."""
 
 
 def _has_header(scope: Scope, name: bytes) -> bool:
@@ -170,37 +179,45 @@ class AuthMiddleware:
         keys = self.guard_app.integrations.keys
         key = presented_key(scope)
         state = scope.setdefault("state", {})
-        if key is not None and (key.startswith("rg_") or _has_header(scope, b"x-guard-key")):
-            channel = await asyncio.to_thread(keys.channel_of, key)
-            if channel is None:
-                await _unauthorized(send, "the API key is not valid (unknown, revoked or mistyped)")
+        try:
+            if key is not None and (key.startswith("rg_") or _has_header(scope, b"x-guard-key")):
+                channel = await keys.channel_of(key)
+                if channel is None:
+                    await _refuse(
+                        send, 401, "unauthorized", "the API key is not valid (unknown, revoked or mistyped)"
+                    )
+                    return
+                state["guard_channel"] = channel
+                state["guard_key"] = key
+            elif await keys.open_to(scope):
+                # No guard key yet: a bearer token that is not one is the client's upstream key (proxy).
+                state["guard_channel"] = None
+            else:
+                await _refuse(
+                    send,
+                    401,
+                    "unauthorized",
+                    "a guard API key is required: send 'Authorization: Bearer <key>' or 'X-Guard-Key: <key>' "
+                    "(create one with: guard keys create --channel NAME)",
+                )
                 return
-            state["guard_channel"] = channel
-            state["guard_key"] = key
-        elif await asyncio.to_thread(keys.open_to, scope):
-            # No guard key yet: a bearer token that is not one is the client's upstream key (proxy).
-            state["guard_channel"] = None
-        else:
-            await _unauthorized(
+        except KeysUnavailable:
+            await _refuse(
                 send,
-                "a guard API key is required: send 'Authorization: Bearer <key>' or 'X-Guard-Key: <key>' "
-                "(create one with: guard keys create --channel NAME)",
+                503,
+                "database_unavailable",
+                "the API key cannot be checked now (the database does not answer)",
             )
             return
         await self.app(scope, receive, send)
 
 
-async def _unauthorized(send: Send, message: str) -> None:
-    body = json.dumps({"error": {"code": "unauthorized", "message": message}}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Bearer realm="reply-guard"'),
-            ],
-        }
-    )
+async def _refuse(send: Send, status: int, code: str, message: str) -> None:
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b'Bearer realm="reply-guard"'))
+    else:
+        headers.append((b"retry-after", b"1"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import math
 import time
-import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
 from guard.followups import MessageContext, Messages, case_ref
+from guard.ids import new_id
 from guard.images import DecodedImage
 from guard.issue_phrase import detect_locale, issue_phrase
 from guard.metrics import Metrics
@@ -28,7 +28,7 @@ from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_polic
 from guard.scoring.base import ScoreInput, Scorer
 from guard.scoring.batching import MicroBatcher
 from guard.settings import Settings
-from guard.store import DecisionRecord, Store
+from guard.store import DecisionRecord, Store, bounded
 from guard.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -116,40 +116,65 @@ class DecisionSink(Protocol):
 
 
 class PolicyBook:
-    """The policy in force per channel, read from SQL and kept for a few seconds.
+    """The policy in force per channel, read from SQL and re-read in the background.
 
-    A channel with no policy of its own uses the default channel's; with no database
+    A channel's first request waits for its policy (at most ``timeout_s``); after that requests
+    never wait for SQL: once the policy is older than ``ttl_s`` the next request starts one
+    re-read (shared by every request meanwhile) and is answered with the policy known. When SQL
+    fails or does not answer in time, the last policy read stands (the built-in default before
+    the first). A channel with no policy of its own uses the default channel's; with no database
     (``guard check``) the built-in default policy is used.
     """
 
-    def __init__(self, store: Store | None, ttl_s: float = 2.0) -> None:
+    def __init__(self, store: Store | None, ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
         self._store = store
         self._ttl = ttl_s
+        self._timeout = timeout_s
         self._cache: dict[str, tuple[float, Policy]] = {}
+        self._loading: dict[str, asyncio.Task[Policy]] = {}
+        self._generation = 0
 
     async def get(self, channel: str) -> Policy:
-        now = time.monotonic()
         hit = self._cache.get(channel)
-        if hit is not None and hit[0] > now:
-            return hit[1]
-        policy = await self._load(channel)
-        self._cache[channel] = (now + self._ttl, policy)
-        return policy
+        if hit is None:
+            return await asyncio.shield(self._reload(channel))
+        if hit[0] <= time.monotonic():
+            self._reload(channel)
+        return hit[1]
 
     def invalidate(self) -> None:
+        """Forget every policy (one was published here); loads already running are not kept."""
+        self._generation += 1
         self._cache.clear()
+        self._loading.clear()
 
-    async def _load(self, channel: str) -> Policy:
+    def _reload(self, channel: str) -> asyncio.Task[Policy]:
+        task = self._loading.get(channel)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._load(channel, self._generation))
+            self._loading[channel] = task
+        return task
+
+    async def _load(self, channel: str, generation: int) -> Policy:
+        try:
+            policy = await self._read(channel)
+        except Exception as exc:
+            stale = self._cache.get(channel)
+            log.warning(
+                "could not read the policy of channel %r (%r); using the last one known", channel, exc
+            )
+            policy = stale[1] if stale is not None else default_policy()
+        if generation == self._generation:
+            self._cache[channel] = (time.monotonic() + self._ttl, policy)
+            self._loading.pop(channel, None)
+        return policy
+
+    async def _read(self, channel: str) -> Policy:
         if self._store is None:
             return default_policy()
-        try:
-            own = await asyncio.to_thread(self._store.active_policy, channel)
-            if own is None and channel != "default":
-                own = await asyncio.to_thread(self._store.active_policy, "default")
-        except Exception:
-            stale = self._cache.get(channel)
-            log.exception("could not read the policy of channel %r; using the last one known", channel)
-            return stale[1] if stale is not None else default_policy()
+        own = await bounded(self._timeout, self._store.active_policy, channel)
+        if own is None and channel != "default":
+            own = await bounded(self._timeout, self._store.active_policy, "default")
         return own if own is not None else default_policy()
 
 
@@ -233,7 +258,7 @@ class Guard:
         phrase = issue_phrase(req.question, locale) or (
             issue_phrase(image_text, locale) if image_text else None
         )
-        decision_id = uuid.uuid4().hex
+        decision_id = new_id()
         ctx = MessageContext(locale, phrase, case_ref(decision_id), self._response_time(locale))
         follow_up = final = holding = escalation_id = None
         if verdict.action == "send":
@@ -243,7 +268,7 @@ class Guard:
             final = f"{best.reply}\n\n{follow_up}"
         else:
             holding = self.messages.holding(verdict.action, ctx, policy.templates)
-            escalation_id = uuid.uuid4().hex
+            escalation_id = new_id()
         timings["total"] = _ms(started)
 
         result = CheckResult(

@@ -54,8 +54,8 @@ class Settings:
     """Deadline for one scoring call; past it the policy's on_error action applies."""
     score_batch_size: int = 32
     """Most (question, reply) pairs scored in one micro-batch; 1 scores requests one at a time."""
-    score_batch_wait_ms: float = 3.0
-    """How long a scoring request waits for others to share its batch (only when the model is idle)."""
+    score_batch_wait_ms: float = 0.0
+    """How long a scoring request waits for others to share its batch when the model is idle (0: none)."""
     ocr: str = "on"
     """Read the text in photos (OCR): "on" or "off"."""
     ocr_budget_s: float = 3.0
@@ -70,6 +70,10 @@ class Settings:
     """Entries kept by the in-process LRU (when no Redis URL is set)."""
     redis_timeout_s: float = 0.05
     """Socket timeout for Redis calls: a dead or hung Redis costs at most about this much."""
+    local_cache_size: int = 10_000
+    """Scores also kept in process in front of Redis (0: none); a hit skips the Redis round trip."""
+    sql_timeout_s: float = 2.0
+    """Deadline for a SQL lookup on a request's path (policy, API key); past it the last answer stands."""
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted request body, enforced while reading."""
     body_timeout_s: float = 30.0
@@ -89,6 +93,8 @@ class Settings:
     """Decisions waiting to be written to SQL; past it, requests wait for the writer (nothing is dropped)."""
     log_batch_size: int = 200
     """Decisions written to SQL per transaction."""
+    log_linger_ms: float = 20.0
+    """How long the writer waits for a batch to fill when few decisions wait (fewer, cheaper writes)."""
     spool_dir: str | None = "var/spool"
     """Durable local journal of decisions on their way to SQL (fsync'd before the response); empty: none."""
     scorer_breaker_failures: int = 5
@@ -140,6 +146,10 @@ class Settings:
         return cls(**values)
 
 
+_ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms"})
+"""Durations where 0 means "do not wait"; every other duration must be positive."""
+
+
 def _parse(name: str, type_name: str, raw: str) -> Any:
     var = "GUARD_" + name.upper()
     if "None" in type_name and raw.strip() == "":
@@ -152,7 +162,7 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
             return value
         if type_name.startswith("float"):
             value = float(raw)
-            if not value > 0:
+            if not (value > 0 or (value == 0 and name in _ZERO_ALLOWED)):
                 raise ValueError
             return value
     except ValueError:

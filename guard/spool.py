@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
 LOCK_SUFFIX = ".lock"
+REJECTED_FILE = "rejected.ndjson"
+"""Decisions SQL refused for their content (guard/decision_log.py): kept, one spool line each."""
 
 
 def _shown_url(database_url: str) -> str:
@@ -62,15 +64,12 @@ def spool_key(database_url: str) -> str:
 
 
 def _plain(value: Any) -> Any:
+    """JSON for the two types a record holds that JSON lacks (json.dumps calls this for them only)."""
     if isinstance(value, datetime):
         return {"$dt": value.isoformat()}
     if isinstance(value, bytes):
         return {"$b64": base64.b64encode(value).decode()}
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    raise TypeError(f"a spool record cannot hold {type(value).__name__}")
 
 
 def _typed(value: Any) -> Any:
@@ -88,8 +87,9 @@ def _typed(value: Any) -> Any:
 
 def encode_record(record: DecisionRecord) -> bytes:
     """One spool line (ASCII JSON, newline-terminated) holding everything in ``record``."""
-    doc = {"d": _plain(record.decision), "q": record.queue_item_id, "i": _plain(record.image)}
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode() + b"\n"
+    doc = {"d": record.decision, "q": record.queue_item_id, "i": record.image}
+    line = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_plain)
+    return line.encode() + b"\n"
 
 
 def decode_record(line: bytes) -> DecisionRecord:
@@ -229,7 +229,11 @@ class Spool:
                     (self.root / f"{self._owner}{LOCK_SUFFIX}").unlink(missing_ok=True)
                 os.close(self._lock_fd)
                 self._lock_fd = None
-            if kept == 0 and not any(self.root.glob(f"*{SEGMENT_SUFFIX}")):
+            if (
+                kept == 0
+                and not any(self.root.glob(f"*{SEGMENT_SUFFIX}"))
+                and not self.rejected_path.exists()
+            ):
                 with contextlib.suppress(OSError):  # another process uses it, or it is gone
                     (self.root / "database.txt").unlink(missing_ok=True)
                     self.root.rmdir()
@@ -271,6 +275,21 @@ class Spool:
             self.appends += count
             self.fsyncs += 1
         return seq
+
+    @property
+    def rejected_path(self) -> Path:
+        return self.root / REJECTED_FILE
+
+    def reject(self, line: bytes) -> Path:
+        """Keep (fsync'd) a decision SQL refused for its content, for a person to see; returns the file."""
+        with self._lock:
+            fd = os.open(self.rejected_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                os.write(fd, line)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        return self.rejected_path
 
     # Bookkeeping ------------------------------------------------------------------------------
 

@@ -6,21 +6,35 @@ created and changed only by the Alembic migrations (``guard migrate``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import asyncio
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, or_, select, text, update
+from psycopg.types.json import Json
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.sql.expression import Executable
 
 from guard.policies import Policy, parse_policy, policy_document
 from guard.tables import (
@@ -37,6 +51,7 @@ from guard.tables import (
     utcnow,
 )
 
+T = TypeVar("T")
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _DECISIONS = cast(Table, Decision.__table__)
 _QUEUE_ITEMS = cast(Table, QueueItem.__table__)
@@ -60,6 +75,15 @@ def create_db_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+async def bounded(timeout_s: float, fn: Callable[..., T], *args: Any) -> T:
+    """Run the blocking ``fn(*args)`` in a worker thread and wait at most ``timeout_s`` for it.
+
+    Past the deadline TimeoutError is raised; the thread is left to finish (or fail) on its own,
+    so a database that accepts connections but never answers cannot hold a request.
+    """
+    return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout_s)
 
 
 def alembic_config(url: str) -> Config:
@@ -90,6 +114,56 @@ class DecisionRecord:
     """(sha256, mime type, width, height, bytes) of a photo a supervisor will need to see."""
 
 
+_DECISION_COLUMNS = [c.name for c in _DECISIONS.columns]
+_JSON_COLUMNS = frozenset(c.name for c in _DECISIONS.columns if isinstance(c.type, JSON))
+
+
+def _insert_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> set[str]:
+    """SQLite: insert the decisions not there yet; returns their ids."""
+    ids = [r.decision["id"] for r in records]
+    existing = set(conn.execute(select(_DECISIONS.c.id).where(_DECISIONS.c.id.in_(ids))).scalars())
+    rows: dict[str, dict[str, Any]] = {}
+    for rec in records:
+        if rec.decision["id"] not in existing:
+            rows.setdefault(rec.decision["id"], {c: rec.decision.get(c) for c in _DECISION_COLUMNS})
+    if rows:
+        # RETURNING makes SQLAlchemy send multi-row VALUES pages instead of one row per statement.
+        add = (
+            sqlite_insert(_DECISIONS).on_conflict_do_nothing(index_elements=["id"]).returning(_DECISIONS.c.id)
+        )
+        conn.execute(add, list(rows.values())).close()
+    return set(rows)
+
+
+def _copy_value(column: str, value: Any) -> Any:
+    return Json(value) if value is not None and column in _JSON_COLUMNS else value
+
+
+def _copy_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> set[str]:
+    """PostgreSQL: COPY the batch into a temporary table, move the new ones over; returns their ids."""
+    columns = ", ".join(_DECISION_COLUMNS)
+    driver: Any = conn.connection.driver_connection  # psycopg's connection, inside this transaction
+    cursor = driver.cursor()
+    with cursor:
+        cursor.execute(
+            "CREATE TEMPORARY TABLE IF NOT EXISTS decisions_in (LIKE decisions) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY decisions_in ({columns}) FROM STDIN") as copy:
+            for rec in records:
+                d = rec.decision
+                copy.write_row(
+                    [
+                        Json(d[c]) if c in _JSON_COLUMNS and d.get(c) is not None else d.get(c)
+                        for c in _DECISION_COLUMNS
+                    ]
+                )
+        cursor.execute(
+            f"INSERT INTO decisions ({columns}) SELECT DISTINCT ON (id) {columns} FROM decisions_in"
+            " ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        return {row[0] for row in cursor.fetchall()}
+
+
 class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -117,40 +191,22 @@ class Store:
     def record(self, records: Sequence[DecisionRecord]) -> None:
         """Write a batch of decisions in one transaction; idempotent (a retried batch adds nothing twice).
 
-        Core statements, no ORM unit of work: one SELECT of the batch's ids that already exist, then
-        one ``INSERT ... ON CONFLICT (id) DO NOTHING`` for the rest (executemany: on SQLite sent as
-        multi-row VALUES pages by SQLAlchemy's "insertmanyvalues"; on PostgreSQL as one prepared
-        statement pipelined by psycopg, which measured 2x faster than a multi-row VALUES statement
-        that psycopg re-parses on every call). Only new decisions get their photo and, when held,
-        their queue item (``ON CONFLICT DO NOTHING`` too, for a concurrent writer of the same batch).
-        Rows are grouped by their keys, so older spool lines with fewer fields still insert.
+        Core statements, no ORM unit of work. The decisions go in with ``ON CONFLICT (id) DO
+        NOTHING`` and the statement tells which ones are new: on PostgreSQL the batch is COPYed
+        into a temporary table and moved over with one ``INSERT ... SELECT ... RETURNING id``
+        (about 10x the rows/s of an executemany); on SQLite one SELECT finds the ids already there
+        and one executemany (sent as multi-row VALUES pages) inserts the rest. Only new decisions
+        get their photo and, when held, their queue item (``ON CONFLICT DO NOTHING`` too, for a
+        concurrent writer of the same batch). A field missing from a record (an older spool line)
+        is written as NULL.
         """
         if not records:
             return
         with self.session() as s:
-            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
             conn = s.connection()
-            ids = [r.decision["id"] for r in records]
-            existing = set(conn.execute(select(_DECISIONS.c.id).where(_DECISIONS.c.id.in_(ids))).scalars())
-            fresh, seen = [], set(existing)
-            for rec in records:
-                if rec.decision["id"] not in seen:
-                    seen.add(rec.decision["id"])
-                    fresh.append(rec)
-            if not fresh:
-                return
-            groups: dict[frozenset[str], list[dict[str, Any]]] = {}
-            for rec in fresh:
-                groups.setdefault(frozenset(rec.decision), []).append(rec.decision)
-            add_decisions: Executable = insert(_DECISIONS).on_conflict_do_nothing(index_elements=["id"])
-            if insert is sqlite_insert:  # RETURNING makes SQLAlchemy send multi-row VALUES pages
-                add_decisions = (
-                    sqlite_insert(_DECISIONS)
-                    .on_conflict_do_nothing(index_elements=["id"])
-                    .returning(_DECISIONS.c.id)
-                )
-            for rows in groups.values():
-                conn.execute(add_decisions, rows).close()
+            postgres = conn.dialect.name == "postgresql"
+            new_ids = _copy_decisions(conn, records) if postgres else _insert_decisions(conn, records)
+            fresh = {r.decision["id"]: r for r in records if r.decision["id"] in new_ids}.values()
             images = {r.image[0]: r.image for r in fresh if r.image is not None}
             for image in images.values():
                 self._keep_image(s, *image)
@@ -168,6 +224,7 @@ class Store:
                 if r.queue_item_id is not None
             ]
             if items:
+                insert = pg_insert if postgres else sqlite_insert
                 conn.execute(insert(_QUEUE_ITEMS).on_conflict_do_nothing(), items)
 
     def get_decision(self, decision_id: str) -> dict[str, Any] | None:

@@ -95,6 +95,29 @@ def test_redis_cache_round_trip_with_ttl_and_validation(redis_url: str) -> None:
     asyncio.run(run())
 
 
+@pytest.mark.integration
+def test_the_in_process_layer_in_front_of_redis_skips_the_round_trip(redis_url: str) -> None:
+    async def run() -> None:
+        cache = RedisCache(redis_url, ttl_s=300, timeout_s=1.0, local_size=2)
+        raw = redis.Redis.from_url(redis_url)
+        keys = [score_key(**{**KEY_ARGS, "reply": f"r{i}"}) for i in range(3)]  # type: ignore[arg-type]
+        await cache.set(keys[0], CachedScore(0.66, ("question",)))
+        assert raw.get(keys[0]) is not None, "written through to Redis, for the other replicas"
+        raw.delete(keys[0])
+        assert await cache.get(keys[0]) == CachedScore(0.66, ("question",)), "served in process"
+        raw.set(keys[1], b'{"s": 0.2, "i": ["reply"]}')  # another replica's score
+        assert await cache.get(keys[1]) == CachedScore(0.2, ("reply",))
+        raw.delete(keys[1])
+        assert await cache.get(keys[1]) == CachedScore(0.2, ("reply",)), "a Redis hit is kept in process"
+        raw.set(keys[2], b'{"s": 0.9, "i": []}')
+        assert await cache.get(keys[2]) == CachedScore(0.9, ())  # the LRU holds 2: keys[0] goes
+        assert await cache.get(keys[0]) is None
+        raw.close()
+        await cache.close()
+
+    asyncio.run(run())
+
+
 def test_dead_redis_costs_milliseconds_and_is_skipped_for_a_while() -> None:
     with socket.socket() as s:  # a port with nothing listening
         s.bind(("127.0.0.1", 0))

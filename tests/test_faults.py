@@ -35,13 +35,18 @@ pytestmark = pytest.mark.integration
 
 
 class TcpProxy:
-    """Forwards loopback connections to ``target``; ``cut()`` drops them all and refuses new ones."""
+    """Forwards loopback connections to ``target``; ``cut()`` drops them all and refuses new ones.
+
+    ``hang()`` makes the database accept connections and never answer: bytes sent either way are
+    swallowed and new connections are accepted and left waiting. ``mend()`` ends the hung ones.
+    """
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self._listener.getsockname()[1])
         self.up = True
+        self.hung = False
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -56,6 +61,10 @@ class TcpProxy:
             if not self.up:
                 client.close()  # the database is "down": the connection dies at once
                 continue
+            if self.hung:
+                with self._lock:
+                    self._conns.append(client)  # accepted, never answered
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=3)
             except OSError:
@@ -66,11 +75,11 @@ class TcpProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.hung:
+                    dst.sendall(data)
         for s in (src, dst):
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
@@ -84,7 +93,13 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
             s.close()
 
+    def hang(self) -> None:
+        self.hung = True
+
     def mend(self) -> None:
+        if self.hung:
+            self.cut()  # a hung connection lost bytes mid-protocol: end it, clients reconnect
+            self.hung = False
         self.up = True
 
     def close(self) -> None:
@@ -232,6 +247,24 @@ def test_postgres_cut_off_mid_load_loses_nothing(pg_url: str, tmp_path: Path) ->
             assert metric(base_url, "guard_decision_log_failures_total") > 0, "the outage did not happen"
         assert_log_equals(pg_url, result)
         assert list((tmp_path / "spool").rglob("*.jsonl")) == []
+    finally:
+        proxy.close()
+
+
+def test_postgres_hung_mid_load_costs_requests_at_most_the_sql_timeout(pg_url: str, tmp_path: Path) -> None:
+    """PostgreSQL accepts connections and never answers for 6 s: past the policy (2 s) and key (5 s)
+    caches, so their lookups hit the hung database; each waits GUARD_SQL_TIMEOUT_S at most."""
+    migrate(pg_url)
+    proxy, url = proxied(pg_url)
+    try:
+        with guard_server(url, tmp_path / "spool", log_batch_size=50, sql_timeout_s=0.5) as base_url:
+            result = drive(base_url, 10, schedule=[(2, proxy.hang), (8, proxy.mend)], timeout_s=10)
+            assert result.failures == []
+            slowest = max(result.latencies_s)
+            assert slowest < 2.5, f"a request took {slowest:.2f}s with SQL hung (timeout 0.5 s)"
+            assert slowest >= 0.45, "no request waited for the hung database: the test tested nothing"
+            wait_for(lambda: len(logged(pg_url)) >= len(result.decisions), 60, "the spool to drain")
+        assert_log_equals(pg_url, result)
     finally:
         proxy.close()
 

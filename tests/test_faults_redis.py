@@ -105,8 +105,12 @@ def test_redis_fault_mid_load_costs_little_and_changes_nothing(
             ]
         else:
             schedule = [(2.0, lambda: server.signal(signal.SIGKILL)), (5.0, server.start)]
+        # Without the in-process layer in front of Redis, so that every lookup reaches Redis.
         with guard_server(
-            sqlite_url, tmp_path / "spool", redis_url=f"redis://127.0.0.1:{server.port}/0"
+            sqlite_url,
+            tmp_path / "spool",
+            redis_url=f"redis://127.0.0.1:{server.port}/0",
+            local_cache_size=0,
         ) as base_url:
             baseline = drive(base_url, 3.0)
             result = drive(base_url, 8.0, schedule=schedule)

@@ -36,6 +36,13 @@ def test_bad_values_name_the_variable(var: str, value: str) -> None:
         Settings.from_env({var: value})
 
 
+def test_zero_means_no_wait_only_where_a_wait_is_optional() -> None:
+    s = Settings.from_env({"GUARD_SCORE_BATCH_WAIT_MS": "0", "GUARD_LOG_LINGER_MS": "0"})
+    assert (s.score_batch_wait_ms, s.log_linger_ms) == (0.0, 0.0)
+    with pytest.raises(SettingsError, match="GUARD_SQL_TIMEOUT_S"):
+        Settings.from_env({"GUARD_SQL_TIMEOUT_S": "0"})
+
+
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
         Settings().port = 1  # type: ignore[misc]

@@ -285,3 +285,70 @@ def test_close_without_anything_pending_removes_the_folder(tmp_path: Path, n: in
 
     asyncio.run(go())
     assert list(tmp_path.iterdir()) == []
+
+
+def _refused_record(i: int, database: str) -> DecisionRecord:
+    """A decision SQL refuses for its content: too long for its column (PostgreSQL), or missing a field."""
+    rec = record(i)
+    if database == "postgresql":
+        return DecisionRecord({**rec.decision, "scorer_version": "v" * 300})  # String(200)
+    return DecisionRecord({k: v for k, v in rec.decision.items() if k != "channel"})  # NOT NULL
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_a_decision_sql_refuses_is_set_aside_and_does_not_block_the_log(
+    tmp_path: Path, database: str, request: pytest.FixtureRequest
+) -> None:
+    url = request.getfixturevalue("pg_url" if database == "postgresql" else "sqlite_url")
+    migrate(url)
+    store = Store.open(url)
+    refused = _refused_record(3, database)
+    good = [record(i) for i in (1, 2, 4, 5)]
+
+    async def go() -> DecisionLog:
+        log = DecisionLog(store, spool=Spool(tmp_path, url), max_retry_delay_s=0.05)
+        log.start()
+        await asyncio.gather(*(log.put(r) for r in [*good[:2], refused, *good[2:]]))
+        await asyncio.wait_for(log.flush(), 10)
+        await log.put(record(6))  # the log goes on after the refusal
+        await asyncio.wait_for(log.flush(), 10)
+        await log.stop()
+        return log
+
+    try:
+        log = asyncio.run(go())
+        assert log.rejected == 1 and log.failures == 0
+        assert store.count_decisions() == 5
+        for r in [*good, record(6)]:
+            assert store.get_decision(r.decision["id"]) is not None
+        assert store.get_decision(refused.decision["id"]) is None
+        kept = next(tmp_path.rglob("rejected.ndjson"))
+        lines = kept.read_bytes().splitlines(keepends=True)
+        assert [decode_record(line) for line in lines] == [refused]
+        assert segments(tmp_path) == [], "everything else is in SQL: no segment left"
+    finally:
+        store.close()
+
+
+def test_without_a_spool_a_refused_decision_is_logged_whole(
+    sqlite_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    migrate(sqlite_url)
+    store = Store.open(sqlite_url)
+    refused = _refused_record(7, "sqlite")
+
+    async def go() -> DecisionLog:
+        log = DecisionLog(store)
+        log.start()
+        await log.put(refused)
+        await log.put(record(8))
+        await asyncio.wait_for(log.flush(), 10)
+        await log.stop()
+        return log
+
+    try:
+        assert asyncio.run(go()).rejected == 1
+        assert store.count_decisions() == 1
+        assert any(refused.decision["id"] in m and "refused" in m for m in caplog.messages)
+    finally:
+        store.close()
