@@ -9,6 +9,7 @@ only the guard's own memory is measured) with ``--concurrency`` clients posting 
 pairs seen again and again), 40% misses (a reply never seen before), and scores spread so that
 about a third of the decisions are held (review/escalate: a queue item each) and some get a
 follow-up. RSS (``/proc/self/statm``, after ``gc.collect()``) is printed every 10,000 requests.
+Like ``guard serve``, it caps glibc's malloc arenas at 2 first (guard/app.py ``limit_malloc_arenas``).
 Target (issue 6): RSS after 100,000 within 10% of RSS after the first 10,000. ``--max-seconds``
 bounds the run: if it ends first, the table says how many requests were made.
 """
@@ -29,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guard.app import create_app
+from guard.app import create_app, limit_malloc_arenas
 from guard.settings import Settings
 from guard.store import Store, migrate
 from tests.fakes import FakeScorer
@@ -111,11 +112,12 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
     migrate(url)
     app = create_app(Settings(database_url=url, spool_dir=f"{tmp}/spool"), scorer=FakeScorer())
     actions: Counter[str] = Counter()
-    marks: list[tuple[int, float, float, float]] = []  # (requests, RSS MB, seconds, load average)
+    marks: list[tuple[int, float, float, float, int]] = []  # (requests, RSS MB, s, load, log backlog)
     deadline = time.monotonic() + args.max_seconds
     t0 = time.perf_counter()
     async with app.router.lifespan_context(app):
-        marks.append((0, rss_mb(), 0.0, os.getloadavg()[0]))
+        log = app.state.guard_app.decision_log
+        marks.append((0, rss_mb(), 0.0, os.getloadavg()[0], 0))
         nxt = 0
         made = 0
 
@@ -128,17 +130,18 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
                 actions[action] += 1
                 made += 1
                 if made % args.every == 0:
-                    marks.append((made, rss_mb(), time.perf_counter() - t0, os.getloadavg()[0]))
+                    marks.append((made, rss_mb(), time.perf_counter() - t0, os.getloadavg()[0], log.pending))
                     m = marks[-1]
                     print(
-                        f"  {m[0]:>7} requests  RSS {m[1]:7.1f} MB  {m[2]:6.0f} s  load {m[3]:.1f}",
+                        f"  {m[0]:>7} requests  RSS {m[1]:7.1f} MB  {m[2]:6.0f} s  load {m[3]:.1f}"
+                        f"  not yet in SQL {m[4]}",
                         flush=True,
                     )
 
         await asyncio.gather(*(client() for _ in range(args.concurrency)))
         elapsed = time.perf_counter() - t0
-        await app.state.guard_app.decision_log.flush()
-        final = (made, rss_mb(), elapsed, os.getloadavg()[0])
+        await log.flush()
+        final = (made, rss_mb(), elapsed, os.getloadavg()[0], log.pending)
     store = Store.open(url)
     rows, queued = store.count_decisions(), len(store.queue())
     store.close()
@@ -148,12 +151,12 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
     print("actions: " + ", ".join(f"{k} {v}" for k, v in sorted(actions.items())))
     print(f"decisions in SQLite: {rows}; queue items (held): {queued}")
     print()
-    print("| requests | RSS MB | growth vs 10,000 | seconds | load average |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| requests | RSS MB | growth vs 10,000 | seconds | load average | decisions not yet in SQL |")
+    print("|---:|---:|---:|---:|---:|---:|")
     ref = next((m[1] for m in marks if m[0] == args.every), None)
     for m in [*marks, final] if final[0] != marks[-1][0] else marks:
         growth = "" if ref is None or m[0] < args.every else f"{100 * (m[1] - ref) / ref:+.1f}%"
-        print(f"| {m[0]} | {m[1]:.1f} | {growth} | {m[2]:.0f} | {m[3]:.1f} |")
+        print(f"| {m[0]} | {m[1]:.1f} | {growth} | {m[2]:.0f} | {m[3]:.1f} | {m[4]} |")
     if ref is not None:
         change = 100 * (final[1] - ref) / ref
         verdict = "met" if abs(change) <= 10 else "MISSED"
@@ -172,6 +175,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     args = ap.parse_args()
     print(f"{os.cpu_count()} CPUs; load average at start: {'/'.join(f'{x:.1f}' for x in os.getloadavg())}")
+    limit_malloc_arenas()  # as guard serve does
     with tempfile.TemporaryDirectory() as tmp:
         asyncio.run(run(args, tmp))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -58,6 +59,25 @@ def load_scorer(settings: Settings) -> Scorer:
     raise ValueError(
         f"GUARD_SCORER={settings.scorer!r} is not a known scorer (known: bundled, reranker, clip, remote)"
     )
+
+
+def limit_malloc_arenas(arenas: int = 2) -> bool:
+    """Let glibc's malloc use at most ``arenas`` arenas in this process (like MALLOC_ARENA_MAX).
+
+    By default every thread that allocates may get an arena of its own (up to 8 per core), and
+    the guard's threads (spool, SQL writer, scorer, lookups) each keep freed memory in theirs:
+    measured here, RSS grew 21% from 10,000 to 100,000 requests with the default and 10% with 2.
+    Process-wide, so ``guard serve`` calls it (not create_app, which may live in someone else's
+    process). Returns False where it does not apply (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+_M_ARENA_MAX = -8  # from glibc's malloc.h
 
 
 def open_cache(settings: Settings) -> MemoryCache | RedisCache:

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the guard over HTTP")
     serve.add_argument("--host", default=None, help="default: GUARD_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: GUARD_PORT or 8000")
+    serve.add_argument(
+        "--access-log", action="store_true", help="log every HTTP request (off: decisions are in SQL anyway)"
+    )
 
     sub.add_parser("migrate", help="create or upgrade the database schema (GUARD_DATABASE_URL)")
 
@@ -114,15 +117,17 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
-    from guard.app import create_app
+    from guard.app import create_app, limit_malloc_arenas
 
     # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    limit_malloc_arenas()
     uvicorn.run(
         create_app(settings),
         host=settings.host,
         port=settings.port,
         log_level="info",
+        access_log=args.access_log,
         timeout_graceful_shutdown=15,
     )
     return 0
