@@ -279,9 +279,6 @@ class DecisionLog:
         )
 
 
-_REFUSALS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
-
-
 def _refused(exc: BaseException) -> bool:
     """Did SQL refuse the data (as opposed to failing as a database)?"""
     return isinstance(
