@@ -15,6 +15,7 @@ first start and logs it once. ``GUARD_AUTH=required`` always asks for a key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -59,6 +60,7 @@ def create_key(store: Store, channel: str, name: str | None = None) -> str:
     return key
 
 
+@functools.lru_cache(maxsize=1024)
 def is_loopback_host(host: str | None) -> bool:
     if host is None:
         return False
