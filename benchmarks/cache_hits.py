@@ -17,12 +17,14 @@ Targets (issue 6): >= 2,000 decisions/s, p99 <= 20 ms at 32 concurrent.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +54,34 @@ def guard_server(database_url: str, redis_url: str, spool_dir: str) -> Any:
     return create_app(settings, scorer=FakeScorer())
 
 
-def count_decisions(admin: str, name: str) -> int:
-    with psycopg.connect(admin.rsplit("/", 1)[0] + "/" + name, connect_timeout=3) as c:
+def count_decisions(url: str) -> int:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), connect_timeout=3) as c:
         row = c.execute("SELECT count(*) FROM decisions").fetchone()
         return int(row[0]) if row else 0
+
+
+@contextlib.contextmanager
+def scratch_stores(pg: str, redis_url: str) -> Iterator[str]:
+    """A migrated temporary PostgreSQL database and an empty Redis db; yields the database's URL.
+
+    ``pg`` is an admin URL of the server; the database is dropped and Redis flushed afterwards.
+    """
+    from guard.store import migrate
+
+    cache = redis.Redis.from_url(redis_url, socket_timeout=3)
+    cache.flushdb()
+    name = f"guard_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg, autocommit=True, connect_timeout=3) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = "postgresql+psycopg://" + pg.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
+        migrate(url)
+        yield url
+    finally:
+        with psycopg.connect(pg, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cache.flushdb()
+        cache.close()
 
 
 def main() -> None:
@@ -67,59 +93,45 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     args = ap.parse_args()
 
-    from guard.store import migrate
-
     print(f"load generator: {generator()}; {args.concurrency} connections; {os.cpu_count()} CPUs")
     print(f"load average at start: {loadavg()}")
-    cache = redis.Redis.from_url(args.redis, socket_timeout=3)
-    cache.flushdb()
-    name = f"guard_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.pg, autocommit=True, connect_timeout=3) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    url = "postgresql+psycopg://" + args.pg.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
     best: dict[str, dict[str, float]] = {}
     answered = 0
-    try:
-        migrate(url)
-        with tempfile.TemporaryDirectory() as tmp:
-            with served(
-                guard_server, database_url=url, redis_url=args.redis, spool_dir=f"{tmp}/spool"
-            ) as base:
-                warm = load(base + "/v1/guard", method="POST", body=BODY, seconds=2, concurrency=4)
-                answered += int(warm["requests"] - warm["errors"])
-                for _ in range(args.repeat):
-                    for label, path, method, body in (
-                        ("GET /healthz (baseline)", "/healthz", "GET", None),
-                        ("POST /v1/guard, cache hit", "/v1/guard", "POST", BODY),
-                    ):
-                        r = load(
-                            base + path,
-                            method=method,
-                            body=body,
-                            seconds=args.seconds,
-                            concurrency=args.concurrency,
-                        )
-                        if method == "POST":
-                            answered += int(r["requests"] - r["errors"])
-                        print(
-                            f"  {label:26} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
-                            f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']:.0f}  (load {loadavg()})"
-                        )
-                        if label not in best or r["rps"] > best[label]["rps"]:
-                            best[label] = r
-                # the decision log writes in the background: wait until SQL stops growing
-                deadline, last, stable = time.monotonic() + 120, -1, 0
-                while time.monotonic() < deadline and stable < 3:
-                    now = count_decisions(args.pg, name)
-                    stable = stable + 1 if now == last and now >= answered else 0
-                    last = now
-                    time.sleep(1)
-            rows = count_decisions(args.pg, name)
-    finally:
-        with psycopg.connect(args.pg, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cache.flushdb()
-        cache.close()
+    with (
+        scratch_stores(args.pg, args.redis) as url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        with served(guard_server, database_url=url, redis_url=args.redis, spool_dir=f"{tmp}/spool") as base:
+            warm = load(base + "/v1/guard", method="POST", body=BODY, seconds=2, concurrency=4)
+            answered += int(warm["requests"] - warm["errors"])
+            for _ in range(args.repeat):
+                for label, path, method, body in (
+                    ("GET /healthz (baseline)", "/healthz", "GET", None),
+                    ("POST /v1/guard, cache hit", "/v1/guard", "POST", BODY),
+                ):
+                    r = load(
+                        base + path,
+                        method=method,
+                        body=body,
+                        seconds=args.seconds,
+                        concurrency=args.concurrency,
+                    )
+                    if method == "POST":
+                        answered += int(r["requests"] - r["errors"])
+                    print(
+                        f"  {label:26} {r['rps']:7.0f} req/s  p50 {r['p50_ms']:6.2f} ms"
+                        f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']:.0f}  (load {loadavg()})"
+                    )
+                    if label not in best or r["rps"] > best[label]["rps"]:
+                        best[label] = r
+            # the decision log writes in the background: wait until SQL stops growing
+            deadline, last, stable = time.monotonic() + 120, -1, 0
+            while time.monotonic() < deadline and stable < 3:
+                now = count_decisions(url)
+                stable = stable + 1 if now == last and now >= answered else 0
+                last = now
+                time.sleep(1)
+        rows = count_decisions(url)
     print()
     print("| request | req/s | p50 ms | p99 ms | requests | errors |")
     print("|---|---:|---:|---:|---:|---:|")

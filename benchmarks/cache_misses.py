@@ -21,15 +21,12 @@ import json
 import os
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
-import psycopg
-import redis
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.cache_hits import scratch_stores
 from benchmarks.middleware_overhead import UNIQUE, generator, load, loadavg, served
 
 CASES = Path(__file__).resolve().parents[1] / "tests" / "data" / "cases_own.jsonl"
@@ -63,48 +60,34 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
     args = ap.parse_args()
 
-    from guard.store import migrate
-
     print(f"load generator: {generator()}; {os.cpu_count()} CPUs; load average at start: {loadavg()}")
-    cache = redis.Redis.from_url(args.redis, socket_timeout=3)
-    cache.flushdb()
-    name = f"guard_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.pg, autocommit=True, connect_timeout=3) as c:
-        c.execute(f'CREATE DATABASE "{name}"')
-    url = "postgresql+psycopg://" + args.pg.split("://", 1)[1].rsplit("/", 1)[0] + "/" + name
     misses = bodies()
     hit = misses[0].replace(UNIQUE, "fixed")
     best: dict[tuple[str, int], dict[str, float]] = {}
-    try:
-        migrate(url)
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            served(guard_server, database_url=url, redis_url=args.redis, spool_dir=f"{tmp}/spool") as base,
-        ):
-            load(base + "/v1/guard", method="POST", bodies=misses, seconds=3, concurrency=8)  # warm-up
-            for concurrency in (1, 32):
-                for _ in range(args.repeat):
-                    for label, sent in (("cache hit (baseline)", [hit]), ("cache miss, scored", misses)):
-                        r = load(
-                            base + "/v1/guard",
-                            method="POST",
-                            bodies=sent,
-                            seconds=args.seconds,
-                            concurrency=concurrency,
-                        )
-                        print(
-                            f"  c={concurrency:<3} {label:22} {r['rps']:7.0f} req/s"
-                            f"  p50 {r['p50_ms']:7.2f} ms"
-                            f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']:.0f}  (load {loadavg()})"
-                        )
-                        key = (label, concurrency)
-                        if key not in best or r["rps"] > best[key]["rps"]:
-                            best[key] = r
-    finally:
-        with psycopg.connect(args.pg, autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cache.flushdb()
-        cache.close()
+    with (
+        scratch_stores(args.pg, args.redis) as url,
+        tempfile.TemporaryDirectory() as tmp,
+        served(guard_server, database_url=url, redis_url=args.redis, spool_dir=f"{tmp}/spool") as base,
+    ):
+        load(base + "/v1/guard", method="POST", bodies=misses, seconds=3, concurrency=8)  # warm-up
+        for concurrency in (1, 32):
+            for _ in range(args.repeat):
+                for label, sent in (("cache hit (baseline)", [hit]), ("cache miss, scored", misses)):
+                    r = load(
+                        base + "/v1/guard",
+                        method="POST",
+                        bodies=sent,
+                        seconds=args.seconds,
+                        concurrency=concurrency,
+                    )
+                    print(
+                        f"  c={concurrency:<3} {label:22} {r['rps']:7.0f} req/s"
+                        f"  p50 {r['p50_ms']:7.2f} ms"
+                        f"  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']:.0f}  (load {loadavg()})"
+                    )
+                    key = (label, concurrency)
+                    if key not in best or r["rps"] > best[key]["rps"]:
+                        best[key] = r
     print()
     print("| request | connections | req/s | p50 ms | p99 ms | requests | errors |")
     print("|---|---:|---:|---:|---:|---:|---:|")
