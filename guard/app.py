@@ -8,8 +8,9 @@ import ctypes
 import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,9 +31,10 @@ from guard.ocr import open_ocr
 from guard.pipeline import Guard, PolicyBook, ScoringService
 from guard.scoring.base import Scorer
 from guard.settings import Settings
-from guard.store import Store
+from guard.store import Store, bounded
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 OutcomeHook = Callable[[str], Awaitable[None]]
 """Called with a decision id after a supervisor resolves its case (approve/edit/take over/dismiss)."""
@@ -184,15 +186,25 @@ class GuardApp:
             self._store.close()
             self._guard = None
 
+    async def _sql(self, fn: Callable[..., T], *args: Any) -> T:
+        """A SQL call on a request's path: bounded by GUARD_SQL_TIMEOUT_S, a dead database is a 503."""
+        try:
+            return await bounded(self.settings.sql_timeout_s, fn, *args)
+        except (TimeoutError, SQLAlchemyError) as exc:
+            log.warning("SQL on a request's path failed: %r", exc)
+            raise api.ApiError(
+                503, "database_unavailable", "the database did not answer in time; try again shortly"
+            ) from None
+
     async def register_image(self, image: DecodedImage) -> None:
-        await asyncio.to_thread(
+        await self._sql(
             self.store.save_image, image.sha256, image.mime_type, image.width, image.height, image.data
         )
 
     async def registered_image(self, image_id: Any) -> DecodedImage:
         if not isinstance(image_id, str) or len(image_id) != 64:
             raise api.ApiError(422, "wrong_type", "'image.id' must be an image_id from POST /v1/images")
-        found = await asyncio.to_thread(self.store.get_image, image_id)
+        found = await self._sql(self.store.get_image, image_id)
         if found is None:
             raise api.ApiError(
                 404, "unknown_image", f"no image {image_id!r}: register it with POST /v1/images"
@@ -208,7 +220,7 @@ class GuardApp:
             raise api.ApiError(422, exc.code, exc.message) from None
 
     async def find_decision(self, decision_id: str) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self.store.get_decision, decision_id)
+        return await self._sql(self.store.get_decision, decision_id)
 
 
 async def healthz(_request: Request) -> Response:

@@ -8,6 +8,7 @@ the decisions the clients were given: none missing, none doubled, no failed requ
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import threading
@@ -25,6 +26,7 @@ from sqlalchemy.engine import make_url
 from guard.app import create_app
 from guard.settings import Settings
 from guard.store import Store, migrate
+from tests.apptools import png_bytes
 from tests.fakes import FakeScorer
 from tests.serving import serve
 
@@ -315,3 +317,44 @@ def test_sqlite_locked_by_another_writer_mid_load_loses_nothing(sqlite_url: str,
         wait_for(lambda: len(logged(sqlite_url)) >= len(result.decisions), 60, "the spool to drain")
         assert locker["pending"] > 0, "the lock did not hold the writer back"
     assert_log_equals(sqlite_url, result)
+
+
+def test_lookups_on_a_hung_or_dead_database_answer_503_at_once(pg_url: str, tmp_path: Path) -> None:
+    """Registered photos and decision lookups need SQL: hung or down, a clear 503, never a hang or a 500."""
+    migrate(pg_url)
+    proxy, url = proxied(pg_url)
+    photo = base64.b64encode(png_bytes()).decode()
+    missing = "/v1/decisions/" + "0" * 32
+    try:
+        with (
+            guard_server(url, tmp_path / "spool", sql_timeout_s=0.5) as base_url,
+            httpx2.Client(base_url=base_url, timeout=10) as client,
+        ):
+            registered = client.post("/v1/images", json={"image": {"data": photo}})
+            assert registered.status_code == 201
+            image_id = registered.json()["image_id"]
+            guarded = {"question": "口袋开线了", "reply": "[score=0.9]", "image": {"id": image_id}}
+            asks = [
+                ("GET", missing, None),
+                ("POST", "/v1/images", {"image": {"data": photo}}),
+                (
+                    "POST",
+                    "/v1/guard",
+                    {"question": "口袋开线了", "reply": "[score=0.9]", "image": {"id": image_id}},
+                ),
+            ]
+            for fault in (proxy.hang, proxy.cut):
+                assert client.get(missing).status_code == 404  # the key check is answered (kept 5 s)
+                fault()
+                for method, path, doc in asks:
+                    t = time.perf_counter()
+                    resp = client.request(method, path, json=doc)
+                    took = time.perf_counter() - t
+                    assert resp.status_code == 503, (fault.__name__, path, resp.text)
+                    assert resp.json()["error"]["code"] == "database_unavailable"
+                    assert took < 2.5, f"{path} took {took:.2f}s with the database {fault.__name__}"
+                proxy.mend()
+            assert client.get(missing).status_code == 404
+            assert client.post("/v1/guard", json=guarded).status_code == 200
+    finally:
+        proxy.close()
