@@ -19,7 +19,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message
+from starlette.types import Message, Receive
 
 from guard.images import DecodedImage, ImageError, decode_base64, decode_image
 from guard.pipeline import CheckRequest, Guard
@@ -35,6 +35,20 @@ class ApiError(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+def replay(body: bytes) -> Receive:
+    """An ASGI receive that hands over ``body`` (already read) once, then a disconnect."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -101,16 +115,7 @@ async def _parse_multipart(
     if boundary and not (body.startswith(b"--" + boundary + b"--") or b"\r\n--" + boundary + b"--" in body):
         # A cut-off body would parse "successfully" without its last part (the photo, silently dropped).
         raise ApiError(400, "invalid_multipart", "the multipart body is cut off: no closing boundary")
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    replayed = Request(request.scope, replay)
+    replayed = Request(request.scope, replay(body))
     try:
         form = await replayed.form(max_files=1, max_fields=32, max_part_size=settings.max_body_bytes)
     except MultiPartException as exc:

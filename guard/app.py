@@ -232,7 +232,7 @@ async def readyz(request: Request) -> Response:
     # Not ready while the scorer's circuit breaker is open (guard/breaker.py).
     checks: dict[str, bool] = {"scorer": app._guard is not None and not app._guard.scoring.breaker.is_open}
     try:
-        checks["sql"] = await asyncio.wait_for(asyncio.to_thread(app.store.ping), 2.0)
+        checks["sql"] = await bounded(2.0, app.store.ping)
     except Exception:
         checks["sql"] = False
     if app._guard is not None:

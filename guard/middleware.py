@@ -41,6 +41,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guard.api import replay
 from guard.images import DecodedImage, ImageError, decode_base64, decode_image
 from guard.metrics import Metrics
 from guard.pipeline import CheckRequest, CheckResult, Guard
@@ -453,18 +454,9 @@ async def _request_data(scope: Scope, body: bytes) -> RequestData:
         if name == b"content-type":
             ctype = bytes(value).decode("latin-1").split(";")[0].strip().lower()
     if ctype in ("multipart/form-data", "application/x-www-form-urlencoded"):
-        sent = False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
         form_scope = {k: v for k, v in scope.items() if k != "state"}
         try:
-            form = await Request(form_scope, replay).form(max_files=4, max_fields=64)
+            form = await Request(form_scope, replay(body)).form(max_files=4, max_fields=64)
         except Exception:
             return RequestData(scope, body)
         try:

@@ -16,7 +16,7 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import pytest
@@ -27,6 +27,7 @@ from starlette.testclient import TestClient
 
 from guard.admin import auth
 from guard.app import create_app
+from guard.images import ErrorCode
 from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, PolicyError, decide, parse_policy
 from guard.settings import Settings
 from guard.store import migrate
@@ -44,15 +45,7 @@ PURE_FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[Hea
 
 LIMITS = {"question": 4_000, "reply": 8_000, "channel": 100, "conversation_id": 200, "locale": 16}
 TEXT_FIELDS = tuple(LIMITS)
-IMAGE_CODES = {
-    "invalid_base64",
-    "image_too_large",
-    "image_too_many_pixels",
-    "not_an_image",
-    "unsupported_image_format",
-    "truncated_image",
-    "empty_image",
-}
+IMAGE_CODES = set(get_args(ErrorCode))
 
 # Fragments that have broken real systems: markup, SQL, template syntax, bidi and zero-width
 # controls, combining marks, ZWJ emoji sequences, NUL and other control characters.
