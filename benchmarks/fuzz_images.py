@@ -20,7 +20,8 @@ import atheris  # type: ignore[import-untyped]
 with atheris.instrument_imports():
     from PIL import Image  # noqa: F401  (instrumented: coverage of Pillow's Python plugins)
 
-    from guard.images import ImageError, decode_image
+    from guard.errors import ImageError
+    from guard.images import decode_image
 
 MAX_PIXELS = 1_000_000
 

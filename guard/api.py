@@ -16,12 +16,13 @@ from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Message, Receive
 
-from guard.images import DecodedImage, ImageError, decode_base64, decode_image
+from guard.body import read_body, replay
+from guard.errors import BadRequest, Forbidden, InvalidField, NotFound, Unavailable
+from guard.images import DecodedImage, decode_base64, decode_image
 from guard.pipeline import CheckRequest, Guard
 from guard.settings import Settings
 
@@ -29,82 +30,20 @@ if TYPE_CHECKING:
     from guard.app import GuardApp
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
-def replay(body: bytes) -> Receive:
-    """An ASGI receive that hands over ``body`` (already read) once, then a disconnect."""
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise ApiError(400, "invalid_content_length", "Content-Length is not a number")
-        if int(declared) > limit:
-            raise ApiError(
-                413, "body_too_large", f"the request body is {declared} bytes; the limit is {limit}"
-            )
-    chunks: list[bytes] = []
-    size = 0
-    timeout_s = _body_timeout(request)
-    try:
-        async with asyncio.timeout(timeout_s):  # a slow upload holds a connection at most this long
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413, "body_too_large", f"the request body is over the limit of {limit} bytes"
-                    )
-                chunks.append(chunk)
-    except ClientDisconnect:
-        raise ApiError(400, "client_disconnected", "the client went away before the body was read") from None
-    except TimeoutError:
-        raise ApiError(
-            408, "body_timeout", f"the request body did not arrive within {timeout_s}s (GUARD_BODY_TIMEOUT_S)"
-        ) from None
-    return b"".join(chunks)
-
-
-def _body_timeout(request: Request) -> float | None:
-    guard_app = getattr(request.app.state, "guard_app", None) if "app" in request.scope else None
-    return None if guard_app is None else float(guard_app.settings.body_timeout_s)
-
-
 async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
     """The request's fields and, for multipart, the bytes of its ``image`` file."""
-    body = await read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes, settings.body_timeout_s)
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _parse_multipart(request, body, settings)
     try:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ApiError(
-            400, "invalid_json", f"the body is not valid JSON ({exc}); send JSON or multipart/form-data"
+        raise BadRequest(
+            "invalid_json", f"the body is not valid JSON ({exc}); send JSON or multipart/form-data"
         ) from None
     if not isinstance(doc, dict):
-        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+        raise BadRequest("invalid_json", "the body must be a JSON object")
     return doc, None
 
 
@@ -114,22 +53,21 @@ async def _parse_multipart(
     boundary = parse_options_header(request.headers.get("content-type"))[1].get(b"boundary")
     if boundary and not (body.startswith(b"--" + boundary + b"--") or b"\r\n--" + boundary + b"--" in body):
         # A cut-off body would parse "successfully" without its last part (the photo, silently dropped).
-        raise ApiError(400, "invalid_multipart", "the multipart body is cut off: no closing boundary")
+        raise BadRequest("invalid_multipart", "the multipart body is cut off: no closing boundary")
     replayed = Request(request.scope, replay(body))
     try:
         form = await replayed.form(max_files=1, max_fields=32, max_part_size=settings.max_body_bytes)
     except MultiPartException as exc:
-        raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc.message}") from None
+        raise BadRequest("invalid_multipart", f"the multipart body is malformed: {exc.message}") from None
     except HTTPException as exc:  # what Starlette raises instead when the scope has an app
-        raise ApiError(400, "invalid_multipart", f"the multipart body is malformed: {exc.detail}") from None
+        raise BadRequest("invalid_multipart", f"the multipart body is malformed: {exc.detail}") from None
     try:
         fields: dict[str, Any] = {}
         image: bytes | None = None
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key != "image":
-                    raise ApiError(
-                        400,
+                    raise BadRequest(
                         "unexpected_file",
                         f"file field {key!r} is not expected; send the photo as 'image'",
                     )
@@ -150,7 +88,7 @@ def _channel(request: Request, fields: Mapping[str, Any]) -> str:
     if bound is None:
         return asked or "default"
     if asked is not None and asked != bound:
-        raise ApiError(403, "channel_forbidden", f"this API key is for channel {bound!r}, not {asked!r}")
+        raise Forbidden("channel_forbidden", f"this API key is for channel {bound!r}, not {asked!r}")
     return str(bound)
 
 
@@ -158,12 +96,12 @@ def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -
     value = fields.get(name)
     if value is None:
         if required:
-            raise ApiError(422, "missing_field", f"'{name}' is required")
+            raise InvalidField("missing_field", f"'{name}' is required")
         return None
     if not isinstance(value, str):
-        raise ApiError(422, "wrong_type", f"'{name}' must be a string, not {type(value).__name__}")
+        raise InvalidField("wrong_type", f"'{name}' must be a string, not {type(value).__name__}")
     if len(value) > limit:
-        raise ApiError(422, "too_long", f"'{name}' is {len(value)} characters; the limit is {limit}")
+        raise InvalidField("too_long", f"'{name}' is {len(value)} characters; the limit is {limit}")
     _storable(value, f"'{name}'")
     return value
 
@@ -171,11 +109,11 @@ def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -
 def _storable(value: str, what: str) -> None:
     """Refuse text no database can keep verbatim: NUL characters and unpaired surrogates."""
     if "\x00" in value:
-        raise ApiError(422, "invalid_text", f"{what} contains a NUL character (\\u0000)")
+        raise InvalidField("invalid_text", f"{what} contains a NUL character (\\u0000)")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(422, "invalid_text", f"{what} contains an unpaired surrogate") from None
+        raise InvalidField("invalid_text", f"{what} contains an unpaired surrogate") from None
 
 
 async def _image(
@@ -187,11 +125,11 @@ async def _image(
         if isinstance(raw, str):  # multipart text field or a bare base64 string
             raw = {"data": raw}
         if not isinstance(raw, dict) or len(raw) != 1 or not ({"data", "id"} & raw.keys()):
-            raise ApiError(422, "wrong_type", '\'image\' must be {"data": <base64>} or {"id": <image_id>}')
+            raise InvalidField("wrong_type", '\'image\' must be {"data": <base64>} or {"id": <image_id>}')
         if "id" in raw:
             return await guard_app.registered_image(raw["id"])
         if not isinstance(raw["data"], str):
-            raise ApiError(422, "wrong_type", "'image.data' must be a base64 string")
+            raise InvalidField("wrong_type", "'image.data' must be a base64 string")
         data = _decode_b64(raw["data"], settings)
     if data is None:
         return None
@@ -201,25 +139,12 @@ async def _image(
 def _decode_b64(text: str, settings: Settings) -> bytes:
     try:
         return decode_base64(text, max_bytes=settings.max_body_bytes)
-    except ImageError as exc:
-        raise ApiError(_image_status(exc.code), exc.code, exc.message) from None
     except binascii.Error as exc:
-        raise ApiError(422, "invalid_base64", f"'image.data' is not valid base64: {exc}") from None
+        raise InvalidField("invalid_base64", f"'image.data' is not valid base64: {exc}") from None
 
 
 def _decode(data: bytes, settings: Settings) -> DecodedImage:
-    try:
-        return decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
-    except ImageError as exc:
-        raise ApiError(_image_status(exc.code), exc.code, exc.message) from None
-
-
-def _image_status(code: str) -> int:
-    if code in ("image_too_large", "image_too_many_pixels"):
-        return 413
-    if code == "unsupported_image_format":
-        return 415
-    return 422
+    return decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
 
 
 async def check_request(request: Request) -> CheckRequest:
@@ -234,22 +159,20 @@ async def check_request(request: Request) -> CheckRequest:
     locale = _text(fields, "locale", limit=16, required=False)
     candidates = fields.get("candidates") or []
     if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
-        raise ApiError(422, "wrong_type", "'candidates' must be a list of strings")
+        raise InvalidField("wrong_type", "'candidates' must be a list of strings")
     if len(candidates) > settings.max_candidates:
-        raise ApiError(
-            422, "too_many_candidates", f"at most {settings.max_candidates} candidates are allowed"
-        )
+        raise InvalidField("too_many_candidates", f"at most {settings.max_candidates} candidates are allowed")
     for i, c in enumerate(candidates):
         if len(c) > settings.max_reply_chars:
-            raise ApiError(
-                422, "too_long", f"candidate #{i + 1} is over {settings.max_reply_chars} characters"
+            raise InvalidField(
+                "too_long", f"candidate #{i + 1} is over {settings.max_reply_chars} characters"
             )
         _storable(c, f"candidate #{i + 1}")
     if not reply.strip():
-        raise ApiError(422, "empty_reply", "'reply' is empty: there is nothing to guard")
+        raise InvalidField("empty_reply", "'reply' is empty: there is nothing to guard")
     image = await _image(fields, upload, settings, app)
     if not question.strip() and image is None:
-        raise ApiError(422, "empty_question", "'question' may be empty only when an image is given")
+        raise InvalidField("empty_question", "'question' may be empty only when an image is given")
     return CheckRequest(
         question=question,
         reply=reply,
@@ -273,7 +196,7 @@ async def images_endpoint(request: Request) -> Response:
     fields, upload = await parse_fields(request, app.settings)
     image = await _image(fields, upload, app.settings, app)
     if image is None:
-        raise ApiError(422, "missing_field", "'image' is required")
+        raise InvalidField("missing_field", "'image' is required")
     app.guard.start_reading(image)  # read its text now, while the chatbot writes its reply
     await app.register_image(image)
     return JSONResponse(
@@ -287,9 +210,7 @@ async def decision_endpoint(request: Request) -> Response:
     decision_id = request.path_params["decision_id"]
     row = await app.find_decision(decision_id)
     if row is None:
-        raise ApiError(
-            404, "not_found", f"no decision {decision_id!r} (it may still be on its way to the log)"
-        )
+        raise NotFound("not_found", f"no decision {decision_id!r} (it may still be on its way to the log)")
     item = row["queue_item"]
     state = "sent" if item is None else item["state"]
     final = row["final_reply"] if item is None else item["final_reply"]
@@ -326,11 +247,11 @@ async def rerank_endpoint(request: Request) -> Response:
     assert query is not None
     documents = fields.get("documents")
     if not isinstance(documents, list) or not documents or not all(isinstance(d, str) for d in documents):
-        raise ApiError(422, "wrong_type", "'documents' must be a non-empty list of strings")
+        raise InvalidField("wrong_type", "'documents' must be a non-empty list of strings")
     if len(documents) > 64:
-        raise ApiError(422, "too_many_documents", "at most 64 documents are allowed")
+        raise InvalidField("too_many_documents", "at most 64 documents are allowed")
     if any(len(d) > settings.max_reply_chars for d in documents):
-        raise ApiError(422, "too_long", f"a document is over {settings.max_reply_chars} characters")
+        raise InvalidField("too_long", f"a document is over {settings.max_reply_chars} characters")
     channel = _channel(request, fields)
     instruction = _text(fields, "instruction", limit=2000, required=False)
     image = await _image(fields, upload, settings, app)
@@ -338,7 +259,7 @@ async def rerank_endpoint(request: Request) -> Response:
     policy = await guard.policies.get(channel)
     scored, failed = await guard.score_texts(query, image, documents, instruction or policy.instruction)
     if failed:
-        raise ApiError(503, "scorer_unavailable", "the scorer could not score these documents")
+        raise Unavailable("scorer_unavailable", "the scorer could not score these documents")
     order = sorted(range(len(documents)), key=lambda i: scored[i].score or 0.0, reverse=True)
     return JSONResponse(
         {

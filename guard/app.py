@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -23,12 +22,14 @@ from guard.admin import admin_mount
 from guard.breaker import scorer_breaker
 from guard.cache import MemoryCache, RedisCache
 from guard.decision_log import DecisionLog, open_decision_log
-from guard.images import DecodedImage, ImageError, decode_image
+from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavailable
+from guard.images import DecodedImage, decode_image
 from guard.integrations import Integrations
 from guard.keys import AuthMiddleware
 from guard.metrics import Metrics
 from guard.ocr import open_ocr
 from guard.pipeline import Guard, PolicyBook, ScoringService
+from guard.responses import EXCEPTION_HANDLERS
 from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.store import Store, bounded
@@ -58,7 +59,7 @@ def load_scorer(settings: Settings) -> Scorer:
         from guard.scoring.remote import RemoteScorer
 
         return RemoteScorer.from_settings(settings)
-    raise ValueError(
+    raise ConfigError(
         f"GUARD_SCORER={settings.scorer!r} is not a known scorer (known: bundled, reranker, clip, remote)"
     )
 
@@ -192,8 +193,8 @@ class GuardApp:
             return await bounded(self.settings.sql_timeout_s, fn, *args)
         except (TimeoutError, SQLAlchemyError) as exc:
             log.warning("SQL on a request's path failed: %r", exc)
-            raise api.ApiError(
-                503, "database_unavailable", "the database did not answer in time; try again shortly"
+            raise Unavailable(
+                "database_unavailable", "the database did not answer in time; try again shortly"
             ) from None
 
     async def register_image(self, image: DecodedImage) -> None:
@@ -203,12 +204,10 @@ class GuardApp:
 
     async def registered_image(self, image_id: Any) -> DecodedImage:
         if not isinstance(image_id, str) or len(image_id) != 64:
-            raise api.ApiError(422, "wrong_type", "'image.id' must be an image_id from POST /v1/images")
+            raise InvalidField("wrong_type", "'image.id' must be an image_id from POST /v1/images")
         found = await self._sql(self.store.get_image, image_id)
         if found is None:
-            raise api.ApiError(
-                404, "unknown_image", f"no image {image_id!r}: register it with POST /v1/images"
-            )
+            raise NotFound("unknown_image", f"no image {image_id!r}: register it with POST /v1/images")
         try:
             return await asyncio.to_thread(
                 decode_image,
@@ -217,7 +216,7 @@ class GuardApp:
                 max_bytes=self.settings.max_body_bytes,
             )
         except ImageError as exc:  # stored before a limit was lowered
-            raise api.ApiError(422, exc.code, exc.message) from None
+            raise InvalidField(exc.code, exc.message) from None
 
     async def find_decision(self, decision_id: str) -> dict[str, Any] | None:
         return await self._sql(self.store.get_decision, decision_id)
@@ -246,22 +245,6 @@ async def metrics_endpoint(request: Request) -> Response:
     return PlainTextResponse(app.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-async def _api_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, api.ApiError)
-    return api.error_response(exc.status, exc.code, exc.message)
-
-
-async def _http_error(_request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return api.error_response(exc.status_code, code, str(exc.detail))
-
-
-async def _unexpected(_request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error", exc_info=exc)
-    return api.error_response(500, "internal_error", "the guard failed unexpectedly; the error is logged")
-
-
 def create_app(
     settings: Settings | None = None,
     *,
@@ -281,11 +264,7 @@ def create_app(
             Route("/metrics", metrics_endpoint),
             admin_mount(guard_app),
         ],
-        exception_handlers={
-            api.ApiError: _api_error,
-            HTTPException: _http_error,
-            Exception: _unexpected,
-        },
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=guard_app.lifespan,
         middleware=[Middleware(AuthMiddleware, guard_app=guard_app)],
     )

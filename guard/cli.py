@@ -12,8 +12,9 @@ from typing import Any
 
 import yaml
 
+from guard.errors import ImageError
 from guard.followups import Messages, template_problems
-from guard.images import DecodedImage, ImageError, decode_image
+from guard.images import DecodedImage, decode_image
 from guard.policies import Policy, PolicyError, default_policy, parse_policy, policy_document
 from guard.settings import Settings, SettingsError
 

@@ -32,10 +32,11 @@ from typing import Any
 
 import httpx2
 
+from guard.errors import ConfigError
 from guard.ids import new_id
 from guard.metrics import Metrics
 from guard.pipeline import DecisionSink
-from guard.settings import Settings, SettingsError
+from guard.settings import Settings
 from guard.store import DecisionRecord, Store
 from guard.tables import utcnow
 
@@ -150,7 +151,7 @@ class Handoff:
         max_pending: int = 10_000,
     ) -> None:
         if settings.webhook_url and not settings.webhook_secret:
-            raise SettingsError("GUARD_WEBHOOK_SECRET is required when GUARD_WEBHOOK_URL is set")
+            raise ConfigError("GUARD_WEBHOOK_SECRET is required when GUARD_WEBHOOK_URL is set")
         self.settings = settings
         self.enabled = bool(settings.webhook_url)
         self._store = store

@@ -1,7 +1,8 @@
 """Safe decoding of customer photos: JPEG, PNG, WebP and GIF (first frame), nothing else.
 
 Everything that can go wrong with untrusted image bytes surfaces as one exception type,
-:class:`ImageError`, carrying a stable ``code`` for the API and a human-readable ``message``.
+:class:`guard.errors.ImageError`, carrying a stable ``code``, its HTTP status and a human-readable
+``message``.
 
 Decompression bombs are rejected from the header, before any pixel memory is allocated:
 for PNG, GIF and WebP the size is read from the raw bytes before Pillow sees them (libwebp
@@ -20,19 +21,12 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from io import BytesIO
-from typing import Literal
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ErrorCode = Literal[
-    "invalid_base64",
-    "image_too_large",
-    "image_too_many_pixels",
-    "not_an_image",
-    "unsupported_image_format",
-    "truncated_image",
-    "empty_image",
-]
+from guard.errors import ImageDecodeCode, ImageError
+
+ErrorCode = ImageDecodeCode
 
 # Our format name -> (Pillow format name, MIME type).
 _FORMATS: dict[str, tuple[str, str]] = {
@@ -60,18 +54,6 @@ _OTHER_MAGIC: tuple[tuple[bytes, str], ...] = (
 _FTYP_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"mif1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
 
 _DATA_URL = re.compile(r"data:image/[a-z0-9.+-]+(?:;[a-z0-9_.+-]+=[^;,]*)*;base64,", re.IGNORECASE)
-
-
-class ImageError(ValueError):
-    """An uploaded image was rejected; ``code`` is stable, ``message`` is for humans."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code: ErrorCode = code
-        self.message = message
-
-    def __repr__(self) -> str:
-        return f"ImageError({self.code!r}, {self.message!r})"
 
 
 @dataclass(frozen=True)

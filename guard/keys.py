@@ -19,7 +19,6 @@ import functools
 import hashlib
 import hmac
 import ipaddress
-import json
 import logging
 import re
 import secrets
@@ -28,7 +27,9 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guard.settings import Settings, SettingsError
+from guard.errors import ConfigError, Unauthorized, Unavailable
+from guard.responses import send_error
+from guard.settings import Settings
 from guard.store import Store, bounded
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def is_loopback_host(host: str | None) -> bool:
 
 def check_mode(settings: Settings) -> None:
     if settings.auth not in AUTH_MODES:
-        raise SettingsError(f"GUARD_AUTH={settings.auth!r} is not one of {', '.join(AUTH_MODES)}")
+        raise ConfigError(f"GUARD_AUTH={settings.auth!r} is not one of {', '.join(AUTH_MODES)}")
 
 
 def ensure_first_key(store: Store, settings: Settings) -> str | None:
@@ -145,8 +146,13 @@ class KeyRing:
         return not self._any[1]
 
 
-class KeysUnavailable(Exception):
+class KeysUnavailable(Unavailable):
     """SQL could not tell whether a key is valid, and there is no earlier answer to fall back on."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "database_unavailable", "the API key cannot be checked now (the database does not answer)"
+        )
 
 
 def _has_header(scope: Scope, name: bytes) -> bool:
@@ -185,8 +191,11 @@ class AuthMiddleware:
             if key is not None and (key.startswith("rg_") or _has_header(scope, b"x-guard-key")):
                 channel = await keys.channel_of(key)
                 if channel is None:
-                    await _refuse(
-                        send, 401, "unauthorized", "the API key is not valid (unknown, revoked or mistyped)"
+                    await send_error(
+                        send,
+                        Unauthorized(
+                            "unauthorized", "the API key is not valid (unknown, revoked or mistyped)"
+                        ),
                     )
                     return
                 state["guard_channel"] = channel
@@ -195,31 +204,16 @@ class AuthMiddleware:
                 # No guard key yet: a bearer token that is not one is the client's upstream key (proxy).
                 state["guard_channel"] = None
             else:
-                await _refuse(
+                await send_error(
                     send,
-                    401,
-                    "unauthorized",
-                    "a guard API key is required: send 'Authorization: Bearer <key>' or 'X-Guard-Key: <key>' "
-                    "(create one with: guard keys create --channel NAME)",
+                    Unauthorized(
+                        "unauthorized",
+                        "a guard API key is required: send 'Authorization: Bearer <key>' or "
+                        "'X-Guard-Key: <key>' (create one with: guard keys create --channel NAME)",
+                    ),
                 )
                 return
-        except KeysUnavailable:
-            await _refuse(
-                send,
-                503,
-                "database_unavailable",
-                "the API key cannot be checked now (the database does not answer)",
-            )
+        except KeysUnavailable as exc:
+            await send_error(send, exc)
             return
         await self.app(scope, receive, send)
-
-
-async def _refuse(send: Send, status: int, code: str, message: str) -> None:
-    body = json.dumps({"error": {"code": code, "message": message}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 401:
-        headers.append((b"www-authenticate", b'Bearer realm="reply-guard"'))
-    else:
-        headers.append((b"retry-after", b"1"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

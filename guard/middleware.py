@@ -41,8 +41,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from guard.api import replay
-from guard.images import DecodedImage, ImageError, decode_base64, decode_image
+from guard.body import replay
+from guard.errors import ImageError
+from guard.images import DecodedImage, decode_base64, decode_image
 from guard.metrics import Metrics
 from guard.pipeline import CheckRequest, CheckResult, Guard
 from guard.scoring.base import Scorer

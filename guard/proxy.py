@@ -26,11 +26,20 @@ import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from guard.api import ApiError, read_body
-from guard.images import DecodedImage, ImageError, decode_base64, decode_image
+from guard.body import read_body
+from guard.errors import (
+    BadRequest,
+    FetchError,
+    ImageError,
+    InvalidField,
+    Unavailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from guard.images import DecodedImage, decode_base64, decode_image
 from guard.pipeline import CheckRequest, CheckResult, Guard
 from guard.settings import Settings
-from guard.ssrf import FetchError, ImageFetcher
+from guard.ssrf import ImageFetcher
 
 if TYPE_CHECKING:
     from guard.app import GuardApp
@@ -47,34 +56,32 @@ class UserTurn:
 def last_user_turn(doc: dict[str, Any]) -> UserTurn:
     messages = doc.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise ApiError(422, "missing_field", "'messages' must be a non-empty list")
+        raise InvalidField("missing_field", "'messages' must be a non-empty list")
     for message in reversed(messages):
         if not isinstance(message, dict):
-            raise ApiError(422, "wrong_type", "every message must be an object")
+            raise InvalidField("wrong_type", "every message must be an object")
         if message.get("role") != "user":
             continue
         content = message.get("content")
         if isinstance(content, str):
             return UserTurn(content, None)
         if not isinstance(content, list):
-            raise ApiError(
-                422, "wrong_type", "a user message's 'content' must be a string or a list of parts"
-            )
+            raise InvalidField("wrong_type", "a user message's 'content' must be a string or a list of parts")
         texts: list[str] = []
         image: str | None = None
         for part in content:
             if not isinstance(part, dict):
-                raise ApiError(422, "wrong_type", "every content part must be an object")
+                raise InvalidField("wrong_type", "every content part must be an object")
             if part.get("type") == "text" and isinstance(part.get("text"), str):
                 texts.append(part["text"])
             elif part.get("type") == "image_url" and image is None:
                 ref = part.get("image_url")
                 url = ref.get("url") if isinstance(ref, dict) else ref
                 if not isinstance(url, str) or not url:
-                    raise ApiError(422, "wrong_type", "'image_url' must be {\"url\": <http(s) or data: URL>}")
+                    raise InvalidField("wrong_type", "'image_url' must be {\"url\": <http(s) or data: URL>}")
                 image = url
         return UserTurn("\n".join(texts), image)
-    raise ApiError(422, "missing_field", "there is no user message to guard the reply against")
+    raise InvalidField("missing_field", "there is no user message to guard the reply against")
 
 
 def guard_summary(result: CheckResult) -> dict[str, Any]:
@@ -140,21 +147,19 @@ class Proxy:
     async def handle(self, request: Request) -> Response:
         s = self.settings
         if not s.upstream_url:
-            raise ApiError(
-                503, "upstream_not_configured", "the proxy has no upstream: set GUARD_UPSTREAM_URL"
-            )
-        body = await read_body(request, s.max_body_bytes)
+            raise Unavailable("upstream_not_configured", "the proxy has no upstream: set GUARD_UPSTREAM_URL")
+        body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON ({exc})") from None
+            raise BadRequest("invalid_json", f"the body is not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
-            raise ApiError(400, "invalid_json", "the body must be a JSON object")
+            raise BadRequest("invalid_json", "the body must be a JSON object")
         if doc.get("n", 1) != 1:
-            raise ApiError(422, "unsupported", "'n' other than 1 is not supported through the guard")
+            raise InvalidField("unsupported", "'n' other than 1 is not supported through the guard")
         stream = doc.get("stream", False)
         if not isinstance(stream, bool):
-            raise ApiError(422, "wrong_type", "'stream' must be true or false")
+            raise InvalidField("wrong_type", "'stream' must be true or false")
         turn = last_user_turn(doc)
         image_task = asyncio.create_task(self._image(turn.image_url)) if turn.image_url else None
         try:
@@ -173,8 +178,8 @@ class Proxy:
                         return await self._streaming(url, body, headers, check, image_task)
                     return await self._complete(url, body, headers, check, image_task)
             except TimeoutError:
-                raise ApiError(
-                    504, "upstream_timeout", f"the upstream did not answer within {s.upstream_timeout_s}s"
+                raise UpstreamTimeout(
+                    "upstream_timeout", f"the upstream did not answer within {s.upstream_timeout_s}s"
                 ) from None
         finally:
             if image_task is not None and not image_task.done():
@@ -202,11 +207,10 @@ class Proxy:
             image = await asyncio.to_thread(
                 decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
             )
-        except FetchError as exc:
-            raise ApiError(exc.status, exc.code, exc.message) from None
+        except FetchError:
+            raise  # already says it is about the URL
         except ImageError as exc:
-            status = {"image_too_large": 413, "image_too_many_pixels": 413, "unsupported_image_format": 415}
-            raise ApiError(status.get(exc.code, 422), exc.code, f"image_url: {exc.message}") from None
+            raise ImageError(exc.code, f"image_url: {exc.message}") from None
         self.guard.start_reading(image)  # its text is read while the upstream generates
         return image
 
@@ -215,10 +219,10 @@ class Proxy:
         try:
             return await self._client.send(request, stream=True)
         except httpx2.TimeoutException:
-            raise ApiError(504, "upstream_timeout", "the upstream model server timed out") from None
+            raise UpstreamTimeout("upstream_timeout", "the upstream model server timed out") from None
         except httpx2.HTTPError as exc:
-            raise ApiError(
-                502, "upstream_unavailable", f"the upstream model server cannot be reached: {exc}"
+            raise UpstreamError(
+                "upstream_unavailable", f"the upstream model server cannot be reached: {exc}"
             ) from None
 
     async def _read(self, response: httpx2.Response) -> bytes:
@@ -229,10 +233,10 @@ class Proxy:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(502, "upstream_too_large", f"the upstream answer is over {limit} bytes")
+                    raise UpstreamError("upstream_too_large", f"the upstream answer is over {limit} bytes")
                 chunks.append(chunk)
         except httpx2.HTTPError as exc:
-            raise ApiError(502, "upstream_unavailable", f"the upstream answer broke off: {exc}") from None
+            raise UpstreamError("upstream_unavailable", f"the upstream answer broke off: {exc}") from None
         return b"".join(chunks)
 
     async def _upstream_error(self, response: httpx2.Response) -> Response:
@@ -243,7 +247,7 @@ class Proxy:
             except ValueError:
                 pass
         detail = raw[:300].decode("utf-8", "replace")
-        raise ApiError(502, "upstream_error", f"the upstream answered HTTP {response.status_code}: {detail}")
+        raise UpstreamError("upstream_error", f"the upstream answered HTTP {response.status_code}: {detail}")
 
     async def _decide(
         self, check: CheckRequest, draft: str, image_task: asyncio.Task[DecodedImage] | None
@@ -280,8 +284,8 @@ class Proxy:
             if draft is not None and not isinstance(draft, str):
                 raise TypeError("content is not a string")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise ApiError(
-                502, "upstream_malformed", "the upstream answer is not a chat completion"
+            raise UpstreamError(
+                "upstream_malformed", "the upstream answer is not a chat completion"
             ) from None
         if not draft or not draft.strip():  # a tool call: nothing to guard
             doc["guard"] = {"action": None, "reason": "no_text_to_guard"}
@@ -305,14 +309,14 @@ class Proxy:
                 return await self._upstream_error(response)
             ctype = response.headers.get("content-type", "")
             if not ctype.startswith("text/event-stream"):
-                raise ApiError(
-                    502, "upstream_malformed", f"the upstream did not stream (content-type {ctype!r})"
+                raise UpstreamError(
+                    "upstream_malformed", f"the upstream did not stream (content-type {ctype!r})"
                 )
             got = await self._read_stream(response)
         finally:
             await response.aclose()
         if got.first is None or not (got.done or got.finish_reason):
-            raise ApiError(502, "upstream_malformed", "the upstream stream ended before the answer did")
+            raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
         draft = "".join(got.text)
         sse: dict[str, str] = {"cache-control": "no-cache"}
         if got.other_output or not draft.strip():
@@ -354,7 +358,7 @@ class Proxy:
             async for line in response.aiter_lines():
                 size += len(line) + 1
                 if size > limit:
-                    raise ApiError(502, "upstream_too_large", f"the upstream stream is over {limit} bytes")
+                    raise UpstreamError("upstream_too_large", f"the upstream stream is over {limit} bytes")
                 got.raw.append(line.encode() + b"\n")
                 if not line.startswith("data:"):
                     continue
@@ -364,7 +368,7 @@ class Proxy:
                     break
                 self._take_chunk(got, data)
         except httpx2.HTTPError as exc:
-            raise ApiError(502, "upstream_unavailable", f"the upstream stream broke off: {exc}") from None
+            raise UpstreamError("upstream_unavailable", f"the upstream stream broke off: {exc}") from None
         return got
 
     @staticmethod
@@ -375,8 +379,7 @@ class Proxy:
             if not isinstance(choices, list):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            raise ApiError(
-                502,
+            raise UpstreamError(
                 "upstream_malformed",
                 "the upstream stream has a chunk that is not a chat completion chunk",
             ) from None
@@ -388,13 +391,13 @@ class Proxy:
             return
         for choice in choices:
             if not isinstance(choice, dict):
-                raise ApiError(502, "upstream_malformed", "the upstream stream has a malformed choice")
+                raise UpstreamError("upstream_malformed", "the upstream stream has a malformed choice")
             if choice.get("index", 0) != 0:
                 got.other_output = True
                 continue
             delta = choice.get("delta") or {}
             if not isinstance(delta, dict):
-                raise ApiError(502, "upstream_malformed", "the upstream stream has a malformed delta")
+                raise UpstreamError("upstream_malformed", "the upstream stream has a malformed delta")
             content = delta.get("content")
             if isinstance(content, str):
                 got.text.append(content)

@@ -7,9 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-
-class SettingsError(ValueError):
-    """A GUARD_* variable has a value that cannot be used."""
+from guard.errors import ConfigError, SettingsError
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,7 @@ def _parse(name: str, type_name: str, raw: str) -> Any:
                 raise ValueError
             return value
     except ValueError:
-        raise SettingsError(f"{var}={raw!r} is not a valid non-negative number") from None
+        raise ConfigError(f"{var}={raw!r} is not a valid non-negative number") from None
     return raw
 
 

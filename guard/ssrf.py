@@ -23,19 +23,11 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx2
 
+from guard.errors import FetchError
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 _NUMERIC_HOST = re.compile(r"[0-9a-fx.]+", re.IGNORECASE)
-
-
-class FetchError(Exception):
-    """An image URL that is refused or could not be fetched; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -118,7 +110,7 @@ class ImageFetcher:
                 return await self._fetch(url)
         except TimeoutError:
             raise FetchError(
-                422, "image_fetch_failed", f"fetching the image took longer than {self.timeout_s}s"
+                "image_fetch_failed", f"fetching the image took longer than {self.timeout_s}s"
             ) from None
 
     async def _fetch(self, url: str) -> bytes:
@@ -140,18 +132,17 @@ class ImageFetcher:
                     response = await client.send(request, stream=True)
                 except httpx2.HTTPError as exc:
                     raise FetchError(
-                        422, "image_fetch_failed", f"the image URL could not be fetched: {exc}"
+                        "image_fetch_failed", f"the image URL could not be fetched: {exc}"
                     ) from None
                 try:
                     if response.status_code in (301, 302, 303, 307, 308):
                         location = response.headers.get("location")
                         if not location:
-                            raise FetchError(422, "image_fetch_failed", "the image URL redirects nowhere")
+                            raise FetchError("image_fetch_failed", "the image URL redirects nowhere")
                         url = urljoin(url, location)
                         continue
                     if response.status_code != 200:
                         raise FetchError(
-                            422,
                             "image_fetch_failed",
                             f"the image URL answered HTTP {response.status_code}",
                         )
@@ -159,14 +150,14 @@ class ImageFetcher:
                 finally:
                     await response.aclose()
         raise FetchError(
-            422, "image_fetch_failed", f"the image URL redirects more than {self._max_redirects} times"
+            "image_fetch_failed", f"the image URL redirects more than {self._max_redirects} times"
         )
 
     async def _read(self, response: httpx2.Response) -> bytes:
         declared = response.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             raise FetchError(
-                413, "image_too_large", f"the image is {declared} bytes; the limit is {self.max_bytes}"
+                "image_too_large", f"the image is {declared} bytes; the limit is {self.max_bytes}"
             )
         chunks: list[bytes] = []
         size = 0
@@ -175,11 +166,11 @@ class ImageFetcher:
                 size += len(chunk)
                 if size > self.max_bytes:
                     raise FetchError(
-                        413, "image_too_large", f"the image is over the limit of {self.max_bytes} bytes"
+                        "image_too_large", f"the image is over the limit of {self.max_bytes} bytes"
                     )
                 chunks.append(chunk)
         except httpx2.HTTPError as exc:
-            raise FetchError(422, "image_fetch_failed", f"reading the image failed: {exc}") from None
+            raise FetchError("image_fetch_failed", f"reading the image failed: {exc}") from None
         return b"".join(chunks)
 
     async def _check(self, url: str) -> tuple[str, str, str | None]:
@@ -188,34 +179,30 @@ class ImageFetcher:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:
-            raise FetchError(422, "image_url_not_allowed", f"the image URL is malformed: {exc}") from None
+            raise FetchError("image_url_not_allowed", f"the image URL is malformed: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
             raise FetchError(
-                422,
                 "image_url_not_allowed",
                 f"image URLs must be http(s) or data: URLs, not {scheme or '?'}:",
             )
         if parts.username is not None or parts.password is not None:
-            raise FetchError(422, "image_url_not_allowed", "image URLs with credentials are not fetched")
+            raise FetchError("image_url_not_allowed", "image URLs with credentials are not fetched")
         host = (parts.hostname or "").rstrip(".")
         if not host:
-            raise FetchError(422, "image_url_not_allowed", "the image URL has no host")
+            raise FetchError("image_url_not_allowed", "the image URL has no host")
         try:
             host = host.encode("idna").decode("ascii").lower()
         except UnicodeError:
-            raise FetchError(
-                422, "image_url_not_allowed", "the image URL's host is not a valid name"
-            ) from None
+            raise FetchError("image_url_not_allowed", "the image URL's host is not a valid name") from None
         port = port or (443 if scheme == "https" else 80)
         literal = literal_ip(host)
         if literal is not None and not self._address_ok(literal):
             raise FetchError(
-                422, "image_url_not_allowed", "image URLs pointing at private or local addresses are refused"
+                "image_url_not_allowed", "image URLs pointing at private or local addresses are refused"
             )
         if not self.allow_hosts.allows(host):
             raise FetchError(
-                422,
                 "image_url_not_allowed",
                 f"the guard does not fetch images from {host!r}: it is not in GUARD_IMAGE_FETCH_ALLOW_HOSTS",
             )
@@ -225,13 +212,11 @@ class ImageFetcher:
             try:
                 found = await self._resolve(host, port)
             except OSError as exc:
-                raise FetchError(
-                    422, "image_fetch_failed", f"the image host does not resolve: {exc}"
-                ) from None
+                raise FetchError("image_fetch_failed", f"the image host does not resolve: {exc}") from None
             addresses = [literal_ip(a) for a in found]
             if not addresses or any(a is None or not self._address_ok(a) for a in addresses):
                 raise FetchError(
-                    422, "image_url_not_allowed", f"{host!r} resolves to a private or local address; refused"
+                    "image_url_not_allowed", f"{host!r} resolves to a private or local address; refused"
                 )
             first = addresses[0]
             assert first is not None

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from guard.images import DecodedImage, ImageError, decode_image
+from guard.errors import ImageError
+from guard.images import DecodedImage, decode_image
 from tests.test_images import (
     animated,
     encode,

@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from guard.images import DecodedImage, ImageError, decode_base64, decode_image, thumbnail_for_scoring
+from guard.errors import ImageError
+from guard.images import DecodedImage, decode_base64, decode_image, thumbnail_for_scoring
 
 # --- builders ---------------------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 
 from guard.admin import playground
 from guard.admin.playground import MAX_REPLIES, rank_order, split_replies
-from guard.images import ImageError, decode_image
+from guard.errors import ImageError
+from guard.images import decode_image
 from guard.scoring.base import ScoreInput, ScoreResult
 from guard.store import Store
 from tests.apptools import b64, flush, guard_app, guard_client, png_bytes

@@ -22,9 +22,10 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from guard.app import GuardApp, create_app
+from guard.errors import FetchError
 from guard.keys import create_key
 from guard.settings import Settings
-from guard.ssrf import FetchError, HostAllowlist, ImageFetcher, literal_ip, public_address
+from guard.ssrf import HostAllowlist, ImageFetcher, literal_ip, public_address
 from guard.store import Store, migrate
 from guard.tables import Decision
 from tests.apptools import png_bytes

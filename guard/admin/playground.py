@@ -31,8 +31,9 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from guard.admin import charts
 from guard.admin.forms import SAMPLE_CASE_REF, PolicyForm, field_name, valid_channel
 from guard.admin.headers import CSP
+from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
-from guard.images import DecodedImage, ImageError, decode_base64, decode_image
+from guard.images import DecodedImage, decode_base64, decode_image
 from guard.issue_phrase import detect_locale, issue_phrase
 from guard.pipeline import Guard, Scored
 from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document

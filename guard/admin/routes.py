@@ -37,6 +37,7 @@ from guard.admin.forms import (
 )
 from guard.admin.headers import SecurityHeaders
 from guard.admin.playground import Playground
+from guard.errors import BadRequest, BodyTooLarge, LengthRequired, RequestError
 from guard.followups import MessageContext, Messages, case_ref
 from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, default_policy, policy_document
 from guard.tables import USER_ROLES, utcnow
@@ -67,13 +68,6 @@ NOTICES = {
     "user_updated": "User updated.",
     "user_refused": "Not changed: that would leave no active admin.",
 }
-
-
-class FormRefused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 P = ParamSpec("P")
@@ -231,7 +225,7 @@ class Admin:
             if request.method == "POST":
                 try:
                     form = await self._read_form(request, upload)
-                except FormRefused as exc:
+                except RequestError as exc:
                     return self.error(request, user, exc.status, exc.message)
                 token = form.get("csrf_token") or request.headers.get("x-csrf-token")
                 if not auth.same_token(user.csrf, token if isinstance(token, str) else None):
@@ -257,17 +251,19 @@ class Admin:
         most = 3 * limit + (2 << 20)  # + the text: 50 replies of 8,000 CJK characters are 1.2 MB
         declared = request.headers.get("content-length")
         if declared is None or not declared.isdigit():
-            raise FormRefused(411, "The form was sent without a Content-Length; send it from the page.")
+            raise LengthRequired(
+                "length_required", "The form was sent without a Content-Length; send it from the page."
+            )
         if int(declared) > most:
-            raise FormRefused(
-                413,
+            raise BodyTooLarge(
+                "body_too_large",
                 f"The form is {int(declared):,} bytes; the limit is {most:,}. A photo may be at most "
                 f"{limit:,} bytes: go back and choose a smaller one.",
             )
         try:
             return await request.form(max_files=2, max_fields=200, max_part_size=limit * 4 // 3 + 4096)
         except HTTPException as exc:  # Starlette's answer to a malformed multipart body
-            raise FormRefused(400, f"The form could not be read: {exc.detail}") from None
+            raise BadRequest("invalid_form", f"The form could not be read: {exc.detail}") from None
 
     # Sign-in ------------------------------------------------------------------------------------
 
