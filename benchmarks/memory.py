@@ -25,12 +25,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guard.app import create_app, limit_malloc_arenas
+from guard.runtime import runtime
 from guard.settings import Settings
 from guard.store import Store, migrate
 from tests.fakes import FakeScorer
@@ -59,7 +61,7 @@ def body(i: int) -> bytes:
     ).encode()
 
 
-async def call(app: Any, payload: bytes) -> tuple[int, str]:
+async def call(app: Any, payload: bytes, state: Mapping[str, Any]) -> tuple[int, str]:
     done = asyncio.Event()
     sent = False
     status = 0
@@ -99,7 +101,7 @@ async def call(app: Any, payload: bytes) -> tuple[int, str]:
         ],
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8000),
-        "state": {},
+        "state": dict(state),  # the lifespan state, as a server hands it to each request
     }
     await app(scope, receive, send)
     done.set()
@@ -115,8 +117,8 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
     marks: list[tuple[int, float, float, float, int]] = []  # (requests, RSS MB, s, load, log backlog)
     deadline = time.monotonic() + args.max_seconds
     t0 = time.perf_counter()
-    async with app.router.lifespan_context(app):
-        log = app.state.guard_app.decision_log
+    async with app.router.lifespan_context(app) as state:
+        log = runtime({"state": state}).decision_log
         marks.append((0, rss_mb(), 0.0, os.getloadavg()[0], 0))
         nxt = 0
         made = 0
@@ -126,7 +128,7 @@ async def run(args: argparse.Namespace, tmp: str) -> None:
             while nxt < args.requests and time.monotonic() < deadline:
                 i = nxt
                 nxt += 1
-                _, action = await call(app, body(i))
+                _, action = await call(app, body(i), state)
                 actions[action] += 1
                 made += 1
                 if made % args.every == 0:

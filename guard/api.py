@@ -1,4 +1,4 @@
-"""The check API: parse and validate, call the pipeline, shape the JSON (DESIGN §3).
+"""The check API: parse and validate, call the pipeline, shape the JSON.
 
 Every bad input is a 4xx with ``{"error": {"code": ..., "message": ...}}`` that says what
 is wrong. Bodies are limited while they are read, not after.
@@ -10,7 +10,7 @@ import asyncio
 import binascii
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from python_multipart.multipart import parse_options_header
 from starlette.datastructures import UploadFile
@@ -23,11 +23,9 @@ from starlette.routing import Route
 from guard.body import read_body, replay
 from guard.errors import BadRequest, Forbidden, InvalidField, NotFound, Unavailable
 from guard.images import DecodedImage, decode_base64, decode_image
-from guard.pipeline import CheckRequest, Guard
+from guard.pipeline import CheckRequest
+from guard.runtime import Runtime, runtime
 from guard.settings import Settings
-
-if TYPE_CHECKING:
-    from guard.app import GuardApp
 
 
 async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, Any], bytes | None]:
@@ -117,7 +115,7 @@ def _storable(value: str, what: str) -> None:
 
 
 async def _image(
-    fields: Mapping[str, Any], upload: bytes | None, settings: Settings, guard_app: GuardApp
+    fields: Mapping[str, Any], upload: bytes | None, settings: Settings, rt: Runtime
 ) -> DecodedImage | None:
     raw = fields.get("image")
     data: bytes | None = upload
@@ -127,7 +125,7 @@ async def _image(
         if not isinstance(raw, dict) or len(raw) != 1 or not ({"data", "id"} & raw.keys()):
             raise InvalidField("wrong_type", '\'image\' must be {"data": <base64>} or {"id": <image_id>}')
         if "id" in raw:
-            return await guard_app.registered_image(raw["id"])
+            return await rt.registered_image(raw["id"])
         if not isinstance(raw["data"], str):
             raise InvalidField("wrong_type", "'image.data' must be a base64 string")
         data = _decode_b64(raw["data"], settings)
@@ -148,8 +146,8 @@ def _decode(data: bytes, settings: Settings) -> DecodedImage:
 
 
 async def check_request(request: Request) -> CheckRequest:
-    app = request.app.state.guard_app
-    settings: Settings = app.settings
+    rt = runtime(request)
+    settings = rt.settings
     fields, upload = await parse_fields(request, settings)
     question = _text(fields, "question", limit=settings.max_question_chars, required=True)
     reply = _text(fields, "reply", limit=settings.max_reply_chars, required=True)
@@ -170,7 +168,7 @@ async def check_request(request: Request) -> CheckRequest:
         _storable(c, f"candidate #{i + 1}")
     if not reply.strip():
         raise InvalidField("empty_reply", "'reply' is empty: there is nothing to guard")
-    image = await _image(fields, upload, settings, app)
+    image = await _image(fields, upload, settings, rt)
     if not question.strip() and image is None:
         raise InvalidField("empty_question", "'question' may be empty only when an image is given")
     return CheckRequest(
@@ -186,19 +184,18 @@ async def check_request(request: Request) -> CheckRequest:
 
 async def guard_endpoint(request: Request) -> Response:
     req = await check_request(request)
-    guard: Guard = request.app.state.guard_app.guard
-    result = await guard.check(req)
+    result = await runtime(request).pipeline.check(req)
     return JSONResponse(result.to_json())
 
 
 async def images_endpoint(request: Request) -> Response:
-    app = request.app.state.guard_app
-    fields, upload = await parse_fields(request, app.settings)
-    image = await _image(fields, upload, app.settings, app)
+    rt = runtime(request)
+    fields, upload = await parse_fields(request, rt.settings)
+    image = await _image(fields, upload, rt.settings, rt)
     if image is None:
         raise InvalidField("missing_field", "'image' is required")
-    app.guard.start_reading(image)  # read its text now, while the chatbot writes its reply
-    await app.register_image(image)
+    rt.pipeline.start_reading(image)  # read its text now, while the chatbot writes its reply
+    await rt.register_image(image)
     return JSONResponse(
         {"image_id": image.sha256, "format": image.format, "width": image.width, "height": image.height},
         status_code=201,
@@ -206,9 +203,9 @@ async def images_endpoint(request: Request) -> Response:
 
 
 async def decision_endpoint(request: Request) -> Response:
-    app = request.app.state.guard_app
+    rt = runtime(request)
     decision_id = request.path_params["decision_id"]
-    row = await app.find_decision(decision_id)
+    row = await rt.find_decision(decision_id)
     if row is None:
         raise NotFound("not_found", f"no decision {decision_id!r} (it may still be on its way to the log)")
     item = row["queue_item"]
@@ -240,8 +237,8 @@ async def decision_endpoint(request: Request) -> Response:
 
 async def rerank_endpoint(request: Request) -> Response:
     """The seed tool's batch re-ranking: a query (question + optional image) and N documents."""
-    app = request.app.state.guard_app
-    settings: Settings = app.settings
+    rt = runtime(request)
+    settings = rt.settings
     fields, upload = await parse_fields(request, settings)
     query = _text(fields, "query", limit=settings.max_question_chars, required=True)
     assert query is not None
@@ -254,8 +251,8 @@ async def rerank_endpoint(request: Request) -> Response:
         raise InvalidField("too_long", f"a document is over {settings.max_reply_chars} characters")
     channel = _channel(request, fields)
     instruction = _text(fields, "instruction", limit=2000, required=False)
-    image = await _image(fields, upload, settings, app)
-    guard: Guard = app.guard
+    image = await _image(fields, upload, settings, rt)
+    guard = rt.pipeline
     policy = await guard.policies.get(channel)
     scored, failed = await guard.score_texts(query, image, documents, instruction or policy.instruction)
     if failed:

@@ -143,9 +143,9 @@ def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from guard.app import load_scorer
     from guard.cache import MemoryCache
     from guard.pipeline import CheckRequest, Guard, PolicyBook, ScoringService
+    from guard.runtime import load_scorer
 
     image = None
     if args.image is not None:
@@ -183,9 +183,9 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
-    from guard.app import load_scorer
     from guard.evaluation import EvalError, format_report, load_cases, run
     from guard.ocr import load_reader
+    from guard.runtime import load_scorer
     from guard.scoring.base import ScorerError
 
     if args.scorer:
@@ -221,9 +221,9 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    from guard.app import load_scorer
     from guard.issue_phrase import detect_locale
     from guard.ocr import load_reader
+    from guard.runtime import load_scorer
     from guard.scoring.base import ScoreInput, ScorerError
 
     if args.scorer:

@@ -4,8 +4,8 @@ A key looks like ``rg_<id>_<secret>``: the id finds the row, the SHA-256 of the 
 compared in constant time with the stored one. The secret is 256 random bits, so a plain hash
 is enough (a slow password hash would only add latency to every request).
 
-Every key is bound to a channel, and so to that channel's policy. ``AuthMiddleware`` checks the
-key on every ``/v1/`` route and puts the channel in ``scope["state"]["guard_channel"]``.
+Every key is bound to a channel, and so to that channel's policy. ``guard.key_middleware`` checks
+the key on every ``/v1/`` route and puts the channel in ``scope["state"]["guard_channel"]``.
 
 The default (``GUARD_AUTH=auto``) keeps the first run easy without opening a non-loopback
 address: with no key in the database, a guard that listens on loopback serves loopback clients
@@ -23,17 +23,12 @@ import logging
 import re
 import secrets
 import time
-from typing import TYPE_CHECKING
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
-from guard.errors import ConfigError, Unauthorized, Unavailable
-from guard.responses import send_error
+from guard.errors import ConfigError, Unavailable
 from guard.settings import Settings
 from guard.store import Store, bounded
-
-if TYPE_CHECKING:
-    from guard.app import GuardApp
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +150,6 @@ class KeysUnavailable(Unavailable):
         )
 
 
-def _has_header(scope: Scope, name: bytes) -> bool:
-    return any(n == name for n, _ in scope.get("headers", ()))
-
-
 def presented_key(scope: Scope) -> str | None:
     """``X-Guard-Key`` if sent, else the bearer token of ``Authorization``."""
     bearer = None
@@ -171,49 +162,3 @@ def presented_key(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 bearer = token.strip()
     return bearer
-
-
-class AuthMiddleware:
-    """Pure ASGI: a valid key (``Authorization: Bearer`` or ``X-Guard-Key``) on every ``/v1/`` route."""
-
-    def __init__(self, app: ASGIApp, *, guard_app: GuardApp) -> None:
-        self.app = app
-        self.guard_app = guard_app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith(PROTECTED_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        keys = self.guard_app.integrations.keys
-        key = presented_key(scope)
-        state = scope.setdefault("state", {})
-        try:
-            if key is not None and (key.startswith("rg_") or _has_header(scope, b"x-guard-key")):
-                channel = await keys.channel_of(key)
-                if channel is None:
-                    await send_error(
-                        send,
-                        Unauthorized(
-                            "unauthorized", "the API key is not valid (unknown, revoked or mistyped)"
-                        ),
-                    )
-                    return
-                state["guard_channel"] = channel
-                state["guard_key"] = key
-            elif await keys.open_to(scope):
-                # No guard key yet: a bearer token that is not one is the client's upstream key (proxy).
-                state["guard_channel"] = None
-            else:
-                await send_error(
-                    send,
-                    Unauthorized(
-                        "unauthorized",
-                        "a guard API key is required: send 'Authorization: Bearer <key>' or "
-                        "'X-Guard-Key: <key>' (create one with: guard keys create --channel NAME)",
-                    ),
-                )
-                return
-        except KeysUnavailable as exc:
-            await send_error(send, exc)
-            return
-        await self.app(scope, receive, send)

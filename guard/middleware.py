@@ -46,6 +46,7 @@ from guard.errors import ImageError
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.metrics import Metrics
 from guard.pipeline import CheckRequest, CheckResult, Guard
+from guard.runtime import Runtime
 from guard.scoring.base import Scorer
 from guard.settings import Settings
 
@@ -164,13 +165,11 @@ class LocalGuard:
         return self._guard
 
     async def __aenter__(self) -> LocalGuard:
-        from guard.app import create_app
-
-        app = create_app(self._settings or Settings.from_env(), scorer=self._scorer)
         stack = contextlib.AsyncExitStack()
-        await stack.enter_async_context(app.router.lifespan_context(app))
+        opened = Runtime.open(self._settings or Settings.from_env(), scorer=self._scorer)
+        rt = await stack.enter_async_context(opened)
         self._stack = stack
-        self._guard = app.state.guard_app.guard
+        self._guard = rt.pipeline
         return self
 
     async def __aexit__(

@@ -186,12 +186,18 @@ class ScoringService:
     """
 
     def __init__(
-        self, scorer: Scorer, timeout_s: float, *, batch_max_items: int = 32, batch_wait_s: float = 0.003
+        self,
+        scorer: Scorer,
+        timeout_s: float,
+        *,
+        batch_max_items: int = 32,
+        batch_wait_s: float = 0.003,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.scorer = scorer
         self._timeout = timeout_s
-        self.breaker = CircuitBreaker("the scorer")
-        """Refuses at once (BreakerOpen) after repeated failures (guard/breaker.py); app.py configures it."""
+        self.breaker = breaker or CircuitBreaker("the scorer")
+        """Refuses at once (BreakerOpen) after repeated failures (guard/breaker.py)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self.batcher = MicroBatcher(
             scorer, self._executor, max_items=batch_max_items, max_wait_s=batch_wait_s

@@ -20,7 +20,7 @@ import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx2
 from starlette.requests import Request
@@ -40,9 +40,6 @@ from guard.images import DecodedImage, decode_base64, decode_image
 from guard.pipeline import CheckRequest, CheckResult, Guard
 from guard.settings import Settings
 from guard.ssrf import ImageFetcher
-
-if TYPE_CHECKING:
-    from guard.app import GuardApp
 
 log = logging.getLogger(__name__)
 
@@ -405,8 +402,3 @@ class Proxy:
                 got.other_output = True
             if choice.get("finish_reason"):
                 got.finish_reason = choice["finish_reason"]
-
-
-async def chat_completions(request: Request) -> Response:
-    app: GuardApp = request.app.state.guard_app
-    return await app.integrations.proxy.handle(request)

@@ -10,8 +10,10 @@ from typing import Any
 
 from PIL import Image
 from starlette.testclient import TestClient
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guard.app import GuardApp, create_app
+from guard.app import create_app
+from guard.runtime import OutcomeHook, Runtime, runtime
 from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.store import migrate
@@ -19,24 +21,47 @@ from tests.fakes import FakeScorer
 
 
 @contextmanager
-def guard_client(database_url: str, scorer: Scorer | None = None, **overrides: Any) -> Iterator[TestClient]:
+def guard_client(
+    database_url: str,
+    scorer: Scorer | None = None,
+    *,
+    on_outcome: OutcomeHook | None = None,
+    **overrides: Any,
+) -> Iterator[TestClient]:
     migrate(database_url)
     settings = Settings(database_url=database_url, **overrides)
-    app = create_app(settings, scorer=scorer or FakeScorer())
+    app = create_app(settings, scorer=scorer or FakeScorer(), on_outcome=on_outcome)
     # A loopback client: with no API key created, a loopback guard serves it without one (guard/keys.py).
     with TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         yield client
 
 
-def guard_app(client: TestClient) -> GuardApp:
-    app: GuardApp = client.app.state.guard_app  # type: ignore[attr-defined]
-    return app
+def runtime_of(client: TestClient) -> Runtime:
+    """The running guard of a TestClient (its lifespan state)."""
+    return runtime({"state": client.app_state})
+
+
+class KeepsState:
+    """An ASGI app around ``app`` that keeps its lifespan state, for tests that serve it with uvicorn."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            self.state = scope.setdefault("state", {})
+        await self.app(scope, receive, send)
+
+    @property
+    def runtime(self) -> Runtime:
+        return runtime({"state": self.state})
 
 
 def flush(client: TestClient) -> None:
     """Wait until every decision so far is written to SQL."""
     assert client.portal is not None
-    client.portal.call(guard_app(client).decision_log.flush)
+    client.portal.call(runtime_of(client).decision_log.flush)
 
 
 def png_bytes(size: tuple[int, int] = (32, 24), color: str = "red", fmt: str = "PNG") -> bytes:

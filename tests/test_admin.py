@@ -16,7 +16,7 @@ from starlette.testclient import TestClient
 
 from guard.admin import auth
 from guard.store import Store
-from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 
 PASSWORD = "correct horse battery"
 ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
@@ -41,13 +41,11 @@ def outcomes() -> list[str]:
 
 @pytest.fixture
 def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
-    with guard_client(sqlite_url, secret_key="test-secret-key") as c:
-        make_users(guard_app(c).store)
+    async def hook(decision_id: str) -> None:
+        outcomes.append(decision_id)
 
-        async def hook(decision_id: str) -> None:
-            outcomes.append(decision_id)
-
-        guard_app(c).on_outcome = hook
+    with guard_client(sqlite_url, secret_key="test-secret-key", on_outcome=hook) as c:
+        make_users(runtime_of(c).store)
         yield c
 
 
@@ -155,6 +153,7 @@ def test_session_cookie_is_signed_http_only_and_lax(client: TestClient) -> None:
 def test_secure_cookie_over_https(client: TestClient) -> None:
     https = TestClient(client.app, base_url="https://testserver")
     https.portal = client.portal  # share the running app
+    https.app_state.update(client.app_state)  # and its lifespan state (the runtime)
     page = https.get("/admin/login")
     assert "Secure" in page.headers["set-cookie"]
 
@@ -171,7 +170,7 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(client: TestClient) ->
 
 def test_sessions_expire(sqlite_url: str) -> None:
     with guard_client(sqlite_url, secret_key="k", session_ttl_s=4) as c:
-        make_users(guard_app(c).store)
+        make_users(runtime_of(c).store)
         signed_in(c, "sup")
         assert c.get("/admin/queue", follow_redirects=False).status_code == 200
         time.sleep(4.3)
@@ -226,12 +225,12 @@ def test_policy_owner_cannot_act_on_a_case_or_see_its_photo(client: TestClient) 
     assert client.get(f"/admin/cases/{item}/photo").status_code == 403
     r = client.post(f"/admin/cases/{item}/act", data={"csrf_token": token, "op": "approve"})
     assert r.status_code == 403
-    assert guard_app(client).store.case(item)["state"] == "pending"  # type: ignore[index]
+    assert runtime_of(client).store.case(item)["state"] == "pending"  # type: ignore[index]
 
 
 def test_supervisor_cannot_publish_roll_back_or_manage_users(client: TestClient) -> None:
     token = signed_in(client, "sup")
-    store = guard_app(client).store
+    store = runtime_of(client).store
     form = band_form([("0", "1", "send")], csrf=token, op="publish")
     assert client.post("/admin/policies/default", data=form).status_code == 403
     assert (
@@ -264,7 +263,7 @@ def test_case_action_without_the_sessions_csrf_token_is_refused(
     data = {"op": "approve"} if token is None else {"op": "approve", "csrf_token": token}
     r = client.post(f"/admin/cases/{case['escalation_id']}/act", data=data)
     assert r.status_code == 403 and "CSRF" in r.text
-    assert guard_app(client).store.case(case["escalation_id"])["state"] == "pending"  # type: ignore[index]
+    assert runtime_of(client).store.case(case["escalation_id"])["state"] == "pending"  # type: ignore[index]
 
 
 def test_csrf_token_of_another_session_is_refused(client: TestClient, sqlite_url: str) -> None:
@@ -280,7 +279,7 @@ def test_publish_without_csrf_token_saves_nothing(client: TestClient) -> None:
     signed_in(client, "owner")
     r = client.post("/admin/policies/default", data=band_form([("0", "1", "send")], csrf="", op="publish"))
     assert r.status_code == 403
-    assert len(guard_app(client).store.policy_history("default")) == 1
+    assert len(runtime_of(client).store.policy_history("default")) == 1
 
 
 def test_csrf_header_is_accepted_for_scripts(client: TestClient) -> None:
@@ -305,7 +304,7 @@ def test_security_headers_on_every_admin_page(client: TestClient) -> None:
 def test_no_inline_script_or_style_in_pages(client: TestClient) -> None:
     held_case(client)
     signed_in(client, "boss")
-    item = guard_app(client).store.queue()[0]["id"]
+    item = runtime_of(client).store.queue()[0]["id"]
     for path in ("/admin/dashboard", "/admin/queue", f"/admin/cases/{item}", "/admin/policies/default"):
         html = client.get(path).text
         assert re.search(r"<script(?![^>]*\bsrc=)", html) is None, path
@@ -372,7 +371,7 @@ def test_edit_and_send_records_who_and_when_and_reaches_the_api(
         follow_redirects=False,
     )
     assert r.status_code == 303
-    stored = guard_app(client).store.case(item)
+    stored = runtime_of(client).store.case(item)
     assert stored is not None
     assert (stored["state"], stored["resolved_by"], stored["final_reply"]) == (
         "edited",
@@ -385,8 +384,8 @@ def test_edit_and_send_records_who_and_when_and_reaches_the_api(
     assert api["state"] == "edited" and api["reply"] == "We will sew the seam for free."
     again = client.post(f"/admin/cases/{item}/act", data={"csrf_token": token, "op": "approve"})
     assert again.status_code == 409, "a resolved case cannot be acted on again"
-    assert guard_app(client).store.case(item)["state"] == "edited"  # type: ignore[index]
-    entries = guard_app(client).store.audit_entries()
+    assert runtime_of(client).store.case(item)["state"] == "edited"  # type: ignore[index]
+    entries = runtime_of(client).store.audit_entries()
     assert entries[0]["action"] == "case.edited" and entries[0]["actor"] == "sup"
 
 
@@ -407,7 +406,7 @@ def test_other_case_actions(
         f"/admin/cases/{case['escalation_id']}/act", data={"csrf_token": token, "op": op, **extra}
     )
     assert r.status_code == 200  # followed to the queue
-    stored = guard_app(client).store.case(case["escalation_id"])
+    stored = runtime_of(client).store.case(case["escalation_id"])
     assert stored is not None and stored["state"] == state and stored["final_reply"] == final
 
 
@@ -421,7 +420,7 @@ def test_dismiss_needs_a_reason_and_edit_needs_text(client: TestClient) -> None:
     )
     r = client.post(f"/admin/cases/{item}/act", data={"csrf_token": token, "op": "edit", "reply": "  "})
     assert r.status_code == 422
-    assert guard_app(client).store.case(item)["state"] == "pending"  # type: ignore[index]
+    assert runtime_of(client).store.case(item)["state"] == "pending"  # type: ignore[index]
 
 
 # Policies ---------------------------------------------------------------------------------------
@@ -463,7 +462,7 @@ def test_invalid_policy_is_explained_and_nothing_is_saved(
     r = client.post("/admin/policies/default", data=band_form(bands, csrf=token, op="publish", **extra))
     assert r.status_code == 422
     assert message in r.text.replace("&#39;", "'")
-    assert len(guard_app(client).store.policy_history("default")) == 1
+    assert len(runtime_of(client).store.policy_history("default")) == 1
 
 
 def test_preview_replays_logged_decisions_under_the_draft(client: TestClient) -> None:
@@ -496,7 +495,7 @@ def test_publish_then_the_next_check_uses_the_new_version_and_rollback(client: T
     assert r.status_code == 200 and "Published" in r.text
     check = client.post("/v1/guard", json={"question": "q", "reply": "r [score=0.1]"}).json()
     assert check["policy"]["version"] == 2 and check["action"] == "send"
-    store = guard_app(client).store
+    store = runtime_of(client).store
     assert [v["author"] for v in store.policy_history("default")] == ["owner", "migration"]
     page = client.get("/admin/policies/default").text
     assert "Roll back to v1" in page and "(first version)" in page
@@ -522,7 +521,7 @@ def test_a_new_channel_gets_its_first_version(client: TestClient) -> None:
     assert "no policy of its own" in client.get("/admin/policies/shop-zh").text
     r = client.post("/admin/policies/shop-zh", data=band_form(DEFAULT_FORM, csrf=token, op="publish"))
     assert r.status_code == 200
-    policy = guard_app(client).store.active_policy("shop-zh")
+    policy = runtime_of(client).store.active_policy("shop-zh")
     assert policy is not None and policy.version == 1
     assert client.get("/admin/policies/bad%20name").status_code == 404
 
@@ -566,7 +565,7 @@ def test_dashboard_draws_its_charts(client: TestClient) -> None:
 
 def test_admin_manages_users_and_sees_the_audit_log(client: TestClient) -> None:
     token = signed_in(client, "boss")
-    store = guard_app(client).store
+    store = runtime_of(client).store
     r = client.post(
         "/admin/users",
         data={"csrf_token": token, "username": "carol", "role": "supervisor", "password": "short"},
@@ -597,7 +596,7 @@ def test_disabling_a_user_ends_their_sessions(client: TestClient) -> None:
     sup_cookie = client.cookies[auth.SESSION_COOKIE]
     client.cookies.clear()
     token = signed_in(client, "boss")
-    sup = guard_app(client).store.user_by_name("sup")
+    sup = runtime_of(client).store.user_by_name("sup")
     assert sup is not None
     client.post(f"/admin/users/{sup['id']}", data={"csrf_token": token, "role": "supervisor"})
     client.cookies.clear()

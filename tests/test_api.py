@@ -11,7 +11,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from guard.tables import Decision, QueueItem
-from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
 from tests.test_images import png_header_only
 
@@ -32,13 +32,13 @@ def client(sqlite_url: str, scorer: FakeScorer) -> Iterator[TestClient]:
 
 def rows(client: TestClient) -> list[Decision]:
     flush(client)
-    with guard_app(client).store.session() as s:
+    with runtime_of(client).store.session() as s:
         return list(s.scalars(select(Decision).order_by(Decision.created_at)))
 
 
 def queue(client: TestClient) -> list[QueueItem]:
     flush(client)
-    with guard_app(client).store.session() as s:
+    with runtime_of(client).store.session() as s:
         return list(s.scalars(select(QueueItem)))
 
 
@@ -120,7 +120,7 @@ def test_review_and_escalate_hold_the_draft_and_queue_the_case(
     )
     (row,) = rows(client)
     assert row.final_reply is None and row.holding_message == body["holding_message"]
-    kept = guard_app(client).store.get_image(str(row.image_sha256))
+    kept = runtime_of(client).store.get_image(str(row.image_sha256))
     assert kept is not None and kept[1] == photo, "the photo of a queued case is kept for the supervisor"
     state = client.get(f"/v1/decisions/{body['decision_id']}").json()
     assert state["state"] == "pending" and state["escalation_id"] == body["escalation_id"]
@@ -232,8 +232,8 @@ def test_channel_policy_versions_apply(client: TestClient) -> None:
     strict = default_policy("strict").__class__(
         channel="strict", bands=(Band(0.0, 0.95, "escalate"), Band(0.95, 1.0, "send"))
     )
-    guard_app(client).store.publish_policy(strict, author="test")
-    guard_app(client).guard.policies.invalidate()
+    runtime_of(client).store.publish_policy(strict, author="test")
+    runtime_of(client).pipeline.policies.invalidate()
     body = post(client, "ok [score=0.9]", channel="strict")
     assert body["action"] == "escalate" and body["policy"] == {"channel": "strict", "version": 1}
     other = post(client, "ok [score=0.9]", channel="unknown-channel")

@@ -31,7 +31,7 @@ from guard.images import ErrorCode
 from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, PolicyError, decide, parse_policy
 from guard.settings import Settings
 from guard.store import migrate
-from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
 from tests.serving import serve
 from tests.test_admin import make_users, signed_in
@@ -199,7 +199,7 @@ def test_text_fields_are_refused_exactly_when_invalid_and_otherwise_stored_verba
     assert decision.status_code == 200, decision.text
     assert decision.json()["draft"] == sent["reply"]
     assert decision.json()["conversation_id"] == sent.get("conversation_id")
-    row = guard_app(client).store.get_decision(body["decision_id"])
+    row = runtime_of(client).store.get_decision(body["decision_id"])
     assert row is not None and row["question"] == sent["question"] and row["reply"] == sent["reply"]
 
 
@@ -207,7 +207,7 @@ def test_text_fields_are_refused_exactly_when_invalid_and_otherwise_stored_verba
 def admin_client(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     with guard_client(sqlite_url, secret_key="test-secret-key") as c:
-        make_users(guard_app(c).store)
+        make_users(runtime_of(c).store)
         yield c
 
 
@@ -227,7 +227,7 @@ def test_markup_stored_verbatim_is_rendered_escaped_on_the_case_page(admin_clien
     body = r.json()
     assert body["escalation_id"] is not None
     flush(admin_client)
-    row = guard_app(admin_client).store.get_decision(body["decision_id"])
+    row = runtime_of(admin_client).store.get_decision(body["decision_id"])
     assert row is not None and row["question"] == f"{attack} {sql} 口袋开线"
     assert row["conversation_id"] == attack
     signed_in(admin_client, "sup")
@@ -236,7 +236,7 @@ def test_markup_stored_verbatim_is_rendered_escaped_on_the_case_page(admin_clien
     assert attack not in page.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page.text
     assert "DROP TABLE decisions" in page.text  # the SQL fragment is shown as text, and the table survived
-    assert guard_app(admin_client).store.count_decisions() == 1
+    assert runtime_of(admin_client).store.count_decisions() == 1
 
 
 # --- multipart ------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ def test_multipart_text_fields_follow_the_same_rules_as_json(
     assert r.status_code == expected, (sent, body)
     if r.status_code == 200:
         flush(client)
-        row = guard_app(client).store.get_decision(body["decision_id"])
+        row = runtime_of(client).store.get_decision(body["decision_id"])
         assert row is not None and row["question"] == sent["question"]
 
 

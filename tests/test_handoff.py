@@ -16,7 +16,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from guard.handoff import sign, verify
-from tests.apptools import guard_app, guard_client
+from tests.apptools import guard_client, runtime_of
 from tests.serving import closed_port, serve
 from tests.test_admin import make_users, signed_in
 
@@ -101,7 +101,7 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
         held = {a: _post(client, s, f"c-{a}") for a, s in (("escalate", 0.2), ("review", 0.45))}
         _post(client, 0.9, "c-send")
         _post(client, 0.55, "c-follow")
-        app = guard_app(client)
+        app = runtime_of(client)
 
         def delivered() -> list[dict[str, Any]]:
             rows = [d for h in held.values() for d in app.store.deliveries(h["decision_id"])]
@@ -165,7 +165,7 @@ def test_a_dead_webhook_receiver_costs_the_customer_nothing(sqlite_url: str) -> 
         started = time.monotonic()
         held = _post(client, 0.2, "c-dead")
         assert time.monotonic() - started < 1.0
-        app = guard_app(client)
+        app = runtime_of(client)
 
         def failed() -> list[dict[str, Any]]:
             rows = app.store.deliveries(held["decision_id"])

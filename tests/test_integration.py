@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from guard.cache import KEY_PREFIX
 from guard.tables import Decision, QueueItem
-from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def test_all_four_actions_logged_in_postgres_with_redis_cache(pg_url: str, redis
         assert len(keys) >= 4
 
         flush(client)
-        with guard_app(client).store.session() as s:
+        with runtime_of(client).store.session() as s:
             decisions = list(s.scalars(select(Decision)))
             items = list(s.scalars(select(QueueItem)))
         assert len(decisions) == 5
@@ -54,7 +54,7 @@ def test_all_four_actions_logged_in_postgres_with_redis_cache(pg_url: str, redis
         assert all(i.state == "pending" for i in items)
         assert {d.action for d in decisions} == {"send", "follow_up", "review", "escalate"}
         assert all(d.image_sha256 and d.policy_version == 1 for d in decisions)
-        assert guard_app(client).store.get_image(decisions[0].image_sha256 or "") is not None
+        assert runtime_of(client).store.get_image(decisions[0].image_sha256 or "") is not None
 
 
 def test_the_cache_survives_a_restart_when_it_is_redis(sqlite_url: str, redis_url: str) -> None:

@@ -17,7 +17,7 @@ from guard.keys import create_key, hash_key, is_loopback_host
 from guard.settings import Settings
 from guard.store import Store, migrate
 from guard.tables import ApiKey
-from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,8 +52,8 @@ def test_once_a_key_exists_every_v1_route_needs_one(
     sqlite_url: str, path: str, body: dict[str, object]
 ) -> None:
     with guard_client(sqlite_url) as client:
-        key = create_key(guard_app(client).store, "default")
-        guard_app(client).integrations.keys._any = None  # forget "no keys yet" at once
+        key = create_key(runtime_of(client).store, "default")
+        runtime_of(client).keys._any = None  # forget "no keys yet" at once
         missing = client.post(path, json=body)
         assert missing.status_code == 401
         assert missing.json()["error"]["code"] == "unauthorized"
@@ -101,7 +101,7 @@ def test_a_guard_on_a_public_address_makes_a_key_on_first_start(
 ) -> None:
     migrate(sqlite_url)
     settings = Settings(database_url=sqlite_url, host="0.0.0.0")
-    with caplog.at_level(logging.WARNING, logger="guard.integrations"):
+    with caplog.at_level(logging.WARNING, logger="guard.runtime"):
         with TestClient(create_app(settings, scorer=FakeScorer()), client=("127.0.0.1", 1)) as client:
             assert client.post("/v1/guard", json={"question": "q", "reply": "r"}).status_code == 401
         with TestClient(create_app(settings, scorer=FakeScorer()), client=("127.0.0.1", 1)):
@@ -146,14 +146,14 @@ def test_cli_creates_lists_and_revokes_keys(sqlite_url: str) -> None:
 
 def test_a_key_decides_for_its_own_channel_only(sqlite_url: str) -> None:
     with guard_client(sqlite_url) as client:
-        key = create_key(guard_app(client).store, "vip")
-        guard_app(client).integrations.keys._any = None
+        key = create_key(runtime_of(client).store, "vip")
+        runtime_of(client).keys._any = None
         headers = {"authorization": f"Bearer {key}"}
         body = {"question": "q", "reply": "fine [score=0.8]"}
         ok = client.post("/v1/guard", json=body, headers=headers)
         assert ok.status_code == 200, ok.text
         flush(client)
-        row = guard_app(client).store.get_decision(ok.json()["decision_id"])
+        row = runtime_of(client).store.get_decision(ok.json()["decision_id"])
         assert row is not None and row["channel"] == "vip", "the key's channel, not the default"
         same = client.post("/v1/guard", json=body | {"channel": "vip"}, headers=headers)
         assert same.status_code == 200

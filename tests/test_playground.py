@@ -22,7 +22,7 @@ from guard.errors import ImageError
 from guard.images import decode_image
 from guard.scoring.base import ScoreInput, ScoreResult
 from guard.store import Store
-from tests.apptools import b64, flush, guard_app, guard_client, png_bytes
+from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
 from tests.test_admin import band_form, held_case, make_users, signed_in
 from tests.test_admin import cheap_hashes as cheap_hashes  # autouse: test-sized argon2
@@ -50,12 +50,12 @@ def scorer() -> InstructionScorer:
 @pytest.fixture
 def client(sqlite_url: str, scorer: InstructionScorer) -> Iterator[TestClient]:
     with guard_client(sqlite_url, scorer=scorer, secret_key="test-secret-key") as c:
-        make_users(guard_app(c).store)
+        make_users(runtime_of(c).store)
         yield c
 
 
 def store_of(client: TestClient) -> Store:
-    return guard_app(client).store
+    return runtime_of(client).store
 
 
 def post(client: TestClient, token: str, op: str = "rerank", files: Any = None, **fields: str) -> Any:
@@ -350,7 +350,7 @@ def test_photo_too_large_gets_the_apis_message(sqlite_url: str) -> None:
     with pytest.raises(ImageError) as expected:
         decode_image(data, max_bytes=limit)
     with guard_client(sqlite_url, secret_key="k", max_body_bytes=limit) as client:
-        make_users(guard_app(client).store)
+        make_users(runtime_of(client).store)
         token = signed_in(client, "sup")
         r = post(client, token, replies="a", files={"photo": ("big.png", data, "image/png")})
         assert r.status_code == 422

@@ -21,14 +21,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from guard.app import GuardApp, create_app
+from guard.app import create_app
 from guard.errors import FetchError
 from guard.keys import create_key
+from guard.runtime import Runtime
 from guard.settings import Settings
 from guard.ssrf import HostAllowlist, ImageFetcher, literal_ip, public_address
 from guard.store import Store, migrate
 from guard.tables import Decision
-from tests.apptools import png_bytes
+from tests.apptools import KeepsState, png_bytes
 from tests.fakes import FakeScorer
 from tests.serving import closed_port, serve
 
@@ -109,10 +110,12 @@ def _serve_guard(url: str, **overrides: Any) -> Any:
 
 
 @pytest.fixture
-def guard_pg(pg_url: str, redis_url: str, upstream: str) -> Iterator[tuple[str, GuardApp]]:
-    app = _serve_guard(pg_url, redis_url=redis_url, upstream_url=upstream, upstream_timeout_s=15.0)
+def guard_pg(pg_url: str, redis_url: str, upstream: str) -> Iterator[tuple[str, Runtime]]:
+    app = KeepsState(
+        _serve_guard(pg_url, redis_url=redis_url, upstream_url=upstream, upstream_timeout_s=15.0)
+    )
     with serve(app) as base:
-        yield base, app.state.guard_app
+        yield base, app.runtime
 
 
 def _client(base: str, key: str = "sk-client") -> OpenAI:
@@ -133,7 +136,7 @@ DATA_URL = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 
 
 @pytest.mark.integration
-def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, GuardApp], pg_url: str) -> None:
+def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, Runtime], pg_url: str) -> None:
     base, _app = guard_pg
     client = _client(base)
     seen: dict[str, str] = {}
@@ -184,10 +187,10 @@ def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, Gu
 
 
 @pytest.mark.integration
-def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple[str, GuardApp]) -> None:
+def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple[str, Runtime]) -> None:
     base, app = guard_pg
     key = create_key(app.store, "shop")
-    app.integrations.keys._any = None
+    app.keys._any = None
     with pytest.raises(openai.AuthenticationError):
         _client(base, "sk-not-a-guard-key").chat.completions.create(model="m", messages=_ask(0.9))
     SEEN_AUTH.clear()

@@ -1,10 +1,4 @@
 """The admin pages: supervisors work the queue, policy owners tune policies, admins manage users.
 
-``admin_mount(guard_app)`` is everything create_app needs: a Mount at /admin.
+``guard.admin.routes.admin_mount()`` is the Mount at /admin that create_app adds to its routes.
 """
-
-from __future__ import annotations
-
-from guard.admin.routes import Admin, admin_mount
-
-__all__ = ["Admin", "admin_mount"]

@@ -29,6 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 
 from guard.admin import charts
+from guard.admin.base import Ctx, Pages
 from guard.admin.forms import SAMPLE_CASE_REF, PolicyForm, field_name, valid_channel
 from guard.admin.headers import CSP
 from guard.errors import ImageError
@@ -39,7 +40,6 @@ from guard.pipeline import Guard, Scored
 from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document
 
 if TYPE_CHECKING:
-    from guard.admin.routes import Admin, Ctx
     from guard.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -269,12 +269,12 @@ def _text(form: Mapping[str, Any], name: str) -> str:
 class Playground:
     """The playground page of one admin: GET shows the form, POST scores."""
 
-    def __init__(self, admin: Admin) -> None:
+    def __init__(self, admin: Pages) -> None:
         self.admin = admin
 
     @property
     def settings(self) -> Settings:
-        return self.admin.app.settings
+        return self.admin.rt.settings
 
     async def page(self, ctx: Ctx) -> Response:
         if ctx.request.method == "GET":
@@ -289,7 +289,7 @@ class Playground:
         form, trial = await self._validate(ctx, "score" if op == "score" else "rerank")
         if trial is None:
             return await self._show(ctx, form, None, 422)
-        run = Run(self.admin.app.guard, trial)
+        run = Run(self.admin.rt.pipeline, trial)
         if ctx.request.headers.get(STREAM_HEADER) == "1":
             return StreamingResponse(
                 self._stream(ctx, form, trial, run),
@@ -317,7 +317,7 @@ class Playground:
     def _result(self, trial: Trial, run: Run) -> Result:
         s = self.settings
         times = {"zh": s.followup_response_time_zh, "en": s.followup_response_time_en}
-        return build_result(trial, run, self.admin._messages(), times)
+        return build_result(trial, run, self.admin.messages(), times)
 
     # Input ----------------------------------------------------------------------------------------
 
@@ -328,13 +328,13 @@ class Playground:
         form = TrialForm(channel=channel if valid_channel(channel) else "default")
         item = q.get("case")
         if item and ctx.user.may("queue"):
-            case = await self.admin.db(self.admin.app.store.case, item)
+            case = await self.admin.db(self.admin.rt.store.case, item)
             if case is not None:
                 form.channel = case["channel"] if valid_channel(case["channel"]) else "default"
                 form.question = case["decision_question"] or ""
                 form.replies = case["decision_reply"] or ""
                 form.case_id = item if case["decision_image_sha256"] else ""
-        published, _own = await self.admin._in_force(form.channel)
+        published, _own = await self.admin.in_force(form.channel)
         form.instruction = published.instruction
         return form
 
@@ -342,12 +342,12 @@ class Playground:
         """The policy editor's "Try in the playground": its draft comes along in a hidden field."""
         channel = ctx.request.query_params.get("channel") or _text(ctx.form, "channel") or "default"
         form = TrialForm(channel=channel if valid_channel(channel) else "default")
-        published, _own = await self.admin._in_force(form.channel)
+        published, _own = await self.admin.in_force(form.channel)
         form.instruction = published.instruction
         if not ctx.user.may("policies"):
             form.errors["draft"] = "Only policy owners and admins may try a draft policy."
             return form
-        draft = PolicyForm.from_form(form.channel, ctx.form, self.admin._messages())
+        draft = PolicyForm.from_form(form.channel, ctx.form, self.admin.messages())
         if draft.policy is None:
             form.errors["draft"] = "The draft is not valid, so the published policy is used: " + "; ".join(
                 draft.problems
@@ -375,9 +375,9 @@ class Playground:
         errors = form.errors
         if not valid_channel(form.channel):
             errors["channel"] = "A channel name is 1-100 letters, digits or _ . -"
-            published, _own = await self.admin._in_force("default")
+            published, _own = await self.admin.in_force("default")
         else:
-            published, _own = await self.admin._in_force(form.channel)
+            published, _own = await self.admin.in_force(form.channel)
 
         # The instruction: empty or as prefilled means the channel's (so changing the channel brings its own).
         shown = _text(f, "channel_instruction")
@@ -450,7 +450,7 @@ class Playground:
             return "The draft is not valid: " + "; ".join(problems)
         if policy.channel != form.channel:
             return f"The draft is for channel {policy.channel!r}: choose that channel, or untick the draft."
-        problems = template_problems(policy.templates, self.admin._messages())
+        problems = template_problems(policy.templates, self.admin.messages())
         return "The draft is not valid: " + "; ".join(problems) if problems else policy
 
     async def _photo(self, ctx: Ctx, form: TrialForm) -> DecodedImage | None:
@@ -473,7 +473,7 @@ class Playground:
             if not ctx.user.may("queue"):
                 form.errors["case"] = "Only supervisors and admins may use photos from the queue."
                 return None
-            store = self.admin.app.store
+            store = self.admin.rt.store
             case = await self.admin.db(store.case, form.case_id)
             sha = case["decision_image_sha256"] if case else None
             found = await self.admin.db(store.get_image, sha) if sha else None
@@ -508,8 +508,8 @@ class Playground:
 
     async def _context(self, ctx: Ctx, form: TrialForm, result: Result | None) -> dict[str, Any]:
         admin = self.admin
-        store = admin.app.store
-        published, own = await admin._in_force(form.channel)
+        store = admin.rt.store
+        published, own = await admin.in_force(form.channel)
         channels = await admin.db(store.policy_channels)
         cases: list[dict[str, Any]] = []
         if ctx.user.may("queue"):
@@ -539,7 +539,7 @@ class Playground:
                 draft_channel = None
         in_use = result.policy if result is not None else published
         try:
-            scorer = admin.app.guard.scoring.scorer
+            scorer = admin.rt.pipeline.scoring.scorer
             scorer_name = f"{scorer.name} {scorer.version}"
         except RuntimeError:
             scorer_name = "not loaded"

@@ -4,18 +4,12 @@ and the CSRF check happen in ``guarded`` on the server, before any handler runs.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import difflib
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import Any
 from urllib.parse import quote, urlencode
 
-import jinja2
 import yaml
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData
@@ -24,9 +18,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guard.admin import auth, charts, traffic
 from guard.admin.auth import CurrentUser
+from guard.admin.base import PREFIX, STATE_LABELS, STATIC_DIR, Ctx, Handler, Pages, fmt_duration
 from guard.admin.forms import (
     MAX_BANDS,
     TEMPLATE_LABELS,
@@ -38,50 +34,15 @@ from guard.admin.forms import (
 from guard.admin.headers import SecurityHeaders
 from guard.admin.playground import Playground
 from guard.errors import BadRequest, BodyTooLarge, LengthRequired, RequestError
-from guard.followups import MessageContext, Messages, case_ref
-from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, default_policy, policy_document
+from guard.followups import MessageContext, case_ref
+from guard.policies import TEMPLATE_KEYS, Policy, default_policy, policy_document
+from guard.runtime import OutcomeHook, Runtime
 from guard.tables import USER_ROLES, utcnow
-
-if TYPE_CHECKING:
-    from guard.app import GuardApp
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-PREFIX = "/admin"
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 CASE_OPS = {"approve": "approved", "edit": "edited", "take_over": "taken_over", "dismiss": "dismissed"}
-STATE_LABELS = {
-    "pending": "waiting",
-    "approved": "approved and sent",
-    "edited": "edited and sent",
-    "taken_over": "taken over",
-    "dismissed": "dismissed",
-}
-NOTICES = {
-    "published": "Published: the new version is in force.",
-    "rolled_back": "Rolled back: the old version is published again as a new version.",
-    "unchanged": "Nothing to publish: the draft is the policy in force.",
-    "case_done": "Done: the case is resolved, and the chatbot is told where handoff delivery is set up.",
-    "user_created": "User created.",
-    "user_updated": "User updated.",
-    "user_refused": "Not changed: that would leave no active admin.",
-}
-
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Ctx:
-    request: Request
-    user: CurrentUser
-    form: Mapping[str, Any]
-
-
-Handler = Callable[[Ctx], Awaitable[Response]]
 
 
 def safe_next(target: str | None) -> str:
@@ -89,38 +50,6 @@ def safe_next(target: str | None) -> str:
     if target and target.startswith(PREFIX + "/") and "//" not in target and "\\" not in target:
         return target
     return PREFIX + "/"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    s = int(max(seconds, 0))
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
-
-
-def fmt_time(value: datetime | None) -> str:
-    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def fmt_ms(value: float | None) -> str:
-    return "—" if value is None else f"{value:.1f} ms"
-
-
-def pretty_json(value: Any) -> str:
-    """Plain text (autoescaped by the template), unlike Jinja's tojson which returns markup."""
-    if value is None:
-        return "—"
-    return json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True, default=str)
-
-
-def fmt_pct(value: float | None) -> str:
-    return "—" if value is None else f"{value * 100:.0f}%"
 
 
 def policy_diff(older: Mapping[str, Any] | None, newer: Mapping[str, Any]) -> list[str]:
@@ -134,69 +63,29 @@ def policy_diff(older: Mapping[str, Any] | None, newer: Mapping[str, Any]) -> li
     return list(difflib.unified_diff(dump(older), dump(newer), "before", "after", lineterm="", n=1))[2:]
 
 
-class Admin:
-    """The admin pages of one guard: templates, the cookie signer and the handlers."""
+class Admin(Pages):
+    """The admin pages of one guard: the cookie signer and the handlers."""
 
-    def __init__(self, guard_app: GuardApp) -> None:
-        self.app = guard_app
-        self.env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
-            autoescape=True,  # every admin template; customer text is never marked safe
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        self.env.filters.update(
-            duration=fmt_duration,
-            time=fmt_time,
-            ms=fmt_ms,
-            pct=fmt_pct,
-            pretty_json=pretty_json,
-            action=charts.ACTION_LABELS.get,
-        )
-        self.env.globals.update(
-            prefix=PREFIX,
-            state_labels=STATE_LABELS,
-            role_labels=auth.ROLE_LABELS,
-            actions=ACTIONS,
-            action_labels=charts.ACTION_LABELS,
-        )
+    def __init__(self, rt: Runtime) -> None:
+        super().__init__(rt)
         self._signer: auth.Signer | None = None
         self.playground = Playground(self)
+        self.asgi = self.routes()
 
     # Plumbing ------------------------------------------------------------------------------------
 
     @property
     def signer(self) -> auth.Signer:
         if self._signer is None:
-            self._signer = auth.Signer(auth.load_secret_key(self.app.settings.secret_key))
+            self._signer = auth.Signer(auth.load_secret_key(self.rt.settings.secret_key))
         return self._signer
-
-    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        return await asyncio.to_thread(fn, *args, **kwargs)
-
-    def render(
-        self,
-        request: Request,
-        name: str,
-        user: CurrentUser | None,
-        status: int = 200,
-        **context: Any,
-    ) -> HTMLResponse:
-        notice = NOTICES.get(request.query_params.get("notice", ""))
-        html = self.env.get_template(name).render(
-            user=user, request_path=request.url.path, notice=notice, **context
-        )
-        return HTMLResponse(html, status_code=status)
-
-    def error(self, request: Request, user: CurrentUser | None, status: int, message: str) -> HTMLResponse:
-        return self.render(request, "error.html", user, status, code=status, message=message)
 
     async def current_user(self, request: Request) -> CurrentUser | None:
         token = self.signer.unsign("session", request.cookies.get(auth.SESSION_COOKIE))
         if token is None:
             return None
         digest = auth.token_hash(token)
-        found = await self.db(self.app.store.session_user, digest)
+        found = await self.db(self.rt.store.session_user, digest)
         if found is None:
             return None
         return CurrentUser(found["id"], found["username"], found["role"], found["csrf"], digest)
@@ -247,7 +136,7 @@ class Admin:
     async def _read_form(self, request: Request, upload: bool) -> Mapping[str, Any]:
         if not upload:
             return await request.form()
-        limit = self.app.settings.max_body_bytes
+        limit = self.rt.settings.max_body_bytes
         most = 3 * limit + (2 << 20)  # + the text: 50 replies of 8,000 CJK characters are 1.2 MB
         declared = request.headers.get("content-length")
         if declared is None or not declared.isdigit():
@@ -304,7 +193,7 @@ class Admin:
         password = str(form.get("password") or "")[:1000]
         ip = request.client.host if request.client else "unknown"
         keys = [f"user:{username.lower()}", f"ip:{ip}"]
-        store = self.app.store
+        store = self.rt.store
         locked = await self.db(store.login_locked_until, keys)
         if locked is not None:
             wait = fmt_duration((locked - utcnow()).total_seconds() + 59)
@@ -329,7 +218,7 @@ class Admin:
             return self._login_form(request, "Wrong username or password.", 401)
         await self.db(store.login_succeeded, [keys[0]])
         token, csrf = auth.new_token(), auth.new_token()
-        ttl = self.app.settings.session_ttl_s
+        ttl = self.rt.settings.session_ttl_s
         await self.db(store.create_session, auth.token_hash(token), user["id"], csrf, ttl)
         await self.db(store.record_login, user["id"])
         response = RedirectResponse(safe_next(str(form.get("next") or "")), status_code=303)
@@ -346,7 +235,7 @@ class Admin:
         return response
 
     async def logout(self, ctx: Ctx) -> Response:
-        await self.db(self.app.store.end_session, ctx.user.token_hash)
+        await self.db(self.rt.store.end_session, ctx.user.token_hash)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(auth.SESSION_COOKIE, path=PREFIX, httponly=True, samesite="lax")
         return response
@@ -360,7 +249,7 @@ class Admin:
     async def dashboard(self, ctx: Ctx) -> Response:
         key, span = traffic.window(ctx.request.query_params.get("window"))
         now = utcnow()
-        store = self.app.store
+        store = self.rt.store
         rows = await self.db(store.traffic_rows, now - span)
         data = traffic.dashboard(rows, now, span)
         queue_len, oldest = await self.db(store.queue_summary)
@@ -383,17 +272,12 @@ class Admin:
         """(part, ok, detail): None means not configured."""
         out: list[tuple[str, bool | None, str]] = []
         try:
-            sql = await asyncio.wait_for(self.db(self.app.store.ping), 2.0)
+            sql = await asyncio.wait_for(self.db(self.rt.store.ping), 2.0)
         except Exception as exc:
             out.append(("SQL", False, type(exc).__name__))
         else:
             out.append(("SQL", sql, "reachable" if sql else "not reachable"))
-        try:
-            guard = self.app.guard
-        except RuntimeError:
-            out.append(("Scorer", False, "not loaded"))
-            out.append(("Redis", None, "guard not started"))
-            return out
+        guard = self.rt.pipeline
         if guard.cache.name == "redis":
             ok = await guard.cache.ping()
             out.append(("Redis", ok, "answering" if ok else "not answering: scores are not cached"))
@@ -401,7 +285,7 @@ class Admin:
             out.append(("Redis", None, f"not configured: {guard.cache.name} cache in this process"))
         scorer = guard.scoring.scorer
         errors = sum(
-            n for (name, _), n in self.app.metrics.counters.items() if name == "guard_scorer_errors_total"
+            n for (name, _), n in self.rt.metrics.counters.items() if name == "guard_scorer_errors_total"
         )
         detail = f"{scorer.name} {scorer.version}; {errors} errors since start"
         out.append(("Scorer", errors == 0, detail))
@@ -416,7 +300,7 @@ class Admin:
         state = q.get("state") or "pending"
         states = list(STATE_LABELS) if state == "all" else [state] if state in STATE_LABELS else ["pending"]
         newest = q.get("sort") == "newest"
-        store = self.app.store
+        store = self.rt.store
         items = await self.db(
             store.queue_page, states=states, channel=channel, kind=kind, newest_first=newest
         )
@@ -442,20 +326,20 @@ class Admin:
     async def _case_view(
         self, ctx: Ctx, item_id: str, status: int = 200, message: str | None = None
     ) -> Response:
-        store = self.app.store
+        store = self.rt.store
         case = await self.db(store.case, item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
         policy = await self._policy_of(case["decision_policy_channel"], case["decision_policy_version"])
         locale = case["decision_locale"] if case["decision_locale"] in ("zh", "en") else "en"
-        settings = self.app.settings
+        settings = self.rt.settings
         ctx_msg = MessageContext(
             locale,
             case["decision_issue_phrase"],
             case_ref(case["decision_id"]),
             settings.followup_response_time_zh if locale == "zh" else settings.followup_response_time_en,
         )
-        follow_up = self._messages().follow_up(ctx_msg, policy.templates)
+        follow_up = self.messages().follow_up(ctx_msg, policy.templates)
         deliveries = await self.db(store.deliveries, case["decision_id"])
         return self.render(
             ctx.request,
@@ -477,9 +361,9 @@ class Admin:
         return await self._case_view(ctx, ctx.request.path_params["item_id"])
 
     async def photo(self, ctx: Ctx) -> Response:
-        case = await self.db(self.app.store.case, ctx.request.path_params["item_id"])
+        case = await self.db(self.rt.store.case, ctx.request.path_params["item_id"])
         sha = case["decision_image_sha256"] if case else None
-        found = await self.db(self.app.store.get_image, sha) if sha else None
+        found = await self.db(self.rt.store.get_image, sha) if sha else None
         if found is None:
             return Response("no photo", status_code=404, media_type="text/plain")
         mime, data = found
@@ -499,7 +383,7 @@ class Admin:
         state = CASE_OPS.get(op)
         if state is None:
             return await self._case_view(ctx, item_id, 422, f"Unknown action {op!r}.")
-        case = await self.db(self.app.store.case, item_id)
+        case = await self.db(self.rt.store.case, item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
         reply = str(ctx.form.get("reply") or "").replace("\r\n", "\n").strip()
@@ -510,18 +394,18 @@ class Admin:
         elif op == "edit":
             if not reply:
                 return await self._case_view(ctx, item_id, 422, "Write the reply to send.")
-            if len(reply) > self.app.settings.max_reply_chars:
+            if len(reply) > self.rt.settings.max_reply_chars:
                 return await self._case_view(
                     ctx,
                     item_id,
                     422,
-                    f"The reply is longer than {self.app.settings.max_reply_chars} characters.",
+                    f"The reply is longer than {self.rt.settings.max_reply_chars} characters.",
                 )
             final = reply
         elif op == "dismiss" and not reason:
             return await self._case_view(ctx, item_id, 422, "Give a reason for dismissing the case.")
         done = await self.db(
-            self.app.store.resolve_case,
+            self.rt.store.resolve_case,
             item_id,
             state,
             ctx.user.username,
@@ -532,13 +416,12 @@ class Admin:
             return await self._case_view(
                 ctx, item_id, 409, "Another supervisor has already acted on this case; nothing was changed."
             )
-        hook = self.app.on_outcome
-        task = BackgroundTask(self._deliver, hook, done["decision_id"]) if hook is not None else None
+        task = BackgroundTask(self._deliver, self.rt.on_outcome, done["decision_id"])
         query = urlencode({"notice": "case_done", "done": item_id})
         return RedirectResponse(f"{PREFIX}/queue?{query}", status_code=303, background=task)
 
     @staticmethod
-    async def _deliver(hook: Callable[[str], Awaitable[None]], decision_id: str) -> None:
+    async def _deliver(hook: OutcomeHook, decision_id: str) -> None:
         try:
             await hook(decision_id)
         except Exception:
@@ -546,27 +429,12 @@ class Admin:
 
     # Policy owners --------------------------------------------------------------------------------
 
-    def _messages(self) -> Messages:
-        try:
-            return self.app.guard.messages
-        except RuntimeError:
-            return Messages()
-
     async def _policy_of(self, channel: str, version: int) -> Policy:
-        store = self.app.store
+        store = self.rt.store
         found = await self.db(store.policy_at, channel, version) if version else None
         if found is None:
             found = await self.db(store.active_policy, channel)
         return found or default_policy(channel)
-
-    async def _in_force(self, channel: str) -> tuple[Policy, bool]:
-        """(the policy in force for ``channel``, whether it is the channel's own)."""
-        store = self.app.store
-        own = await self.db(store.active_policy, channel)
-        if own is not None:
-            return own, True
-        fallback = await self.db(store.active_policy, "default")
-        return (fallback or default_policy()), False
 
     async def policies(self, ctx: Ctx) -> Response:
         wanted = ctx.request.query_params.get("channel")
@@ -574,7 +442,7 @@ class Admin:
             if valid_channel(wanted):
                 return RedirectResponse(f"{PREFIX}/policies/{wanted}", status_code=303)
             return self.error(ctx.request, ctx.user, 422, "A channel name is 1-100 letters, digits or _ . -")
-        store = self.app.store
+        store = self.rt.store
         channels = await self.db(store.policy_channels)
         rows = []
         for channel in channels:
@@ -586,15 +454,15 @@ class Admin:
         channel = ctx.request.path_params["channel"]
         if not valid_channel(channel):
             return self.error(ctx.request, ctx.user, 404, "No such channel.")
-        current, own = await self._in_force(channel)
+        current, own = await self.in_force(channel)
         form = PolicyForm.from_policy(channel, current)
         if ctx.request.method == "POST":
-            form = PolicyForm.from_form(channel, ctx.form, self._messages())
+            form = PolicyForm.from_form(channel, ctx.form, self.messages())
             op = ctx.form.get("op")
             if op == "publish" and form.policy is not None:
                 if own and policy_document(form.policy) == policy_document(current):
                     return self._redirect_policy(channel, "unchanged")
-                await self.db(self.app.store.publish_policy_audited, form.policy, ctx.user.username)
+                await self.db(self.rt.store.publish_policy_audited, form.policy, ctx.user.username)
                 self._invalidate()
                 return self._redirect_policy(channel, "published")
         status = 422 if form.problems else 200
@@ -604,23 +472,22 @@ class Admin:
         return RedirectResponse(f"{PREFIX}/policies/{channel}?notice={notice}", status_code=303)
 
     def _invalidate(self) -> None:
-        with contextlib.suppress(RuntimeError):
-            self.app.guard.policies.invalidate()
+        self.rt.pipeline.policies.invalidate()
 
     async def _policy_page(
         self, ctx: Ctx, channel: str, form: PolicyForm, current: Policy, own: bool, status: int
     ) -> Response:
         key = str(ctx.form.get("window") or ctx.request.query_params.get("window") or "24h")
         preview = await self._preview(channel, form, current, key)
-        history = await self.db(self.app.store.policy_history, channel)
+        history = await self.db(self.rt.store.policy_history, channel)
         for i, entry in enumerate(history):
             older = history[i + 1]["document"] if i + 1 < len(history) else None
             entry["diff"] = policy_diff(older, entry["document"])
         bands = list(form.bands) + [("", "", "")] * (MAX_BANDS - len(form.bands))
-        settings = self.app.settings
+        settings = self.rt.settings
         samples = render_samples(
             form,
-            self._messages(),
+            self.messages(),
             {"zh": settings.followup_response_time_zh, "en": settings.followup_response_time_en},
         )
         return self.render(
@@ -645,7 +512,7 @@ class Admin:
 
     async def _preview(self, channel: str, form: PolicyForm, current: Policy, key: str) -> dict[str, Any]:
         key, span = traffic.window(key)
-        rows = await self.db(self.app.store.replay_rows, channel, utcnow() - span)
+        rows = await self.db(self.rt.store.replay_rows, channel, utcnow() - span)
         draft = form.policy
         result = traffic.replay(rows, draft if draft is not None else current)
         old = traffic.replay(rows, current)  # the recorded actions may predate the policy in force
@@ -668,8 +535,8 @@ class Admin:
         channel = ctx.request.path_params["channel"]
         if not valid_channel(channel):
             return self.error(ctx.request, ctx.user, 404, "No such channel.")
-        current, _own = await self._in_force(channel)
-        form = PolicyForm.from_form(channel, ctx.form, self._messages())
+        current, _own = await self.in_force(channel)
+        form = PolicyForm.from_form(channel, ctx.form, self.messages())
         preview = await self._preview(channel, form, current, str(ctx.form.get("window") or "24h"))
         html = self.env.get_template("_preview.html").render(preview=preview)
         return HTMLResponse(html, status_code=200)
@@ -677,12 +544,12 @@ class Admin:
     async def samples(self, ctx: Ctx) -> Response:
         channel = ctx.request.path_params["channel"]
         form = PolicyForm.from_form(
-            channel if valid_channel(channel) else "default", ctx.form, self._messages()
+            channel if valid_channel(channel) else "default", ctx.form, self.messages()
         )
-        settings = self.app.settings
+        settings = self.rt.settings
         rendered = render_samples(
             form,
-            self._messages(),
+            self.messages(),
             {"zh": settings.followup_response_time_zh, "en": settings.followup_response_time_en},
         )
         return JSONResponse({"samples": rendered, "problems": form.problems})
@@ -693,16 +560,16 @@ class Admin:
             version = int(str(ctx.form.get("version")))
         except ValueError:
             version = 0
-        old = await self.db(self.app.store.policy_at, channel, version) if valid_channel(channel) else None
+        old = await self.db(self.rt.store.policy_at, channel, version) if valid_channel(channel) else None
         if old is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such policy version.")
-        await self.db(self.app.store.publish_policy_audited, old, ctx.user.username, "policy.rollback")
+        await self.db(self.rt.store.publish_policy_audited, old, ctx.user.username, "policy.rollback")
         self._invalidate()
         return self._redirect_policy(channel, "rolled_back")
 
     async def outcomes(self, ctx: Ctx) -> Response:
         key, span = traffic.window(ctx.request.query_params.get("window"), "30d")
-        rows = await self.db(self.app.store.outcome_rows, None, utcnow() - span)
+        rows = await self.db(self.rt.store.outcome_rows, None, utcnow() - span)
         return self.render(
             ctx.request,
             "outcomes.html",
@@ -718,7 +585,7 @@ class Admin:
     async def users(self, ctx: Ctx) -> Response:
         message = None
         status = 200
-        store = self.app.store
+        store = self.rt.store
         if ctx.request.method == "POST":
             username = str(ctx.form.get("username") or "").strip()
             role = str(ctx.form.get("role") or "")
@@ -757,7 +624,7 @@ class Admin:
             return self.error(ctx.request, ctx.user, 422, problem)
         pw_hash = await self.db(auth.hash_password, password) if password else None
         ok = await self.db(
-            self.app.store.update_user,
+            self.rt.store.update_user,
             user_id,
             ctx.user.username,
             role=role,
@@ -772,12 +639,13 @@ class Admin:
             page = max(int(ctx.request.query_params.get("page", "0")), 0)
         except ValueError:
             page = 0
-        entries = await self.db(self.app.store.audit_entries, 100, page * 100)
+        entries = await self.db(self.rt.store.audit_entries, 100, page * 100)
         return self.render(ctx.request, "audit.html", ctx.user, entries=entries, page=page)
 
     # Routes ---------------------------------------------------------------------------------------
 
-    def routes(self) -> Mount:
+    def routes(self) -> ASGIApp:
+        """The pages (paths below /admin), with their security headers."""
         g = self.guarded
         router = Router(
             routes=[
@@ -806,9 +674,17 @@ class Admin:
                 Mount("/static", StaticFiles(directory=STATIC_DIR), name="admin-static"),
             ]
         )
-        return Mount(PREFIX, app=SecurityHeaders(router))
+        return SecurityHeaders(router)
 
 
-def admin_mount(guard_app: GuardApp) -> BaseRoute:
-    """The admin pages under /admin, for create_app to add to its routes."""
-    return Admin(guard_app).routes()
+def admin_mount() -> BaseRoute:
+    """The admin pages under /admin: each request goes to the ``Admin`` of the running guard, which
+    the app's lifespan builds over its runtime and yields as ``state["admin"]``."""
+
+    async def pages(scope: Scope, receive: Receive, send: Send) -> None:
+        admin = scope.get("state", {}).get("admin")
+        if not isinstance(admin, Admin):
+            raise RuntimeError("no admin pages in the request's state: the app's lifespan did not run")
+        await admin.asgi(scope, receive, send)
+
+    return Mount(PREFIX, app=pages)

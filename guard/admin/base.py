@@ -1,0 +1,149 @@
+"""What every admin page shares: the request context, the runtime, rendering, and the policy
+a channel is under. A page module (``routes``, ``playground``) only adds its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import jinja2
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from guard.admin import auth, charts
+from guard.admin.auth import CurrentUser
+from guard.followups import Messages
+from guard.policies import ACTIONS, Policy, default_policy
+from guard.runtime import Runtime
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+PREFIX = "/admin"
+STATE_LABELS = {
+    "pending": "waiting",
+    "approved": "approved and sent",
+    "edited": "edited and sent",
+    "taken_over": "taken over",
+    "dismissed": "dismissed",
+}
+NOTICES = {
+    "published": "Published: the new version is in force.",
+    "rolled_back": "Rolled back: the old version is published again as a new version.",
+    "unchanged": "Nothing to publish: the draft is the policy in force.",
+    "case_done": "Done: the case is resolved, and the chatbot is told where handoff delivery is set up.",
+    "user_created": "User created.",
+    "user_updated": "User updated.",
+    "user_refused": "Not changed: that would leave no active admin.",
+}
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ctx:
+    request: Request
+    user: CurrentUser
+    form: Mapping[str, Any]
+
+
+Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    s = int(max(seconds, 0))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def fmt_time(value: datetime | None) -> str:
+    return "—" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def fmt_ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} ms"
+
+
+def pretty_json(value: Any) -> str:
+    """Plain text (autoescaped by the template), unlike Jinja's tojson which returns markup."""
+    if value is None:
+        return "—"
+    return json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True, default=str)
+
+
+def fmt_pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.0f}%"
+
+
+class Pages:
+    """The admin pages of one running guard: its runtime and the templates they render."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.env = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+            autoescape=True,  # every admin template; customer text is never marked safe
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self.env.filters.update(
+            duration=fmt_duration,
+            time=fmt_time,
+            ms=fmt_ms,
+            pct=fmt_pct,
+            pretty_json=pretty_json,
+            action=charts.ACTION_LABELS.get,
+        )
+        self.env.globals.update(
+            prefix=PREFIX,
+            state_labels=STATE_LABELS,
+            role_labels=auth.ROLE_LABELS,
+            actions=ACTIONS,
+            action_labels=charts.ACTION_LABELS,
+        )
+
+    async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def render(
+        self,
+        request: Request,
+        name: str,
+        user: CurrentUser | None,
+        status: int = 200,
+        **context: Any,
+    ) -> HTMLResponse:
+        notice = NOTICES.get(request.query_params.get("notice", ""))
+        html = self.env.get_template(name).render(
+            user=user, request_path=request.url.path, notice=notice, **context
+        )
+        return HTMLResponse(html, status_code=status)
+
+    def error(self, request: Request, user: CurrentUser | None, status: int, message: str) -> HTMLResponse:
+        return self.render(request, "error.html", user, status, code=status, message=message)
+
+    def messages(self) -> Messages:
+        """The follow-up and holding-message templates the pipeline renders with."""
+        return self.rt.pipeline.messages
+
+    async def in_force(self, channel: str) -> tuple[Policy, bool]:
+        """(the policy in force for ``channel``, whether it is the channel's own)."""
+        store = self.rt.store
+        own = await self.db(store.active_policy, channel)
+        if own is not None:
+            return own, True
+        fallback = await self.db(store.active_policy, "default")
+        return (fallback or default_policy()), False
