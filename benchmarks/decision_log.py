@@ -24,41 +24,44 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guard.decision_log import DecisionLog
+from guard.records import DecisionRecord, DecisionRow
 from guard.spool import Spool
-from guard.store import DecisionRecord, Store, migrate
+from guard.store import Store, migrate
 from guard.tables import utcnow
 
 
 def make(i: int) -> DecisionRecord:
     return DecisionRecord(
-        decision={
-            "id": uuid.uuid4().hex,
-            "created_at": utcnow(),
-            "conversation_id": f"c-{i}",
-            "channel": "default",
-            "locale": "zh",
-            "question": "口袋开线怎么办？" * 3,
-            "image_sha256": None,
-            "reply": "感谢您的反馈，本品支持7天无理由退换" * 3,
-            "candidates": None,
-            "score": 0.55,
-            "band": "[0.5,0.6)",
-            "action": "follow_up",
-            "final_reply": "感谢您的反馈\n\n已为您登记口袋开线问题，专员将在2小时内联系您。",
-            "follow_up": "已为您登记口袋开线问题，专员将在2小时内联系您。",
-            "holding_message": None,
-            "issue_phrase": "口袋开线",
-            "policy_channel": "default",
-            "policy_version": 1,
-            "scorer_name": "bundled",
-            "scorer_version": "1",
-            "inputs_used": ["question", "reply"],
-            "cached": True,
-            "degraded": False,
-            "reason": None,
-            "latency_ms": 1.2,
-            "timings_ms": {"total": 1.2, "score": 0.4},
-        }
+        DecisionRow.from_columns(
+            {
+                "id": uuid.uuid4().hex,
+                "created_at": utcnow(),
+                "conversation_id": f"c-{i}",
+                "channel": "default",
+                "locale": "zh",
+                "question": "口袋开线怎么办？" * 3,
+                "image_sha256": None,
+                "reply": "感谢您的反馈，本品支持7天无理由退换" * 3,
+                "candidates": None,
+                "score": 0.55,
+                "band": "[0.5,0.6)",
+                "action": "follow_up",
+                "final_reply": "感谢您的反馈\n\n已为您登记口袋开线问题，专员将在2小时内联系您。",
+                "follow_up": "已为您登记口袋开线问题，专员将在2小时内联系您。",
+                "holding_message": None,
+                "issue_phrase": "口袋开线",
+                "policy_channel": "default",
+                "policy_version": 1,
+                "scorer_name": "bundled",
+                "scorer_version": "1",
+                "inputs_used": ["question", "reply"],
+                "cached": True,
+                "degraded": False,
+                "reason": None,
+                "latency_ms": 1.2,
+                "timings_ms": {"total": 1.2, "score": 0.4},
+            }
+        )
     )
 
 

@@ -28,9 +28,10 @@ import psycopg
 from sqlalchemy import exc as sa_exc
 
 from guard.metrics import Metrics
+from guard.records import DecisionRecord
 from guard.settings import Settings
 from guard.spool import Spool, encode_record, iter_batches, read_segment
-from guard.store import DecisionRecord, Store
+from guard.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -266,14 +267,14 @@ class DecisionLog:
             else:
                 log.error(
                     "decision log: SQL refused decision %s (%s); kept in %s",
-                    record.decision.get("id"),
+                    record.row.id,
                     _brief(exc),
                     path,
                 )
                 return
         log.error(
             "decision log: SQL refused decision %s (%s); the decision: %s",
-            record.decision.get("id"),
+            record.row.id,
             _brief(exc),
             line.decode().rstrip(),
         )

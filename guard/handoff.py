@@ -27,7 +27,7 @@ import json
 import logging
 import random
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx2
@@ -36,8 +36,9 @@ from guard.errors import ConfigError
 from guard.ids import new_id
 from guard.metrics import Metrics
 from guard.pipeline import DecisionSink
+from guard.records import DecisionRecord
 from guard.settings import Settings
-from guard.store import DecisionRecord, Store
+from guard.store import Store
 from guard.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -76,28 +77,27 @@ def case_url(settings: Settings, decision_id: str, escalation_id: str | None) ->
 
 
 def case_payload(settings: Settings, record: DecisionRecord, delivery_id: str) -> dict[str, Any]:
-    d = record.decision
-    created: datetime = d["created_at"]
+    d = record.row
     return {
-        "event": f"case.{d['action']}",
+        "event": f"case.{d.action}",
         "delivery_id": delivery_id,
-        "decision_id": d["id"],
+        "decision_id": d.id,
         "escalation_id": record.queue_item_id,
-        "conversation_id": d["conversation_id"],
-        "channel": d["channel"],
-        "action": d["action"],
-        "question": d["question"],
-        "reply": d["reply"],
-        "holding_message": d["holding_message"],
-        "score": d["score"],
-        "band": d["band"],
-        "degraded": d["degraded"],
-        "reason": d["reason"],
-        "locale": d["locale"],
-        "issue_phrase": d["issue_phrase"],
-        "image_sha256": d["image_sha256"],
-        "case_url": case_url(settings, d["id"], record.queue_item_id),
-        "created_at": created.isoformat(),
+        "conversation_id": d.conversation_id,
+        "channel": d.channel,
+        "action": d.action,
+        "question": d.question,
+        "reply": d.draft,
+        "holding_message": d.holding_message,
+        "score": d.score,
+        "band": d.band,
+        "degraded": d.degraded,
+        "reason": d.reason,
+        "locale": d.locale,
+        "issue_phrase": d.issue_phrase,
+        "image_sha256": d.image_sha256,
+        "case_url": case_url(settings, d.id, record.queue_item_id),
+        "created_at": d.created_at.isoformat(),
     }
 
 
@@ -202,7 +202,7 @@ class Handoff:
             log.error(
                 "handoff: %d cases waiting; the webhook of %s is dropped",
                 self._cases.qsize(),
-                record.decision["id"],
+                record.row.id,
             )
 
     async def deliver_outcome(self, decision_id: str) -> str | None:
@@ -230,8 +230,8 @@ class Handoff:
                         await asyncio.to_thread(
                             self._store.add_delivery,
                             delivery_id,
-                            record.decision["id"],
-                            f"case.{record.decision['action']}",
+                            record.row.id,
+                            f"case.{record.row.action}",
                             url,
                             body,
                         )

@@ -25,10 +25,11 @@ from guard.issue_phrase import detect_locale, issue_phrase
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
 from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_policy
+from guard.records import Candidate, DecisionRecord, DecisionRow
 from guard.scoring.base import ScoreInput, Scorer
 from guard.scoring.batching import MicroBatcher
 from guard.settings import Settings
-from guard.store import DecisionRecord, Store, bounded
+from guard.store import Store, bounded
 from guard.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -400,37 +401,37 @@ class Guard:
         image = req.image
         queued = result.action in QUEUED_ACTIONS
         return DecisionRecord(
-            decision={
-                "id": result.decision_id,
-                "created_at": utcnow(),
-                "conversation_id": req.conversation_id,
-                "channel": req.channel,
-                "locale": result.locale,
-                "question": req.question,
-                "image_sha256": image.sha256 if image else None,
-                "reply": result.draft,
-                "candidates": (
-                    [{"reply": s.reply, "score": s.score} for s in result.ranked] if req.candidates else None
+            row=DecisionRow(
+                id=result.decision_id,
+                created_at=utcnow(),
+                conversation_id=req.conversation_id,
+                channel=req.channel,
+                locale=result.locale,
+                question=req.question,
+                image_sha256=image.sha256 if image else None,
+                draft=result.draft,
+                candidates=(
+                    tuple(Candidate(s.reply, s.score) for s in result.ranked) if req.candidates else None
                 ),
-                "score": result.score,
-                "band": result.band,
-                "action": result.action,
-                "final_reply": result.reply,
-                "follow_up": result.follow_up,
-                "holding_message": result.holding_message,
-                "issue_phrase": result.issue_phrase,
-                "image_text": result.image_text,
-                "policy_channel": result.policy.channel,
-                "policy_version": result.policy.version,
-                "scorer_name": result.scorer_name,
-                "scorer_version": result.scorer_version,
-                "inputs_used": list(result.inputs_used),
-                "cached": result.cached,
-                "degraded": result.degraded,
-                "reason": result.reason,
-                "latency_ms": result.timings_ms["total"],
-                "timings_ms": result.timings_ms,
-            },
+                score=result.score,
+                band=result.band,
+                action=result.action,
+                final_reply=result.reply,
+                follow_up=result.follow_up,
+                holding_message=result.holding_message,
+                issue_phrase=result.issue_phrase,
+                image_text=result.image_text,
+                policy_channel=result.policy.channel,
+                policy_version=result.policy.version,
+                scorer_name=result.scorer_name,
+                scorer_version=result.scorer_version,
+                inputs_used=tuple(result.inputs_used),
+                cached=result.cached,
+                degraded=result.degraded,
+                reason=result.reason,
+                latency_ms=result.timings_ms["total"],
+                timings_ms=result.timings_ms,
+            ),
             queue_item_id=result.escalation_id,
             image=(
                 (image.sha256, image.mime_type, image.width, image.height, image.data)

@@ -38,7 +38,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-from guard.store import DecisionRecord
+from guard.records import DecisionRecord, DecisionRow
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _typed(value: Any) -> Any:
 
 def encode_record(record: DecisionRecord) -> bytes:
     """One spool line (ASCII JSON, newline-terminated) holding everything in ``record``."""
-    doc = {"d": record.decision, "q": record.queue_item_id, "i": record.image}
+    doc = {"d": record.row.columns(), "q": record.queue_item_id, "i": record.image}
     line = json.dumps(doc, separators=(",", ":"), ensure_ascii=True, allow_nan=False, default=_plain)
     return line.encode() + b"\n"
 
@@ -96,7 +96,7 @@ def decode_record(line: bytes) -> DecisionRecord:
     doc = json.loads(line)
     image = doc.get("i")
     return DecisionRecord(
-        decision=_typed(doc["d"]),
+        row=DecisionRow.from_columns(_typed(doc["d"])),
         queue_item_id=doc.get("q"),
         image=None if image is None else tuple(_typed(image)),
     )

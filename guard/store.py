@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -37,6 +36,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from guard.policies import Policy, parse_policy, policy_document
+from guard.records import DecisionRecord
 from guard.tables import (
     AdminSession,
     ApiKey,
@@ -111,28 +111,18 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
-@dataclass(frozen=True)
-class DecisionRecord:
-    """Everything written for one decision: the row, its queue item when held, the photo to keep."""
-
-    decision: dict[str, Any]
-    queue_item_id: str | None = None
-    image: tuple[str, str, int, int, bytes] | None = None
-    """(sha256, mime type, width, height, bytes) of a photo a supervisor will need to see."""
-
-
 _DECISION_COLUMNS = [c.name for c in _DECISIONS.columns]
 _JSON_COLUMNS = frozenset(c.name for c in _DECISIONS.columns if isinstance(c.type, JSON))
 
 
 def _insert_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> set[str]:
     """SQLite: insert the decisions not there yet; returns their ids."""
-    ids = [r.decision["id"] for r in records]
+    ids = [r.row.id for r in records]
     existing = set(conn.execute(select(_DECISIONS.c.id).where(_DECISIONS.c.id.in_(ids))).scalars())
     rows: dict[str, dict[str, Any]] = {}
     for rec in records:
-        if rec.decision["id"] not in existing:
-            rows.setdefault(rec.decision["id"], {c: rec.decision.get(c) for c in _DECISION_COLUMNS})
+        if rec.row.id not in existing and rec.row.id not in rows:
+            rows[rec.row.id] = rec.row.columns()
     if rows:
         # RETURNING makes SQLAlchemy send multi-row VALUES pages instead of one row per statement.
         add = (
@@ -157,7 +147,7 @@ def _copy_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> set[
         )
         with cursor.copy(f"COPY decisions_in ({columns}) FROM STDIN") as copy:
             for rec in records:
-                d = rec.decision
+                d = rec.row.columns()
                 copy.write_row(
                     [
                         Json(d[c]) if c in _JSON_COLUMNS and d.get(c) is not None else d.get(c)
@@ -205,7 +195,7 @@ class Store:
         and one executemany (sent as multi-row VALUES pages) inserts the rest. Only new decisions
         get their photo and, when held, their queue item (``ON CONFLICT DO NOTHING`` too, for a
         concurrent writer of the same batch). A field missing from a record (an older spool line)
-        is written as NULL.
+        is None, written as NULL.
         """
         if not records:
             return
@@ -213,19 +203,19 @@ class Store:
             conn = s.connection()
             postgres = conn.dialect.name == "postgresql"
             new_ids = _copy_decisions(conn, records) if postgres else _insert_decisions(conn, records)
-            fresh = {r.decision["id"]: r for r in records if r.decision["id"] in new_ids}.values()
+            fresh = {r.row.id: r for r in records if r.row.id in new_ids}.values()
             images = {r.image[0]: r.image for r in fresh if r.image is not None}
             for image in images.values():
                 self._keep_image(s, *image)
             items = [
                 {
                     "id": r.queue_item_id,
-                    "decision_id": r.decision["id"],
-                    "kind": r.decision["action"],
+                    "decision_id": r.row.id,
+                    "kind": r.row.action,
                     "state": "pending",
-                    "channel": r.decision["channel"],
-                    "created_at": r.decision["created_at"],
-                    "updated_at": r.decision["created_at"],
+                    "channel": r.row.channel,
+                    "created_at": r.row.created_at,
+                    "updated_at": r.row.created_at,
                 }
                 for r in fresh
                 if r.queue_item_id is not None

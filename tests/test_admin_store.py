@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import inspect
 
 from guard.policies import Band, Policy
-from guard.store import DecisionRecord, Store, downgrade, migrate
+from guard.records import DecisionRecord, DecisionRow
+from guard.store import Store, downgrade, migrate
 from guard.tables import utcnow
 from tests.test_store import decision
 
@@ -30,7 +31,10 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
 
 def queue_cases(store: Store, n: int) -> list[str]:
     records = [
-        DecisionRecord(decision(f"d{i}", "escalate" if i % 2 else "review"), queue_item_id=f"q{i}")
+        DecisionRecord(
+            DecisionRow.from_columns(decision(f"d{i}", "escalate" if i % 2 else "review")),
+            queue_item_id=f"q{i}",
+        )
         for i in range(n)
     ]
     store.record(records)
@@ -159,7 +163,7 @@ def test_publish_audited_and_history(store: Store) -> None:
 
 def test_traffic_replay_and_outcome_rows(store: Store) -> None:
     queue_cases(store, 2)
-    store.record([DecisionRecord(decision("s1", "send"))])
+    store.record([DecisionRecord(DecisionRow.from_columns(decision("s1", "send")))])
     store.resolve_case("q0", "edited", "ann", final_reply="x", note=None)
     since = utcnow() - timedelta(hours=1)
     assert len(store.traffic_rows(since)) == 3

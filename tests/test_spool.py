@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import signal
@@ -18,8 +19,9 @@ from typing import Any, ParamSpec
 import pytest
 
 from guard.decision_log import DecisionLog
+from guard.records import DecisionRecord, DecisionRow
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
-from guard.store import DecisionRecord, Store, migrate
+from guard.store import Store, migrate
 from tests.test_store import decision
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,20 +40,22 @@ def sync(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
 
 def record(i: int, *, image: bool = False, text: str = "口袋开线怎么办？") -> DecisionRecord:
     return DecisionRecord(
-        decision=decision(f"{i:032x}", "review" if image else "follow_up")
-        | {
-            "created_at": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
-            "conversation_id": f"c-{i}",
-            "locale": "zh",
-            "question": text,
-            "image_sha256": "ab" * 32 if image else None,
-            "reply": "<script>alert(1)</script>'; DROP TABLE decisions; --",
-            "candidates": [{"reply": "a", "score": 0.5}],
-            "score": 0.55,
-            "band": "[0.5,0.6)",
-            "follow_up": "\u202eRTL\u200b",
-            "holding_message": None,
-        },
+        row=DecisionRow.from_columns(
+            decision(f"{i:032x}", "review" if image else "follow_up")
+            | {
+                "created_at": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+                "conversation_id": f"c-{i}",
+                "locale": "zh",
+                "question": text,
+                "image_sha256": "ab" * 32 if image else None,
+                "reply": "<script>alert(1)</script>'; DROP TABLE decisions; --",
+                "candidates": [{"reply": "a", "score": 0.5}],
+                "score": 0.55,
+                "band": "[0.5,0.6)",
+                "follow_up": "\u202eRTL\u200b",
+                "holding_message": None,
+            }
+        ),
         queue_item_id=f"{i:031x}q" if image else None,
         image=("ab" * 32, "image/png", 3, 2, b"\x89PNG\x00\xff") if image else None,
     )
@@ -73,8 +77,8 @@ class FlakyStore:
             if self.down:
                 raise ConnectionError("database is down")
             for r in records:
-                if r.decision["id"] not in self.rows:
-                    self.rows[r.decision["id"]] = r
+                if r.row.id not in self.rows:
+                    self.rows[r.row.id] = r
                     self.inserts += 1
 
 
@@ -103,11 +107,11 @@ async def test_put_returns_only_after_the_decision_is_in_the_spool(tmp_path: Pat
     log.start()
     await log.put(record(1))
     on_disk = [r for seg in segments(tmp_path) for r in read_segment(seg)[0]]
-    assert [r.decision["id"] for r in on_disk] == [record(1).decision["id"]]
+    assert [r.row.id for r in on_disk] == [record(1).row.id]
     store.down = False
     await asyncio.wait_for(log.flush(), 5)
     await log.stop()
-    assert list(store.rows) == [record(1).decision["id"]]
+    assert list(store.rows) == [record(1).row.id]
     assert segments(tmp_path) == []  # SQL holds it: the spool is empty again
 
 
@@ -138,7 +142,7 @@ async def test_database_down_then_back_nothing_lost_nothing_doubled(tmp_path: Pa
         if i == 900:
             store.down = False
         await log.put(record(i, image=i % 7 == 0))
-        ids.append(record(i).decision["id"])
+        ids.append(record(i).row.id)
     assert store.calls > 0
     await asyncio.wait_for(log.flush(), 20)
     await log.stop()
@@ -186,7 +190,7 @@ async def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
     store.down = False
     await asyncio.wait_for(first.flush(), 5)
     await first.stop()
-    assert list(store.rows) == [record(1).decision["id"]]
+    assert list(store.rows) == [record(1).row.id]
 
 
 @sync
@@ -244,8 +248,8 @@ def test_sigkill_mid_write_a_torn_line_is_skipped_and_the_rest_lands(tmp_path: P
     try:
         assert store.count_decisions() == 40
         assert len(store.queue()) == 8  # the held ones came with their queue items
-        assert store.get_decision(record(7).decision["id"])["question"] == record(7).decision["question"]
-        assert store.get_decision(record(99).decision["id"]) is None
+        assert store.get_decision(record(7).row.id)["question"] == record(7).row.question
+        assert store.get_decision(record(99).row.id) is None
         assert log.skipped_lines == 1
         assert segments(spool_dir) == []
         # Replaying again (another crash before the delete, say) doubles nothing.
@@ -271,7 +275,7 @@ def test_an_unwritable_spool_still_logs_the_decision(tmp_path: Path) -> None:
         await log.stop()
         return store
 
-    assert list(asyncio.run(go()).rows) == [record(1).decision["id"]]
+    assert list(asyncio.run(go()).rows) == [record(1).row.id]
 
 
 @pytest.mark.parametrize("n", [0, 1])
@@ -291,8 +295,8 @@ def _refused_record(i: int, database: str) -> DecisionRecord:
     """A decision SQL refuses for its content: too long for its column (PostgreSQL), or missing a field."""
     rec = record(i)
     if database == "postgresql":
-        return DecisionRecord({**rec.decision, "scorer_version": "v" * 300})  # String(200)
-    return DecisionRecord({k: v for k, v in rec.decision.items() if k != "channel"})  # NOT NULL
+        return DecisionRecord(dataclasses.replace(rec.row, scorer_version="v" * 300))  # String(200)
+    return DecisionRecord(dataclasses.replace(rec.row, channel=None))  # NOT NULL
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
@@ -320,8 +324,8 @@ def test_a_decision_sql_refuses_is_set_aside_and_does_not_block_the_log(
         assert log.rejected == 1 and log.failures == 0
         assert store.count_decisions() == 5
         for r in [*good, record(6)]:
-            assert store.get_decision(r.decision["id"]) is not None
-        assert store.get_decision(refused.decision["id"]) is None
+            assert store.get_decision(r.row.id) is not None
+        assert store.get_decision(refused.row.id) is None
         kept = next(tmp_path.rglob("rejected.ndjson"))
         lines = kept.read_bytes().splitlines(keepends=True)
         assert [decode_record(line) for line in lines] == [refused]
@@ -349,6 +353,6 @@ def test_without_a_spool_a_refused_decision_is_logged_whole(
     try:
         assert asyncio.run(go()).rejected == 1
         assert store.count_decisions() == 1
-        assert any(refused.decision["id"] in m and "refused" in m for m in caplog.messages)
+        assert any(refused.row.id in m and "refused" in m for m in caplog.messages)
     finally:
         store.close()

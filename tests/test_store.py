@@ -6,7 +6,8 @@ import pytest
 from sqlalchemy import inspect
 
 from guard.policies import Band, Policy, default_policy
-from guard.store import DecisionRecord, Store, downgrade, migrate
+from guard.records import DecisionRecord, DecisionRow
+from guard.store import Store, downgrade, migrate
 from guard.tables import utcnow
 
 TABLES = {"decisions", "queue_items", "policy_versions", "images", "alembic_version"}
@@ -70,9 +71,11 @@ def test_record_is_idempotent_and_queues_held_decisions(db_url: str) -> None:
     store = Store.open(db_url)
     records = [
         DecisionRecord(
-            decision("d1", "escalate"), queue_item_id="q1", image=("a" * 64, "image/png", 1, 1, b"png")
+            DecisionRow.from_columns(decision("d1", "escalate")),
+            queue_item_id="q1",
+            image=("a" * 64, "image/png", 1, 1, b"png"),
         ),
-        DecisionRecord(decision("d2", "send")),
+        DecisionRecord(DecisionRow.from_columns(decision("d2", "send"))),
     ]
     store.record(records)
     store.record(records)  # a retried batch adds nothing twice
