@@ -273,7 +273,7 @@ def _policy_show(args: argparse.Namespace, settings: Settings) -> int:
 
     store = Store.open(settings.database_url)
     try:
-        policy = store.active_policy(args.channel) or store.active_policy("default") or default_policy()
+        policy, _own = store.policy_in_force(args.channel)
     finally:
         store.close()
     print(f"# channel {args.channel!r}: policy of channel {policy.channel!r}, version {policy.version}")

@@ -173,10 +173,33 @@ class PolicyBook:
     async def _read(self, channel: str) -> Policy:
         if self._store is None:
             return default_policy()
-        own = await bounded(self._timeout, self._store.active_policy, channel)
-        if own is None and channel != "default":
-            own = await bounded(self._timeout, self._store.active_policy, "default")
-        return own if own is not None else default_policy()
+        policy, _own = await bounded(self._timeout, self._store.policy_in_force, channel)
+        return policy
+
+
+@dataclass(frozen=True)
+class Shown:
+    """What the customer is shown for one decision."""
+
+    reply: str | None
+    """Sent now: the draft (``send``) or the draft and the follow-up (``follow_up``); None when held."""
+    follow_up: str | None
+    holding: str | None
+    """The message shown while a held draft waits for a supervisor (``review``, ``escalate``)."""
+
+    @property
+    def text(self) -> str:
+        return self.reply if self.reply is not None else self.holding or ""
+
+
+def compose(action: Action, draft: str, ctx: MessageContext, messages: Messages, policy: Policy) -> Shown:
+    """What the customer sees for ``action``: the one rule, for the pipeline and the playground."""
+    if action == "send":
+        return Shown(draft, None, None)
+    if action == "follow_up":
+        follow_up = messages.follow_up(ctx, policy.templates)
+        return Shown(f"{draft}\n\n{follow_up}", follow_up, None)
+    return Shown(None, None, messages.holding(action, ctx, policy.templates))
 
 
 class ScoringService:
@@ -266,16 +289,9 @@ class Guard:
             issue_phrase(image_text, locale) if image_text else None
         )
         decision_id = new_id()
-        ctx = MessageContext(locale, phrase, case_ref(decision_id), self._response_time(locale))
-        follow_up = final = holding = escalation_id = None
-        if verdict.action == "send":
-            final = best.reply
-        elif verdict.action == "follow_up":
-            follow_up = self.messages.follow_up(ctx, policy.templates)
-            final = f"{best.reply}\n\n{follow_up}"
-        else:
-            holding = self.messages.holding(verdict.action, ctx, policy.templates)
-            escalation_id = new_id()
+        ctx = MessageContext(locale, phrase, case_ref(decision_id), self.settings.response_time(locale))
+        shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
+        escalation_id = new_id() if verdict.action in QUEUED_ACTIONS else None
         timings["total"] = _ms(started)
 
         result = CheckResult(
@@ -283,11 +299,11 @@ class Guard:
             action=verdict.action,
             score=None if error else best.score,
             band=verdict.band,
-            reply=final,
+            reply=shown.reply,
             draft=best.reply,
-            follow_up=follow_up,
+            follow_up=shown.follow_up,
             escalation_id=escalation_id,
-            holding_message=holding,
+            holding_message=shown.holding,
             policy=policy,
             scorer_name=self.scoring.scorer.name,
             scorer_version=self.scoring.scorer.version,
@@ -392,10 +408,6 @@ class Guard:
         photo = await self.ocr.text(image)
         self.metrics.inc("guard_ocr_total", status=photo.status)
         return photo
-
-    def _response_time(self, locale: str) -> str:
-        s = self.settings
-        return s.followup_response_time_zh if locale == "zh" else s.followup_response_time_en
 
     def _record(self, req: CheckRequest, result: CheckResult) -> DecisionRecord:
         image = req.image

@@ -130,6 +130,14 @@ class Settings:
     session_ttl_s: int = 8 * 3600
     """How long an admin sign-in lasts."""
 
+    def response_time(self, locale: str) -> str:
+        """The response time a follow-up promises in ``locale`` (the zh one for "zh", else the en one)."""
+        return self.followup_response_time_zh if locale == "zh" else self.followup_response_time_en
+
+    def response_times(self) -> dict[str, str]:
+        """The promised response time of each locale, for pages that show both."""
+        return {locale: self.response_time(locale) for locale in ("zh", "en")}
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from GUARD_<FIELD> variables (e.g. GUARD_DATABASE_URL), then apply overrides."""

@@ -35,7 +35,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from guard.policies import Policy, parse_policy, policy_document
+from guard.policies import Policy, default_policy, parse_policy, policy_document
 from guard.records import DecisionRecord
 from guard.tables import (
     AdminSession,
@@ -259,6 +259,15 @@ class Store:
             if row is None:
                 return None
             return parse_policy(row.document, channel=row.channel, version=row.version)
+
+    def policy_in_force(self, channel: str) -> tuple[Policy, bool]:
+        """The policy ``channel`` is under, and whether it is the channel's own: its own, else the
+        ``default`` channel's, else the built-in default. The one place this rule is written."""
+        own = self.active_policy(channel)
+        if own is not None:
+            return own, True
+        fallback = self.active_policy("default") if channel != "default" else None
+        return (fallback or default_policy()), False
 
     def publish_policy(self, policy: Policy, author: str) -> Policy:
         """Store ``policy`` as the next version of its channel and return it with that version."""

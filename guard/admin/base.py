@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.followups import Messages
-from guard.policies import ACTIONS, Policy, default_policy
+from guard.policies import ACTIONS, Policy
 from guard.runtime import Runtime
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
@@ -141,9 +141,4 @@ class Pages:
 
     async def in_force(self, channel: str) -> tuple[Policy, bool]:
         """(the policy in force for ``channel``, whether it is the channel's own)."""
-        store = self.rt.store
-        own = await self.db(store.active_policy, channel)
-        if own is not None:
-            return own, True
-        fallback = await self.db(store.active_policy, "default")
-        return (fallback or default_policy()), False
+        return await self.db(self.rt.store.policy_in_force, channel)

@@ -36,7 +36,7 @@ from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.issue_phrase import detect_locale, issue_phrase
-from guard.pipeline import Guard, Scored
+from guard.pipeline import Guard, Scored, Shown, compose
 from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document
 
 if TYPE_CHECKING:
@@ -206,14 +206,12 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
     order = rank_order(scores)
     base_rank = {i: r for r, i in enumerate(rank_order([s.score for s in base]), 1)} if base else {}
     rows = []
+    shown_in_order: list[Shown] = []
     for rank, i in enumerate(order, 1):
         s = main[i]
         verdict = decide(policy, s.score)
-        follow_up = holding = None
-        if verdict.action == "follow_up":
-            follow_up = messages.follow_up(ctx, policy.templates)
-        elif verdict.action in ("review", "escalate"):
-            holding = messages.holding(verdict.action, ctx, policy.templates)
+        shown = compose(verdict.action, s.reply, ctx, messages, policy)
+        shown_in_order.append(shown)
         rows.append(
             Row(
                 rank=rank,
@@ -221,8 +219,8 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
                 reply=s.reply,
                 score=s.score,
                 verdict=verdict,
-                follow_up=follow_up,
-                holding=holding,
+                follow_up=shown.follow_up,
+                holding=shown.holding,
                 inputs_used=s.inputs_used,
                 bar=charts.mini_bar(policy, s.score),
                 best=rank == 1 and len(order) > 1,
@@ -235,14 +233,7 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
     for s in main:
         used += [x for x in s.inputs_used if x not in used]
     top = rows[0]
-    customer_reply = None
-    if trial.op == "score":
-        if top.verdict.action == "send":
-            customer_reply = top.reply
-        elif top.verdict.action == "follow_up":
-            customer_reply = f"{top.reply}\n\n{top.follow_up}"
-        else:
-            customer_reply = top.holding
+    customer_reply = shown_in_order[0].text if trial.op == "score" else None
     return Result(
         op=trial.op,
         rows=tuple(rows),
@@ -315,9 +306,7 @@ class Playground:
         yield line({"html": html})
 
     def _result(self, trial: Trial, run: Run) -> Result:
-        s = self.settings
-        times = {"zh": s.followup_response_time_zh, "en": s.followup_response_time_en}
-        return build_result(trial, run, self.admin.messages(), times)
+        return build_result(trial, run, self.admin.messages(), self.settings.response_times())
 
     # Input ----------------------------------------------------------------------------------------
 

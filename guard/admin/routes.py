@@ -337,7 +337,7 @@ class Admin(Pages):
             locale,
             case["decision_issue_phrase"],
             case_ref(case["decision_id"]),
-            settings.followup_response_time_zh if locale == "zh" else settings.followup_response_time_en,
+            settings.response_time(locale),
         )
         follow_up = self.messages().follow_up(ctx_msg, policy.templates)
         deliveries = await self.db(store.deliveries, case["decision_id"])
@@ -488,7 +488,7 @@ class Admin(Pages):
         samples = render_samples(
             form,
             self.messages(),
-            {"zh": settings.followup_response_time_zh, "en": settings.followup_response_time_en},
+            settings.response_times(),
         )
         return self.render(
             ctx.request,
@@ -550,7 +550,7 @@ class Admin(Pages):
         rendered = render_samples(
             form,
             self.messages(),
-            {"zh": settings.followup_response_time_zh, "en": settings.followup_response_time_en},
+            settings.response_times(),
         )
         return JSONResponse({"samples": rendered, "problems": form.problems})
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from guard.evaluation import percentile
 from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy, decide
 
 OUTCOME_NEEDS_HUMAN: dict[str, bool] = {"approved": False, "edited": True, "taken_over": True}
@@ -136,16 +137,6 @@ def band_outcomes(rows: Iterable[Mapping[str, Any]]) -> list[BandOutcomes]:
             )
         )
     return out
-
-
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-th percentile (0..100) by linear interpolation; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q / 100
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 @dataclass(frozen=True)
