@@ -144,7 +144,7 @@ def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
     from guard.cache import MemoryCache
-    from guard.pipeline import CheckRequest, Guard, PolicyBook, ScoringService
+    from guard.pipeline import CheckRequest, Pipeline, PolicyBook, ScoringService
     from guard.runtime import load_scorer
 
     image = None
@@ -167,7 +167,7 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         scoring = ScoringService(load_scorer(settings), settings.score_timeout_s)
         cache = MemoryCache()
         ocr = await open_ocr(settings, cache) if image is not None else None
-        guard = Guard(settings, scoring, cache, FixedPolicy(None), None, ocr=ocr)
+        guard = Pipeline(settings, scoring, cache, FixedPolicy(None), None, ocr=ocr)
         try:
             result = await guard.check(
                 CheckRequest(question=args.question, reply=args.reply, locale=args.locale, image=image)

@@ -45,7 +45,7 @@ from guard.body import replay
 from guard.errors import ImageError
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.metrics import Metrics
-from guard.pipeline import CheckRequest, CheckResult, Guard
+from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.runtime import Runtime
 from guard.scoring.base import Scorer
 from guard.settings import Settings
@@ -145,11 +145,11 @@ class Checker(Protocol):
 class LocalGuard:
     """The guard in-process: opens the same resources as ``guard serve`` (SQL, cache, scorer, ...).
 
-    Use it as an async context manager in the chatbot's lifespan, or wrap a running ``Guard``.
+    Use it as an async context manager in the chatbot's lifespan, or wrap a running ``Pipeline``.
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, scorer: Scorer | None = None, guard: Guard | None = None
+        self, settings: Settings | None = None, *, scorer: Scorer | None = None, guard: Pipeline | None = None
     ) -> None:
         self._settings = settings
         self._scorer = scorer
@@ -157,7 +157,7 @@ class LocalGuard:
         self._stack: contextlib.AsyncExitStack | None = None
 
     @property
-    def guard(self) -> Guard:
+    def guard(self) -> Pipeline:
         if self._guard is None:
             raise CheckerError(
                 "the local guard is not open: use 'async with LocalGuard(...)' in the lifespan"

@@ -1,7 +1,7 @@
 """The pipeline: cache -> score -> policy -> follow-up -> record. No HTTP in here.
 
 Edges (the check API, the CLI, later the middleware and the proxy) build a CheckRequest
-and call ``Guard.check``; everything below it (policy, scorer, cache, store) knows nothing
+and call ``Pipeline.check``; everything below it (policy, scorer, cache, store) knows nothing
 of the edges.
 """
 
@@ -242,7 +242,9 @@ class ScoringService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-class Guard:
+class Pipeline:
+    """One decision per check: photo text, score (cached), policy, message, record to the sink."""
+
     def __init__(
         self,
         settings: Settings,

@@ -37,7 +37,7 @@ from guard.errors import (
     UpstreamTimeout,
 )
 from guard.images import DecodedImage, decode_base64, decode_image
-from guard.pipeline import CheckRequest, CheckResult, Guard
+from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
 from guard.ssrf import ImageFetcher
 
@@ -121,7 +121,7 @@ class Proxy:
     def __init__(
         self,
         settings: Settings,
-        guard: Guard,
+        guard: Pipeline,
         fetcher: ImageFetcher,
         *,
         transport: httpx2.AsyncBaseTransport | None = None,

@@ -31,7 +31,7 @@ from guard.images import DecodedImage, decode_image
 from guard.keys import KeyRing, ensure_first_key
 from guard.metrics import Metrics
 from guard.ocr import OcrService, open_ocr
-from guard.pipeline import Guard, PolicyBook, ScoringService
+from guard.pipeline import Pipeline, PolicyBook, ScoringService
 from guard.proxy import Proxy
 from guard.scoring.base import Scorer
 from guard.settings import Settings
@@ -90,7 +90,7 @@ class Runtime:
     ocr: OcrService | None
     decision_log: DecisionLog
     scoring: ScoringService
-    pipeline: Guard
+    pipeline: Pipeline
     handoff: Handoff
     keys: KeyRing
     proxy: Proxy
@@ -136,7 +136,7 @@ class Runtime:
                 breaker=scorer_breaker(s, metrics),
             )
             stack.callback(scoring.close)
-            pipeline = Guard(
+            pipeline = Pipeline(
                 s,
                 scoring,
                 cache,

@@ -6,7 +6,7 @@ reply or several separated by a line with ``---``. **Score** puts one reply on t
 channel's instruction; when it is edited, the scores under both are shown side by side. A policy owner
 can bring a draft policy over from the editor and use its bands and templates.
 
-Nothing here writes a decision or changes a policy: scores come from ``Guard.score_texts`` (the
+Nothing here writes a decision or changes a policy: scores come from ``Pipeline.score_texts`` (the
 score cache, then the scorer in its worker thread, off the event loop) and verdicts from the pure
 ``decide``. Large batches are scored in chunks so that a script can show progress (a stream of
 NDJSON lines, see ``static/playground.js``); without the script the form posts and the page comes
@@ -36,7 +36,7 @@ from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.issue_phrase import detect_locale, issue_phrase
-from guard.pipeline import Guard, Scored, Shown, compose
+from guard.pipeline import Pipeline, Scored, Shown, compose
 from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document
 
 if TYPE_CHECKING:
@@ -165,7 +165,7 @@ class Result:
 class Run:
     """Scores a trial in chunks of CHUNK replies; ``steps`` yields how many are done."""
 
-    def __init__(self, guard: Guard, trial: Trial) -> None:
+    def __init__(self, guard: Pipeline, trial: Trial) -> None:
         self.guard = guard
         self.trial = trial
         self.instructions = [trial.instruction] + ([trial.channel_instruction] if trial.compare else [])
