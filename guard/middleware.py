@@ -30,25 +30,45 @@ import contextlib
 import inspect
 import json
 import logging
-import re
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Protocol
+from collections.abc import Iterable
+from typing import Any, Literal
 
-import httpx2
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guard.body import replay
+from guard.checkers import (
+    Checker,
+    CheckerError,
+    Extractor,
+    HttpChecker,
+    LocalGuard,
+    RequestData,
+    RequestParts,
+    Verdict,
+)
 from guard.errors import ImageError
-from guard.images import DecodedImage, decode_base64, decode_image
+from guard.images import decode_base64
+from guard.json_path import MISSING, Path, get_path, parse_path, set_path
 from guard.metrics import Metrics
-from guard.pipeline import CheckRequest, CheckResult, Pipeline
-from guard.runtime import Runtime
-from guard.scoring.base import Scorer
-from guard.settings import Settings
+from guard.sse import Event, parse_events
+
+__all__ = [
+    "DEFAULT_FALLBACK",
+    "Checker",
+    "CheckerError",
+    "Extractor",
+    "GuardMiddleware",
+    "HttpChecker",
+    "LocalGuard",
+    "RequestData",
+    "RequestParts",
+    "Verdict",
+    "get_path",
+    "parse_path",
+    "set_path",
+]
 
 log = logging.getLogger(__name__)
 
@@ -56,256 +76,6 @@ DEFAULT_FALLBACK = (
     "感谢您的耐心，我们的专员会尽快回复您。\n"
     "Thank you for your patience: a colleague will get back to you shortly."
 )
-
-
-# What the middleware finds and what the guard answers --------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestParts:
-    """What the guard needs from the customer's request."""
-
-    question: str
-    photo: bytes | None = None
-    conversation_id: str | None = None
-    channel: str | None = None
-    locale: str | None = None
-
-
-@dataclass(frozen=True)
-class RequestData:
-    """The request as an extractor sees it: the raw body and, where it parses, its JSON or form."""
-
-    scope: Scope
-    body: bytes
-    json: Any = None
-    form: dict[str, str] | None = None
-    files: dict[str, bytes] | None = None
-
-
-Extractor = Callable[[RequestData], RequestParts | Awaitable[RequestParts | None] | None]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The guard's decision as the middleware uses it, whichever checker made it."""
-
-    action: str
-    text: str
-    """What the customer should see: the draft, the draft plus follow-up, or the holding message."""
-    decision_id: str | None = None
-    score: float | None = None
-    escalation_id: str | None = None
-    follow_up: str | None = None
-    degraded: bool = False
-    reason: str | None = None
-
-    @classmethod
-    def from_json(cls, body: dict[str, Any]) -> Verdict:
-        text = body.get("reply") if body.get("reply") is not None else body.get("holding_message")
-        return cls(
-            action=str(body["action"]),
-            text=str(text or ""),
-            decision_id=body.get("decision_id"),
-            score=body.get("score"),
-            escalation_id=body.get("escalation_id"),
-            follow_up=body.get("follow_up"),
-            degraded=bool(body.get("degraded")),
-            reason=body.get("reason"),
-        )
-
-    @classmethod
-    def from_result(cls, result: CheckResult) -> Verdict:
-        return cls.from_json(result.to_json())
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "decision_id": self.decision_id,
-            "action": self.action,
-            "score": self.score,
-            "escalation_id": self.escalation_id,
-            "follow_up": self.follow_up,
-            "degraded": self.degraded,
-            "reason": self.reason,
-        }
-
-
-class CheckerError(Exception):
-    """The guard could not be asked (server down, bad answer) or refused the input."""
-
-
-class Checker(Protocol):
-    """How the middleware reaches the guard. ``prepare_image`` starts as soon as the photo is seen."""
-
-    async def prepare_image(self, data: bytes) -> object: ...
-
-    async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict: ...
-
-
-class LocalGuard:
-    """The guard in-process: opens the same resources as ``guard serve`` (SQL, cache, scorer, ...).
-
-    Use it as an async context manager in the chatbot's lifespan, or wrap a running ``Pipeline``.
-    """
-
-    def __init__(
-        self, settings: Settings | None = None, *, scorer: Scorer | None = None, guard: Pipeline | None = None
-    ) -> None:
-        self._settings = settings
-        self._scorer = scorer
-        self._guard = guard
-        self._stack: contextlib.AsyncExitStack | None = None
-
-    @property
-    def guard(self) -> Pipeline:
-        if self._guard is None:
-            raise CheckerError(
-                "the local guard is not open: use 'async with LocalGuard(...)' in the lifespan"
-            )
-        return self._guard
-
-    async def __aenter__(self) -> LocalGuard:
-        stack = contextlib.AsyncExitStack()
-        opened = Runtime.open(self._settings or Settings.from_env(), scorer=self._scorer)
-        rt = await stack.enter_async_context(opened)
-        self._stack = stack
-        self._guard = rt.pipeline
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._stack is not None:
-            await self._stack.aclose()
-            self._stack = None
-            self._guard = None
-
-    async def prepare_image(self, data: bytes) -> object:
-        s = self.guard.settings
-        try:
-            image = await asyncio.to_thread(
-                decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
-            )
-        except ImageError as exc:
-            raise CheckerError(f"the photo is not usable: {exc.message}") from None
-        self.guard.start_reading(image)  # its text is read while the app generates
-        return image
-
-    async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict:
-        guard = self.guard
-        req = CheckRequest(
-            question=parts.question[-guard.settings.max_question_chars :],
-            reply=reply,
-            channel=parts.channel or "default",
-            conversation_id=parts.conversation_id,
-            locale=parts.locale,
-            image=image if isinstance(image, DecodedImage) else None,
-        )
-        return Verdict.from_result(await guard.check(req))
-
-
-class HttpChecker:
-    """A guard server over HTTP: the photo goes to ``POST /v1/images``, the check to ``/v1/guard``."""
-
-    def __init__(
-        self,
-        base_url: str,
-        *,
-        api_key: str | None = None,
-        timeout_s: float = 15.0,
-        transport: httpx2.AsyncBaseTransport | None = None,
-    ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx2.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=timeout_s,
-            transport=transport,
-            trust_env=False,
-        )
-
-    async def aclose(self) -> None:
-        await self._client.aclose()
-
-    async def __aenter__(self) -> HttpChecker:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    async def _post(self, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            resp = await self._client.post(path, **kwargs)
-        except httpx2.HTTPError as exc:
-            raise CheckerError(f"the guard at {self._client.base_url} cannot be reached: {exc}") from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if resp.status_code >= 300 or not isinstance(body, dict):
-            raise CheckerError(f"the guard answered {resp.status_code} to {path}: {resp.text[:300]}")
-        return body
-
-    async def prepare_image(self, data: bytes) -> object:
-        body = await self._post("/v1/images", files={"image": ("photo", data)})
-        return str(body["image_id"])
-
-    async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict:
-        doc: dict[str, Any] = {
-            "question": parts.question,
-            "reply": reply,
-            "channel": parts.channel or "default",
-        }
-        if parts.conversation_id:
-            doc["conversation_id"] = parts.conversation_id
-        if parts.locale:
-            doc["locale"] = parts.locale
-        if isinstance(image, str):
-            doc["image"] = {"id": image}
-        body = await self._post("/v1/guard", json=doc)
-        try:
-            return Verdict.from_json(body)
-        except KeyError:
-            raise CheckerError("the guard's answer has no action") from None
-
-
-# JSON paths ------------------------------------------------------------------------------
-
-Path = tuple[str | int, ...]
-_PART = re.compile(r"([^\[\]]*)((?:\[\d+\])*)")
-_MISSING = object()
-
-
-def parse_path(path: str) -> Path:
-    """``"choices[0].message.content"`` (or with a leading ``$.``) -> ("choices", 0, "message", "content")."""
-    text = path[2:] if path.startswith("$.") else path
-    tokens: list[str | int] = []
-    for part in text.split("."):
-        match = _PART.fullmatch(part)
-        if match is None or not (match.group(1) or match.group(2)):
-            raise ValueError(f"{path!r} is not a JSON path like 'a.b[0].c'")
-        if match.group(1):
-            tokens.append(match.group(1))
-        tokens.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
-    return tuple(tokens)
-
-
-def get_path(doc: Any, path: Path) -> Any:
-    for token in path:
-        if isinstance(token, int):
-            if not isinstance(doc, list) or token >= len(doc):
-                return _MISSING
-        elif not isinstance(doc, dict) or token not in doc:
-            return _MISSING
-        doc = doc[token]
-    return doc
-
-
-def set_path(doc: Any, path: Path, value: Any) -> None:
-    parent = get_path(doc, path[:-1])
-    parent[path[-1]] = value
 
 
 # The middleware ----------------------------------------------------------------------------
@@ -572,7 +342,7 @@ class _Exchange:
                 return await self._pass("reply_not_found", more_body=False)
             doc, draft = found
         else:
-            events = _sse_events(body)
+            events = parse_events(body)
             draft = "".join(_sse_texts(events, self.mw.stream_reply))
             if not draft:
                 return await self._pass("reply_not_found", more_body=False)
@@ -622,32 +392,7 @@ def _json_reply(body: bytes, path: Path) -> tuple[Any, str] | None:
     return doc, draft
 
 
-@dataclass
-class _Event:
-    fields: list[tuple[str, str]]
-    data: str | None
-
-
-def _sse_events(body: bytes) -> list[_Event]:
-    text = body.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
-    events = []
-    for block in text.split("\n\n"):
-        if not block.strip():
-            continue
-        fields: list[tuple[str, str]] = []
-        data: list[str] = []
-        for line in block.split("\n"):
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                data.append(value)
-            else:
-                fields.append((name, value))
-        events.append(_Event(fields, "\n".join(data) if data else None))
-    return events
-
-
-def _sse_texts(events: list[_Event], path: Path) -> Iterable[str]:
+def _sse_texts(events: list[Event], path: Path) -> Iterable[str]:
     for event in events:
         if event.data is None or event.data.strip() == "[DONE]":
             continue
@@ -660,7 +405,7 @@ def _sse_texts(events: list[_Event], path: Path) -> Iterable[str]:
             yield value
 
 
-def _sse_rewrite(events: list[_Event], path: Path, verdict: Verdict, decision_field: str | None) -> bytes:
+def _sse_rewrite(events: list[Event], path: Path, verdict: Verdict, decision_field: str | None) -> bytes:
     """One event with the guarded text (in the shape of the first one), the decision, then [DONE]."""
     template: Any = None
     done = False
@@ -676,7 +421,7 @@ def _sse_rewrite(events: list[_Event], path: Path, verdict: Verdict, decision_fi
             except ValueError:
                 template = event.data
     out: list[str] = []
-    if isinstance(template, dict | list) and get_path(template, path) is not _MISSING:
+    if isinstance(template, dict | list) and get_path(template, path) is not MISSING:
         set_path(template, path, verdict.text)
         out.append("data: " + json.dumps(template, ensure_ascii=False))
     else:
