@@ -18,7 +18,7 @@ from starlette.responses import HTMLResponse, Response
 from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.followups import Messages
-from guard.policies import ACTIONS, Policy
+from guard.policies import ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
@@ -93,6 +93,7 @@ class Pages:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self._signer: auth.Signer | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
             autoescape=True,  # every admin template; customer text is never marked safe
@@ -138,6 +139,19 @@ class Pages:
     def messages(self) -> Messages:
         """The follow-up and holding-message templates the pipeline renders with."""
         return self.rt.pipeline.messages
+
+    @property
+    def signer(self) -> auth.Signer:
+        if self._signer is None:
+            self._signer = auth.Signer(auth.load_secret_key(self.rt.settings.secret_key))
+        return self._signer
+
+    async def _policy_of(self, channel: str, version: int) -> Policy:
+        store = self.rt.store
+        found = await self.db(store.policy_at, channel, version) if version else None
+        if found is None:
+            found = await self.db(store.active_policy, channel)
+        return found or default_policy(channel)
 
     async def in_force(self, channel: str) -> tuple[Policy, bool]:
         """(the policy in force for ``channel``, whether it is the channel's own)."""
