@@ -11,7 +11,7 @@ hit that still makes and logs a decision. Baseline in the same run, on the same 
 ``GET /healthz``. The two alternate ``--repeat`` times; the best run of each is kept. Load:
 ``wrk`` if installed, else an httpx2 async client (see benchmarks/middleware_overhead.py). At the
 end the decisions in PostgreSQL are counted against the guard requests answered.
-Targets (issue 6): >= 2,000 decisions/s, p99 <= 20 ms at 32 concurrent.
+Targets: >= 2,000 decisions/s, p99 <= 20 ms at 32 concurrent.
 """
 
 from __future__ import annotations

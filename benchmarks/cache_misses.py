@@ -11,7 +11,7 @@ request is a cache miss and is scored. Measured at 1 connection (the latency of 
 and at 32 (throughput, where micro-batching works). Baseline in the same run, on the same server
 and at the same concurrency: one fixed pair asked again and again (cache hits after the first).
 The two alternate ``--repeat`` times; the best run of each is kept.
-Targets (issue 6): >= 150 decisions/s with micro-batching, p50 <= 15 ms at low load.
+Targets: >= 150 decisions/s with micro-batching, p50 <= 15 ms at low load.
 """
 
 from __future__ import annotations

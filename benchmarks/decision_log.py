@@ -5,7 +5,7 @@
 Baseline in the same run: ``Store.record`` in batches, straight (no queue, no spool). Then the
 decision log as the guard runs it: every decision handed over by 32 concurrent producers,
 appended to the fsync'd spool (group commit) and written in batches by the background writer.
-Prints decisions/s until every decision is in SQL. Target (issue 6): >= 5,000/s.
+Prints decisions/s until every decision is in SQL. Target: >= 5,000/s.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ pairs seen again and again), 40% misses (a reply never seen before), and scores 
 about a third of the decisions are held (review/escalate: a queue item each) and some get a
 follow-up. RSS (``/proc/self/statm``, after ``gc.collect()``) is printed every 10,000 requests.
 Like ``guard serve``, it caps glibc's malloc arenas at 2 first (guard/app.py ``limit_malloc_arenas``).
-Target (issue 6): RSS after 100,000 within 10% of RSS after the first 10,000. ``--max-seconds``
+Target: RSS after 100,000 within 10% of RSS after the first 10,000. ``--max-seconds``
 bounds the run: if it ends first, the table says how many requests were made.
 """
 

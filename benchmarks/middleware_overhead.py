@@ -12,7 +12,7 @@ fsync'd spool before its response, then written to SQL); every request asks abou
 (question, reply), so after the warm-up each one is a cache hit. Bare and guarded alternate
 ``--repeat`` times and the best run of each is kept, so that a noisy neighbour hurts both alike.
 Measured at 1 connection (the latency a lone request gains) and at ``--concurrency`` (32).
-Targets (issue 6): added p50 <= 1 ms, guarded throughput >= 50% of bare, at 32 connections.
+Targets: added p50 <= 1 ms, guarded throughput >= 50% of bare, at 32 connections.
 
 The load and serving helpers here are shared with benchmarks/cache_hits.py.
 """

@@ -83,7 +83,7 @@ class CheckResult:
     """The text read from the photo, when it was read in time (recorded; not in the API response)."""
 
     def to_json(self) -> dict[str, Any]:
-        """The check API's response body (DESIGN §3)."""
+        """The check API's response body (docs/api.md)."""
         body: dict[str, Any] = {
             "decision_id": self.decision_id,
             "action": self.action,

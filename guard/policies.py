@@ -82,7 +82,7 @@ DEFAULT_BANDS: tuple[Band, ...] = (
 
 
 def default_policy(channel: str = "default") -> Policy:
-    """DESIGN §1: escalate < 0.4 <= review < 0.5 <= follow_up < 0.7 <= send."""
+    """The default bands: escalate < 0.4 <= review < 0.5 <= follow_up < 0.7 <= send."""
     return Policy(channel=channel, bands=DEFAULT_BANDS)
 
 

@@ -322,7 +322,7 @@ class Store:
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
         s.execute(insert(StoredImage).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
 
-    # Admin pages (issue 5): queue work, accounts, sessions, throttling, audit, traffic ---------
+    # Admin pages: queue work, accounts, sessions, throttling, audit, traffic ---------
     # Everything below is used by guard/admin; each state change writes its audit entry in the
     # same transaction.
 
@@ -687,7 +687,7 @@ class Store:
         with self.session() as s:
             s.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(list(keys))))
 
-    # Chatbot integrations (issue 4): API keys and handoff webhook deliveries -------------------
+    # Chatbot integrations: API keys and handoff webhook deliveries -------------------
 
     def create_api_key(self, key_id: str, channel: str, key_hash: str, name: str | None) -> None:
         with self.session() as s:

@@ -122,7 +122,7 @@ class StoredImage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-# Admin pages (issue 5): accounts, sessions, login throttling, audit log -------------------------
+# Admin pages: accounts, sessions, login throttling, audit log -------------------------
 
 USER_ROLES = ("supervisor", "policy_owner", "admin")
 
@@ -178,7 +178,7 @@ class AuditEntry(Base):
     after: Mapped[dict[str, object] | None] = mapped_column(JSON)
 
 
-# Chatbot integrations (issue 4): API keys and handoff webhook deliveries ---------------------
+# Chatbot integrations: API keys and handoff webhook deliveries ---------------------
 
 
 class ApiKey(Base):

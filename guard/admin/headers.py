@@ -1,4 +1,4 @@
-"""Security headers for every admin response, as a pure ASGI middleware (DESIGN §6)."""
+"""Security headers for every admin response, as a pure ASGI middleware."""
 
 from __future__ import annotations
 
