@@ -23,16 +23,17 @@ import logging
 import re
 import secrets
 import time
+from typing import get_args
 
 from starlette.types import Scope
 
 from guard.errors import ConfigError, Unavailable
-from guard.settings import Settings
+from guard.settings import AuthMode, Settings
 from guard.store import Store, bounded
 
 log = logging.getLogger(__name__)
 
-AUTH_MODES = ("auto", "required")
+AUTH_MODES: tuple[str, ...] = get_args(AuthMode)
 _KEY = re.compile(r"rg_([0-9a-f]{16})_[A-Za-z0-9_-]{20,100}")
 PROTECTED_PREFIX = "/v1/"
 

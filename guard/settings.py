@@ -5,9 +5,15 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from guard.errors import ConfigError, SettingsError
+
+ScorerName = Literal["bundled", "reranker", "clip", "remote"]
+AuthMode = Literal["auto", "required"]
+RerankerTemplate = Literal["auto", "lychee", "qwen3-vl"]
+RemoteQuery = Literal["text", "multimodal"]
+RemoteApi = Literal["rerank", "tei"]
 
 
 @dataclass(frozen=True)
@@ -16,7 +22,7 @@ class Settings:
     """SQLAlchemy URL of the decision log (SQLite file by default; PostgreSQL in production)."""
     redis_url: str | None = None
     """Redis URL for the score cache; unset means an in-process LRU."""
-    scorer: str = "bundled"
+    scorer: ScorerName = "bundled"
     """Scorer backend: "bundled" (the default), "reranker", "clip" or "remote"."""
     scorer_threads: int = 2
     """CPU threads the scorer may use."""
@@ -26,7 +32,7 @@ class Settings:
     """Largest photo the reranker sees (width x height); bigger ones are shrunk first."""
     reranker_batch_size: int = 8
     """(query, reply) pairs per forward pass of the reranker."""
-    reranker_template: str = "auto"
+    reranker_template: RerankerTemplate = "auto"
     """Prompt template: "auto" (by model type), "lychee" or "qwen3-vl"."""
     clip_model: str | None = None
     """CLIP / Chinese-CLIP / SigLIP checkpoint (scorer "clip"): a directory or a hub id."""
@@ -44,9 +50,9 @@ class Settings:
     """Sent to the rerank server as Authorization: Bearer ..."""
     remote_retries: int = 2
     """Retries of a rerank request after a connection error, timeout, 429 or 5xx."""
-    remote_query: str = "text"
+    remote_query: RemoteQuery = "text"
     """Rerank query: "text" (question + photo text) or "multimodal" (vLLM's form, with the photo)."""
-    remote_api: str = "rerank"
+    remote_api: RemoteApi = "rerank"
     """Request shape: "rerank" (vLLM, Infinity, Jina, Cohere) or "tei" (text-embeddings-inference)."""
     score_timeout_s: float = 10.0
     """Deadline for one scoring call; past it the policy's on_error action applies."""
@@ -99,7 +105,7 @@ class Settings:
     """Consecutive scorer failures (errors, timeouts, NaN) that open the scorer's circuit breaker."""
     scorer_breaker_cooldown_s: float = 10.0
     """While the scorer's breaker is open, requests take on_error at once; then one request probes."""
-    auth: str = "auto"
+    auth: AuthMode = "auto"
     """API keys: "auto" (required unless serving on loopback with no key yet) or "required"."""
     upstream_url: str | None = None
     """Base URL of the OpenAI-compatible model server the proxy forwards to (e.g. http://host:8001/v1)."""
@@ -142,12 +148,13 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from GUARD_<FIELD> variables (e.g. GUARD_DATABASE_URL), then apply overrides."""
         env = os.environ if environ is None else environ
+        hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get("GUARD_" + f.name.upper())
             if raw is None:
                 continue
-            values[f.name] = _parse(f.name, str(f.type), raw)
+            values[f.name] = _parse(f.name, str(f.type), raw, choices(hints[f.name]))
         values.update(overrides)
         return cls(**values)
 
@@ -156,8 +163,17 @@ _ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms"})
 """Durations where 0 means "do not wait"; every other duration must be positive."""
 
 
-def _parse(name: str, type_name: str, raw: str) -> Any:
+def choices(hint: Any) -> tuple[str, ...] | None:
+    """The values a ``Literal`` setting takes (None for any other type)."""
+    return get_args(hint) if get_origin(hint) is Literal else None
+
+
+def _parse(name: str, type_name: str, raw: str, allowed: tuple[str, ...] | None = None) -> Any:
     var = "GUARD_" + name.upper()
+    if allowed is not None:
+        if raw not in allowed:
+            raise ConfigError(f"{var}={raw!r} is not one of {', '.join(allowed)}")
+        return raw
     if "None" in type_name and raw.strip() == "":
         return None
     try:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
+from typing import get_type_hints
 
 import pytest
 
-from guard.settings import Settings, SettingsError, documented_variables
+from guard.settings import Settings, SettingsError, choices, documented_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +54,32 @@ def test_every_variable_is_documented() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     missing = [name for name, _type, _default in documented_variables() if name not in doc]
     assert missing == []
+
+
+FIXED = [
+    (f.name, allowed)
+    for f in fields(Settings)
+    if (allowed := choices(get_type_hints(Settings)[f.name])) is not None
+]
+
+
+def test_the_settings_with_fixed_values_are_known() -> None:
+    assert {name for name, _ in FIXED} == {
+        "scorer",
+        "auth",
+        "reranker_template",
+        "remote_query",
+        "remote_api",
+    }
+
+
+@pytest.mark.parametrize(("name", "allowed"), FIXED)
+def test_a_fixed_value_setting_takes_each_of_its_values_and_refuses_others(
+    name: str, allowed: tuple[str, ...]
+) -> None:
+    var = "GUARD_" + name.upper()
+    for value in allowed:
+        assert getattr(Settings.from_env({var: value}), name) == value
+    for wrong in ("", "nope", allowed[0].upper() + " "):
+        with pytest.raises(SettingsError, match=var):
+            Settings.from_env({var: wrong})
