@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 
@@ -59,12 +60,9 @@ class DecisionRow:
 
     def columns(self) -> dict[str, Any]:
         """The row as the ``decisions`` table's columns (JSON columns as lists and dicts)."""
-        out = {_COLUMN.get(name, name): getattr(self, name) for name in _FIELDS}
-        out["candidates"] = (
-            None
-            if self.candidates is None
-            else [{"reply": c.reply, "score": c.score} for c in self.candidates]
-        )
+        out = dict(zip(_COLUMNS, _VALUES(self), strict=True))
+        if self.candidates is not None:
+            out["candidates"] = [{"reply": c.reply, "score": c.score} for c in self.candidates]
         out["inputs_used"] = list(self.inputs_used)
         out["timings_ms"] = dict(self.timings_ms)
         return out
@@ -72,18 +70,21 @@ class DecisionRow:
     @classmethod
     def from_columns(cls, columns: Mapping[str, Any]) -> DecisionRow:
         """The row of a ``decisions`` column mapping (a spool line); a missing column is None."""
-        values: dict[str, Any] = {name: columns.get(_COLUMN.get(name, name)) for name in _FIELDS}
-        candidates = values["candidates"]
+        values: list[Any] = [columns.get(name) for name in _COLUMNS]
+        candidates = values[_CANDIDATES]
         if candidates is not None:
-            values["candidates"] = tuple(Candidate(c["reply"], c.get("score")) for c in candidates)
-        if values["inputs_used"] is not None:
-            values["inputs_used"] = tuple(values["inputs_used"])
-        return cls(**values)
+            values[_CANDIDATES] = tuple(Candidate(c["reply"], c.get("score")) for c in candidates)
+        if values[_INPUTS_USED] is not None:
+            values[_INPUTS_USED] = tuple(values[_INPUTS_USED])
+        return cls(*values)
 
 
 _FIELDS = tuple(f.name for f in fields(DecisionRow))
-_COLUMN = {"draft": "reply"}
-"""Field -> column where the two names differ."""
+_COLUMNS = tuple({"draft": "reply"}.get(name, name) for name in _FIELDS)
+"""The column of each field, in order (``draft`` is the column ``reply``)."""
+_VALUES = attrgetter(*_FIELDS)
+_CANDIDATES = _FIELDS.index("candidates")
+_INPUTS_USED = _FIELDS.index("inputs_used")
 
 
 @dataclass(frozen=True, slots=True)
