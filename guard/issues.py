@@ -80,6 +80,8 @@ def _bounded(phrase: str | None, lang: str) -> str | None:
     if phrase is None:
         return None
     phrase = _EDGE.sub("", plain_text(phrase)).strip()
+    if lang == "zh" and phrase.endswith("问题"):  # the templates add it: "已为您登记…问题"
+        phrase = phrase[:-2]
     limit = MAX_PHRASE_CHARS[lang]
     if len(phrase) > limit:
         phrase = phrase[:limit].rsplit(" ", 1)[0] if lang == "en" else phrase[:limit]
