@@ -272,9 +272,9 @@ class Messages:
                 raise TemplateError("; ".join(problems))
             return self._env.from_string(source)
         except jinja2.TemplateError as exc:
-            raise TemplateError(f"template does not compile: {exc}") from exc
+            raise TemplateError(f"template does not render (it does not compile): {exc}") from exc
         except (RecursionError, MemoryError, ValueError, TypeError) as exc:
-            raise TemplateError(f"template does not compile: {exc!r}") from exc
+            raise TemplateError(f"template does not render (it does not compile): {exc!r}") from exc
 
     def _bounded_render(self, template: jinja2.Template, ctx: MessageContext) -> str:
         token = _BUDGET.set(_Budget(deadline=time.monotonic() + RENDER_BUDGET_S))
