@@ -7,10 +7,13 @@ reports per language: kind accuracy, whether a problem was stated, phrase covera
 questions that state one, the rate of phrases given under a wrong kind, and the overlap of
 the phrases with the labels (character F1 for Chinese, word F1 for English).
 
+    python -m guard.issue_eval read-photos CASES.jsonl --image-texts TEXTS.json   # OCR, once
     python -m guard.issue_eval eval CASES.jsonl [--image-texts TEXTS.json]
     python -m guard.issue_eval fit CASES.jsonl [--image-texts TEXTS.json] [--out guard/issue_model.json]
 
-``TEXTS.json`` maps a case's ``image`` (as written in the cases file) to the text read from it.
+``TEXTS.json`` maps a case's ``image`` (as written in the cases file) to the text read from it;
+``read-photos`` writes it for the screenshots (``scr_*``) with the guard's OCR reader. The bundled
+model is ``fit`` on the dev set's cases.jsonl with the texts of its screenshots.
 """
 
 from __future__ import annotations
@@ -268,9 +271,23 @@ def format_issue_report(report: IssueReadingReport) -> str:
     return "\n".join(rows)
 
 
+def read_photos(cases: Sequence[IssueCase], folder: Path) -> dict[str, str]:
+    """The text the guard's OCR reads from each case's screenshot (``scr_*`` images), by image path."""
+    from PIL import Image
+
+    from guard.ocr import RapidOcrReader
+
+    reader = RapidOcrReader(threads=1)
+    texts: dict[str, str] = {}
+    for image in sorted({c.image for c in cases if c.image and Path(c.image).name.startswith("scr_")}):
+        with Image.open(folder / image) as photo:
+            texts[image] = reader.read(photo.convert("RGB"))
+    return texts
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m guard.issue_eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("eval", "fit"))
+    parser.add_argument("command", choices=("eval", "fit", "read-photos"))
     parser.add_argument("cases", type=Path)
     parser.add_argument("--image-texts", type=Path, help="JSON: image path (as in the cases) -> text read")
     parser.add_argument("--out", type=Path, default=MODEL_PATH, help="where fit writes the model")
@@ -278,6 +295,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cases = load_issue_cases(args.cases)
+        if args.command == "read-photos":
+            if args.image_texts is None:
+                raise ValueError("read-photos needs --image-texts, the file to write")
+            texts = read_photos(cases, args.cases.parent)
+            args.image_texts.write_text(json.dumps(texts, ensure_ascii=False, indent=1) + "\n", "utf-8")
+            print(f"wrote {args.image_texts}: the text of {len(texts)} screenshots")
+            return 0
         texts = json.loads(args.image_texts.read_text(encoding="utf-8")) if args.image_texts else {}
     except (IssueEvalError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
