@@ -169,7 +169,9 @@ def evaluate_issue_reading(
         for case in test:
             text = texts.get(case.image) if case.image else None
             t = time.perf_counter()
-            reading = read_issue(case.question, text, case.lang, model=model)
+            reading = read_issue(
+                case.question, text, case.lang, has_photo=case.image is not None, model=model
+            )
             elapsed += time.perf_counter() - t
             outcomes.append(IssueOutcome(case, reading, _stated_truth(case, text is not None)))
     by_language = {

@@ -28,6 +28,15 @@ _WORD = re.compile(r"[a-z0-9$¥￥]+(?:['.][a-z0-9]+)*")
 _HAN_RUN = re.compile(r"[\u3400-\u9fffA-Za-z0-9¥￥]+")
 _MAX_FEATURE_CHARS = 600
 NGRAM_VALUE = 0.3
+SPECIFIC: Mapping[str, tuple[str, ...]] = {
+    "late_delivery": ("not_received", "refund_delay"),
+    "not_working": ("broken_zipper_button",),
+    "wrong_charge": ("app_error",),
+    "damaged_parcel": ("broken_item", "missing_item"),
+    "broken_item": ("broken_zipper_button", "open_seam", "hole_tear"),
+    "missing_item": ("not_working",),
+}
+"""When both cues are there, the customer's problem is the more specific one ("显示已签收，可我没收到")."""
 
 
 def features(
@@ -128,11 +137,28 @@ def fit(
 
     Features seen in fewer than two examples are left out, except cues (they name a kind by design).
     Each kind's cues also enter as one example of that kind each (the lexicon as a prior), so that a
-    kind with few or no examples is still recognised by its words.
+    kind with few or no examples is still recognised by its words; and so does each pair of a
+    general and a more specific cue (SPECIFIC), labelled with the specific kind.
     """
     examples = [
         *examples,
         *(Example((f"{prefix}:{kind}",), kind) for kind in KINDS for prefix in ("cue", "icue")),
+        *(
+            Example(
+                tuple(
+                    sorted(
+                        (
+                            f"cue:{general}",
+                            f"cue:{specific}",
+                            f"cue:{min(general, specific)}+{max(general, specific)}",
+                        )
+                    )
+                ),
+                specific,
+            )
+            for general, specifics in SPECIFIC.items()
+            for specific in specifics
+        ),
     ]
     counts: dict[str, int] = {}
     for ex in examples:

@@ -55,16 +55,16 @@ _ZH_ITEMS = [
 ]
 _ZH_ITEM = re.compile("|".join(re.escape(i) for i in _ZH_ITEMS), re.I)
 _ZH_SPLIT = re.compile(r"[，。！？!?,.;；、:：~…\s]+")
-_ZH_AFTER = re.compile(r"^.*?(?:看到|发现|结果|但是|可是|只是|但)")
+_ZH_AFTER = re.compile(r"^.*?(?:看到|发现|一看|结果|但是|可是|只是|但|可)")
 _ZH_LEADING = re.compile(
-    r"^(?:到我手里|到手里|到手|你好|您好|亲|请问|我的|我是|我|你们|这个|那个|这|那|刚刚|刚|新买的|买的|收到的|收到|打开|"
-    r"而且|还|又|都|里面|快递放门口)+"
+    r"^(?:到我手里|到手里|到手|你好|您好|亲|请问|我的|我是|我|你们|这个|那个|这件|那件|这双|那双|这|那|刚刚|刚|新买的|买的|收到的|收到|打开|"
+    r"而且|还|又|都|里面|快递放门口|根本|像是|好像)+"
 )
 _ZH_FILLER = re.compile(r"那条|那里|这里|那边|这边|(?<!缺了)(?<!缺)一[处块道圈点条截]|都|也|就|竟然|居然")
 _ZH_REWRITES = (
     (re.compile(r"有一个"), "有"),
     (re.compile(r"有被"), "被"),
-    (re.compile(r"了?还没收到|了?还没到"), "未收到"),
+    (re.compile(r"了?还没收到|了?还没到(?!账)"), "未收到"),
     (re.compile(r"^少了"), "少发"),
     (re.compile(r"的线脱$"), "脱线"),
     (re.compile(r"掉$"), "脱落"),
@@ -116,11 +116,12 @@ _ZH_MIN, _ZH_MAX = 3, 14
 def zh_phrase(kind: str, cue: re.Match[str], in_question: bool, question: str, image_text: str) -> str | None:
     """A Chinese noun phrase for ``kind``; ``cue`` is its cue's match in the question or the photo's text."""
     clause = _zh_clause(kind, question if in_question else image_text, cue)
-    return clause if clause is not None else _zh_named(kind, question, cue.group(0))
+    return clause if clause is not None else _zh_named(kind, question, cue.group(cue.lastindex or 0))
 
 
 def _zh_clause(kind: str, text: str, cue: re.Match[str]) -> str | None:
-    start, end = cue.start(), cue.end()
+    group = cue.lastindex or 0  # a pattern's group, when it has one, is the cue itself
+    start, end = cue.start(group), cue.end(group)
     left = max((b.end() for b in _ZH_SPLIT.finditer(text, 0, start)), default=0)
     right_bound = next((b.start() for b in _ZH_SPLIT.finditer(text, end)), len(text))
     # Every match of the same cue in the clause belongs to the phrase ("被扣了两次").

@@ -40,14 +40,23 @@ class IssueReading:
     stated: bool
     """False when neither the question nor the photo's text names a problem."""
     confidence: float
-    """The model's probability for ``kind`` (0..1)."""
+    """The model's probability of its best kind (0..1); for ``other``, of the kind it declined."""
     locale: str
 
 
 def read_issue(
-    question: str, image_text: str | None, locale: str | None, *, model: IssueModel | None = None
+    question: str,
+    image_text: str | None,
+    locale: str | None,
+    *,
+    has_photo: bool | None = None,
+    model: IssueModel | None = None,
 ) -> IssueReading:
-    """What the customer's problem is, from their question and the text read from their photo."""
+    """What the customer's problem is, from their question and the text read from their photo.
+
+    ``has_photo=False`` says there is no photo: a question that states nothing is then ``other``
+    (with a photo, or when it is not known, the kind is the model's best guess from the words).
+    """
     q = plain_text(question, MAX_QUESTION_CHARS)
     img = plain_text(image_text, MAX_IMAGE_TEXT_CHARS) if image_text else ""
     lang = detect_locale(q or img, locale)
@@ -59,7 +68,7 @@ def read_issue(
     if img:  # "Check the tag." states the problem together with the tag's text
         q_cues = {**pointers, **q_cues}
     stated = bool(q_cues or i_cues)
-    if confidence < MIN_KIND_CONFIDENCE:
+    if confidence < MIN_KIND_CONFIDENCE or (not stated and has_photo is False):
         return IssueReading(OTHER, None, stated, confidence, lang)
     phrase = None
     if stated and confidence >= MIN_PHRASE_CONFIDENCE and (kind in q_cues or kind in i_cues):
