@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from guard.issue_lexicon import KINDS
 from guard.issue_model import MODEL_PATH, Example, IssueModel, features, fit
@@ -57,8 +58,11 @@ class IssueCase:
     lang: str
     question: str
     image: str | None
+    """The photo's path as written in the cases file."""
     kind: str
     phrase: str
+    image_path: Path | None = None
+    """The photo's path resolved against the cases file's folder."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,18 +137,29 @@ def load_issue_cases(path: Path) -> list[IssueCase]:
             image=image if isinstance(image, str) else None,
             kind=doc["issue"],
             phrase=str(doc.get("issue_phrase") or ""),
+            image_path=(path.parent / image).resolve() if isinstance(image, str) else None,
         )
     if not seen:
         raise IssueEvalError(f"{path}: no cases")
     return list(seen.values())
 
 
-def example(case: IssueCase, image_texts: Mapping[str, str]) -> Example:
-    text = image_texts.get(case.image, "") if case.image else ""
+def photo_text(case: IssueCase, image_texts: Mapping[Any, str]) -> str | None:
+    """The case's photo text from ``image_texts``, keyed by the path as written or as resolved."""
+    if case.image is None:
+        return None
+    for key in (case.image, case.image_path, str(case.image_path)):
+        if key in image_texts:
+            return image_texts[key]
+    return None
+
+
+def example(case: IssueCase, image_texts: Mapping[Any, str]) -> Example:
+    text = photo_text(case, image_texts) or ""
     return Example(tuple(features(plain_text(case.question), plain_text(text), case.lang)), case.kind)
 
 
-def fit_model(cases: Sequence[IssueCase], image_texts: Mapping[str, str] | None = None) -> IssueModel:
+def fit_model(cases: Sequence[IssueCase], image_texts: Mapping[Any, str] | None = None) -> IssueModel:
     """The issue model fitted on every case (what guard/issue_model.json holds)."""
     return fit([example(c, image_texts or {}) for c in cases])
 
@@ -155,9 +170,13 @@ def fold_of(index: int) -> int:
 
 
 def evaluate_issue_reading(
-    cases: Sequence[IssueCase], image_texts: Mapping[str, str] | None = None
+    cases: Sequence[IssueCase], image_texts: Mapping[Any, str] | None = None
 ) -> IssueReadingReport:
-    """Cross-validated issue reading on ``cases`` (5 folds grouped by question)."""
+    """Cross-validated issue reading on ``cases`` (5 folds grouped by question).
+
+    ``image_texts``: the text read from each photo, keyed by its path as written in the cases file
+    or as resolved (``IssueCase.image_path``); without it the photos are read as having no text.
+    """
     texts = image_texts or {}
     ordered = sorted(cases, key=lambda c: c.id)
     outcomes: list[IssueOutcome] = []
@@ -167,7 +186,7 @@ def evaluate_issue_reading(
         test = [c for i, c in enumerate(ordered) if fold_of(i) == fold]
         model = fit_model(train, texts)
         for case in test:
-            text = texts.get(case.image) if case.image else None
+            text = photo_text(case, texts)
             t = time.perf_counter()
             reading = read_issue(
                 case.question, text, case.lang, has_photo=case.image is not None, model=model

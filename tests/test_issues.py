@@ -270,3 +270,13 @@ def test_questions_in_other_words(lang: str) -> None:
     assert wrong_phrases / len(rows) <= 0.05
     for r in readings:
         assert_clean(r.phrase, lang)
+
+
+def test_photo_texts_may_be_keyed_by_the_path_as_written_or_as_resolved() -> None:
+    shot = next(c for c in OWN_CASES if c.image and c.image.endswith("scr_02.png"))
+    text = "SHOPLY*ORDER 58213\n-$42.78\nSHOPLY*ORDER 58213\n-$42.78"
+    by_written = evaluate_issue_reading(OWN_CASES, {shot.image: text})
+    by_resolved = evaluate_issue_reading(OWN_CASES, {shot.image_path: text})
+    assert by_written.to_json() | {"mean_read_us": 0} == by_resolved.to_json() | {"mean_read_us": 0}
+    reading = next(o.reading for o in by_written.outcomes if o.case.id == shot.id)
+    assert reading.kind == "wrong_charge" and reading.phrase == "duplicate charge of $42.78"
