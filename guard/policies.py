@@ -3,7 +3,9 @@
 A policy covers [0, 1] exactly with half-open bands ``[lo, hi)``; the top band also
 includes 1.0. A score that is NaN, infinite, outside [0, 1] or missing (the scorer
 failed) never falls through a band: it takes the policy's ``on_error`` action and the
-verdict is flagged ``degraded``.
+verdict is flagged ``degraded``. A score the guard cannot stand behind (``uncertain``: the
+customer's words state no issue, so the photo carries it) takes at least the policy's
+``uncertain_action`` (default ``review``; never ``send``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ Action = Literal["send", "follow_up", "review", "escalate"]
 ACTIONS: tuple[Action, ...] = get_args(Action)
 QUEUED_ACTIONS: frozenset[Action] = frozenset({"review", "escalate"})
 """Actions that hold the draft back and put the case in the supervisors' queue."""
+CAUTION: tuple[Action, ...] = ("send", "follow_up", "review", "escalate")
+"""Actions from the least to the most cautious."""
+UNCERTAIN_ACTIONS: tuple[Action, ...] = ("follow_up", "review", "escalate")
+"""What a policy may do with an uncertain case: anything but send the draft as it is."""
+DEFAULT_UNCERTAIN_ACTION: Action = "review"
 
 TEMPLATE_KEYS = (
     "followup.zh",
@@ -61,6 +68,8 @@ class Policy:
     """Overrides of the default templates, keyed by TEMPLATE_KEYS."""
     version: int = 0
     """0 for a policy not (yet) stored; stored versions count from 1 per channel."""
+    uncertain_action: Action = DEFAULT_UNCERTAIN_ACTION
+    """The least cautious action for a case the guard cannot judge (one of UNCERTAIN_ACTIONS)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +79,8 @@ class Verdict:
     """The band's label, e.g. "[0.5,0.6)"; None when the score was unusable."""
     degraded: bool = False
     reason: str | None = None
+    uncertain: bool = False
+    """The case was uncertain; ``action`` is then at least the policy's uncertain_action."""
 
 
 DEFAULT_BANDS: tuple[Band, ...] = (
@@ -86,8 +97,30 @@ def default_policy(channel: str = "default") -> Policy:
     return Policy(channel=channel, bands=DEFAULT_BANDS)
 
 
-def decide(policy: Policy, score: float | None, *, error_reason: str = "scorer_unavailable") -> Verdict:
-    """The action for ``score`` under ``policy``. ``score=None`` means the scorer failed."""
+def decide(
+    policy: Policy,
+    score: float | None,
+    *,
+    error_reason: str = "scorer_unavailable",
+    uncertain: bool = False,
+    uncertain_reason: str = "issue_not_stated",
+) -> Verdict:
+    """The action for ``score`` under ``policy``. ``score=None`` means the scorer failed.
+
+    ``uncertain`` says the score cannot be trusted to send (the issue is not stated in any text
+    the scorer reads). The band's action then stands only when it is at least as cautious as the
+    policy's ``uncertain_action``; otherwise that action is taken with ``uncertain_reason``. So a
+    low score still escalates, and missing information alone never does (by default).
+    """
+    verdict = _band_verdict(policy, score, error_reason)
+    if not uncertain:
+        return verdict
+    if verdict.degraded or CAUTION.index(verdict.action) >= CAUTION.index(policy.uncertain_action):
+        return Verdict(verdict.action, verdict.band, verdict.degraded, verdict.reason, uncertain=True)
+    return Verdict(policy.uncertain_action, verdict.band, reason=uncertain_reason, uncertain=True)
+
+
+def _band_verdict(policy: Policy, score: float | None, error_reason: str) -> Verdict:
     if score is None:
         return Verdict(policy.on_error, None, degraded=True, reason=error_reason)
     if not math.isfinite(score) or not 0.0 <= score <= 1.0:
@@ -140,7 +173,7 @@ def parse_policy(doc: Any, *, channel: str | None = None, version: int = 0) -> P
     if not isinstance(doc, Mapping):
         raise PolicyError(["a policy must be a mapping with 'bands' (and optionally 'on_error', ...)"])
     problems: list[str] = []
-    known = {"channel", "bands", "on_error", "instruction", "templates", "version"}
+    known = {"channel", "bands", "on_error", "uncertain_action", "instruction", "templates", "version"}
     for key in doc:
         if key not in known:
             problems.append(f"unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -151,6 +184,16 @@ def parse_policy(doc: Any, *, channel: str | None = None, version: int = 0) -> P
     on_error = doc.get("on_error", "escalate")
     if on_error not in ACTIONS:
         problems.append(f"on_error {on_error!r} is not one of {', '.join(ACTIONS)}")
+    uncertain_action = doc.get("uncertain_action", DEFAULT_UNCERTAIN_ACTION)
+    if uncertain_action not in UNCERTAIN_ACTIONS:
+        problems.append(
+            f"uncertain_action {uncertain_action!r} is not one of {', '.join(UNCERTAIN_ACTIONS)}"
+            + (
+                " (a case the guard cannot judge is never sent as it is)"
+                if uncertain_action == "send"
+                else ""
+            )
+        )
     instruction = doc.get("instruction", DEFAULT_INSTRUCTION)
     if not isinstance(instruction, str) or not instruction.strip():
         problems.append("'instruction' must be a non-empty string")
@@ -172,6 +215,7 @@ def parse_policy(doc: Any, *, channel: str | None = None, version: int = 0) -> P
         channel=name,
         bands=tuple(sorted(bands, key=lambda b: b.lo)),
         on_error=cast(Action, on_error),
+        uncertain_action=cast(Action, uncertain_action),
         instruction=cast(str, instruction),
         templates=dict(templates),
         version=version,
@@ -183,6 +227,7 @@ def policy_document(policy: Policy) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "channel": policy.channel,
         "on_error": policy.on_error,
+        "uncertain_action": policy.uncertain_action,
         "instruction": policy.instruction,
         "bands": [{"lo": b.lo, "hi": b.hi, "action": b.action} for b in policy.bands],
     }

@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 
 from guard.policies import (
     ACTIONS,
+    CAUTION,
     DEFAULT_BANDS,
+    UNCERTAIN_ACTIONS,
     Band,
     PolicyError,
     decide,
@@ -145,3 +147,63 @@ def test_bands_are_sorted_whatever_order_they_come_in() -> None:
     policy = parse_policy(doc)
     assert [b.lo for b in policy.bands] == [0.0, 0.5]
     assert decide(policy, 1.0).band == "[0.5,1.0]"
+
+
+UNCERTAIN_TABLE = [
+    # (uncertain_action, score, uncertain, action, reason)
+    ("review", 0.95, True, "review", "issue_not_stated"),
+    ("review", 0.65, True, "review", "issue_not_stated"),
+    ("review", 0.45, True, "review", None),
+    ("review", 0.10, True, "escalate", None),
+    ("review", 0.95, False, "send", None),
+    ("escalate", 0.95, True, "escalate", "issue_not_stated"),
+    ("escalate", 0.45, True, "escalate", "issue_not_stated"),
+    ("follow_up", 0.95, True, "follow_up", "issue_not_stated"),
+    ("follow_up", 0.55, True, "follow_up", None),
+    ("follow_up", 0.45, True, "review", None),
+    ("review", None, True, "escalate", "scorer_unavailable"),
+    ("review", math.nan, True, "escalate", "invalid_score"),
+]
+
+
+@pytest.mark.parametrize(("uncertain_action", "score", "uncertain", "action", "reason"), UNCERTAIN_TABLE)
+def test_uncertain_cases_take_at_least_the_uncertain_action(
+    uncertain_action: str, score: float | None, uncertain: bool, action: str, reason: str | None
+) -> None:
+    policy = parse_policy(policy_document(POLICY) | {"uncertain_action": uncertain_action})
+    verdict = decide(policy, score, uncertain=uncertain)
+    assert (verdict.action, verdict.reason, verdict.uncertain) == (action, reason, uncertain)
+
+
+def test_the_default_policy_reviews_uncertain_cases() -> None:
+    assert POLICY.uncertain_action == "review"
+    assert parse_policy({"bands": [{"lo": 0, "hi": 1, "action": "send"}]}).uncertain_action == "review"
+    assert decide(POLICY, 1.0, uncertain=True, uncertain_reason="photo_only").reason == "photo_only"
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.none(), st.sampled_from(UNCERTAIN_ACTIONS))
+def test_an_uncertain_case_is_never_sent(score: float | None, uncertain_action: str) -> None:
+    policy = parse_policy(policy_document(POLICY) | {"uncertain_action": uncertain_action})
+    uncertain, certain = decide(policy, score, uncertain=True), decide(policy, score)
+    assert uncertain.action != "send"
+    # Uncertainty only ever makes the action more cautious, and never past what it asks for.
+    assert CAUTION.index(uncertain.action) >= CAUTION.index(certain.action)
+    assert uncertain.action in (certain.action, uncertain_action)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("send", "never sent as it is"), ("ignore", "uncertain_action 'ignore'"), (["review"], "not one of")],
+)
+def test_uncertain_action_is_validated(value: object, expected: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(policy_document(POLICY) | {"uncertain_action": value})
+    assert expected in str(info.value)
+
+
+def test_uncertain_action_round_trips_and_old_documents_get_the_default() -> None:
+    policy = parse_policy(policy_document(POLICY) | {"uncertain_action": "escalate"})
+    assert policy_document(policy)["uncertain_action"] == "escalate"
+    assert parse_policy(policy_document(policy)) == policy
+    old = {k: v for k, v in policy_document(POLICY).items() if k != "uncertain_action"}
+    assert parse_policy(old).uncertain_action == "review"
