@@ -16,11 +16,12 @@ from pathlib import Path
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from guard import resources
 from guard.policies import Action
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "followups"
+TEMPLATE_DIR = resources.followup_templates()
 
 
 class TemplateError(ValueError):

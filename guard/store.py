@@ -36,6 +36,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from guard import resources
 from guard.policies import Policy, parse_policy, policy_document
 from guard.tables import (
     AdminSession,
@@ -52,7 +53,7 @@ from guard.tables import (
 )
 
 T = TypeVar("T")
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = resources.migrations()
 _DECISIONS = cast(Table, Decision.__table__)
 _QUEUE_ITEMS = cast(Table, QueueItem.__table__)
 

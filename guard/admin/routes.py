@@ -11,7 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from urllib.parse import quote, urlencode
 
@@ -25,6 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route, Router
 from starlette.staticfiles import StaticFiles
 
+from guard import resources
 from guard.admin import auth, charts, traffic
 from guard.admin.auth import CurrentUser
 from guard.admin.forms import (
@@ -46,8 +46,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+TEMPLATE_DIR = resources.admin_templates()
+STATIC_DIR = resources.admin_static()
 PREFIX = "/admin"
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 CASE_OPS = {"approve": "approved", "edit": "edited", "take_over": "taken_over", "dismiss": "dismissed"}
