@@ -39,8 +39,8 @@ run: migrate
 	$(BIN)/guard serve
 
 lint: $(TEST_STAMP)
-	$(BIN)/ruff check guard tests migrations benchmarks
-	$(BIN)/ruff format --check guard tests migrations benchmarks
+	$(BIN)/ruff check guard tests migrations benchmarks scripts
+	$(BIN)/ruff format --check guard tests migrations benchmarks scripts
 	$(BIN)/mypy
 
 # The wheel, installed into fresh venvs outside the checkout on Python 3.11 and 3.12, serves a guard.

@@ -47,6 +47,17 @@ rm -rf build  # setuptools would carry files deleted since the last build over f
 timeout "$step_timeout" "$build_python" -m pip wheel --quiet --no-deps -w "$work/dist" . >"$work/build.log" 2>&1 \
   || { cat "$work/build.log" >&2; fail "pip wheel"; }
 wheel=$(ls "$work"/dist/reply_guard-*.whl)
+"$build_python" - "$wheel" <<'PY' || fail "the wheel does not carry every file of templates/, migrations/ and the package data"
+import sys, zipfile
+from pathlib import Path
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+files = [p for top in ("templates", "migrations") for p in Path(top).rglob("*") if p.is_file()]
+wanted = [f"guard/{p.as_posix()}" for p in files if "__pycache__" not in p.parts]
+wanted += [p.as_posix() for d in ("guard/admin/static", "guard/scoring/calibration") for p in Path(d).iterdir()]
+missing = [n for n in wanted if n not in names]
+if missing:
+    sys.exit("missing from the wheel: " + ", ".join(sorted(missing)))
+PY
 echo "wheel-smoke: built $(basename "$wheel") in $((SECONDS - start)) s"
 
 # Runs a step with a time limit in the clean folder, without anything from the checkout on the path.
