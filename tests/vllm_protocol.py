@@ -1,10 +1,11 @@
 """vLLM's scoring requests as vLLM defines them, written here as test data (no vLLM code).
 
 Derived from vllm-project/vllm ``vllm/entrypoints/pooling/score/protocol.py`` (``RerankRequest``,
-``ScoreQueriesDocumentsRequest`` and the pooling request mixins) and ``score/utils.py``
-(``ScoreMultiModalParam``, ``validate_score_input``, ``_validate_score_input_lens``). The models are
-stricter than vLLM in one way: fields vLLM does not define are refused (vLLM accepts them with a
-warning and ignores them), so a request that passes here means exactly what it says to vLLM.
+``ScoreQueriesDocumentsRequest``; commit 1fff4ef8), ``pooling/base/protocol.py`` (the request mixins;
+020638a6) and ``score/utils.py`` (``ScoreMultiModalParam``, ``validate_score_input``,
+``_validate_score_input_lens``; 7fbd19b8). The models are stricter than vLLM in one way: fields
+vLLM does not define are refused (vLLM accepts them with a warning and ignores them), so a request
+that passes here means exactly what it says to vLLM.
 
 ``pairs`` is how vLLM turns a request into (query, document) inputs: a string is one input; a list
 is one input per element; a bare ``{"content": [...]}`` (not in a list) is one input *per content
@@ -51,11 +52,18 @@ ScoreInputs = ScoreInput | list[ScoreInput]
 
 
 class _PoolingRequest(_Strict):
+    """PoolingBasicRequestMixin and ClassifyRequestMixin (base/protocol.py)."""
+
     model: str | None = None
+    user: str | None = None
     truncate_prompt_tokens: Annotated[int, Field(ge=-1)] | None = None
-    use_activation: bool | None = None
-    mm_processor_kwargs: dict[str, object] | None = None
+    padding: Literal["max_length", "do_not_pad"] | None = None
+    truncation_side: Literal["left", "right"] | None = None
+    request_id: str | None = None
     priority: int = 0
+    mm_processor_kwargs: dict[str, object] | None = None
+    cache_salt: Annotated[str, Field(min_length=1, max_length=1024)] | None = None
+    use_activation: bool | None = None
 
 
 class RerankRequest(_PoolingRequest):

@@ -47,12 +47,6 @@ class ClipConfig:
     batch_size: int = 16
 
 
-def _resolve(model: str) -> tuple[str, bool]:
-    return resolve_checkpoint(
-        model, setting="GUARD_CLIP_MODEL", kind="clip", example="openai/clip-vit-base-patch32"
-    )
-
-
 def _embedding(out: Any) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output with pooler_output (5)."""
     import torch
@@ -93,7 +87,9 @@ class ClipScorer(ModelScorer):
 
     @classmethod
     def load(cls, cfg: ClipConfig) -> ClipScorer:
-        source, local = _resolve(cfg.model)
+        source, local = resolve_checkpoint(
+            cfg.model, setting="GUARD_CLIP_MODEL", kind="clip", example="openai/clip-vit-base-patch32"
+        )
         score_map = load_score_map(cfg.calibration, backend="clip", needs=FEATURES)
         try:
             import importlib

@@ -98,13 +98,6 @@ class RerankerConfig:
     threads: int = 2
 
 
-def resolve_source(model: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, is it a local directory); ScorerError for a missing path."""
-    return resolve_checkpoint(
-        model, setting="GUARD_RERANKER_MODEL", kind="reranker", example="vec-ai/lychee-rerank-mm"
-    )
-
-
 def _fingerprint(source: str, local: bool, config: Any) -> str:
     if local:
         h = hashlib.sha256((Path(source) / "config.json").read_bytes())
@@ -162,7 +155,9 @@ class RerankerScorer(ModelScorer):
     @classmethod
     def load(cls, cfg: RerankerConfig) -> RerankerScorer:
         """Load a checkpoint (slow: done once at start-up). Raises ScorerError with what is wrong."""
-        source, local = resolve_source(cfg.model)
+        source, local = resolve_checkpoint(
+            cfg.model, setting="GUARD_RERANKER_MODEL", kind="reranker", example="vec-ai/lychee-rerank-mm"
+        )
         score_map = load_score_map(cfg.calibration, backend="reranker", needs={"default": FEATURES})
         try:
             import torch
