@@ -2,15 +2,26 @@
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make run` installs only what serving the default guard needs (no torch, no dev tools);
+# `make test` adds the dev and models extras. Either may come first.
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
+# WHEEL_SMOKE=off skips scripts/wheel-smoke.sh (it needs PyPI and Python 3.11 + 3.12).
+WHEEL_SMOKE ?= on
 
-.PHONY: run test lint install migrate clean
+.PHONY: run test lint install migrate clean wheel-smoke
 
-$(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUN_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(TEST_STAMP): pyproject.toml constraints.txt | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,models]'
-	touch $(STAMP)
+	touch $@
 
 # Infinity (a real rerank server for tests/test_remote.py) needs numpy<2 and transformers 4: its own venv.
 INFINITY := .venv-infinity
@@ -19,25 +30,30 @@ $(INFINITY)/.installed: constraints-infinity.txt
 	$(INFINITY)/bin/python -m pip install --quiet -c constraints-infinity.txt 'infinity-emb[server,torch]' torch==2.13.0
 	touch $@
 
-install: $(STAMP) $(INFINITY)/.installed
+install: $(TEST_STAMP) $(INFINITY)/.installed
 
-migrate: $(STAMP)
+migrate: $(RUN_STAMP)
 	$(BIN)/guard migrate
 
 run: migrate
 	$(BIN)/guard serve
 
-lint: $(STAMP)
-	$(BIN)/ruff check guard tests migrations benchmarks
-	$(BIN)/ruff format --check guard tests migrations benchmarks
+lint: $(TEST_STAMP)
+	$(BIN)/ruff check guard tests migrations benchmarks scripts
+	$(BIN)/ruff format --check guard tests migrations benchmarks scripts
 	$(BIN)/mypy
 
-test: $(STAMP) $(INFINITY)/.installed
+# The wheel, installed into fresh venvs outside the checkout on Python 3.11 and 3.12, serves a guard.
+wheel-smoke: $(TEST_STAMP)
+	scripts/wheel-smoke.sh $(BIN)/python
+
+test: $(TEST_STAMP) $(INFINITY)/.installed
 	scripts/ensure-services.sh
 	@# The admin pages' browser test drives Debian's chromium (CI runs as root; no browser downloads).
 	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
 	$(MAKE) --no-print-directory lint
+	if [ "$(WHEEL_SMOKE)" != off ]; then $(MAKE) --no-print-directory wheel-smoke; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:

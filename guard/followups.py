@@ -32,11 +32,12 @@ from jinja2.exceptions import SecurityError
 from jinja2.runtime import LoopContext, Macro
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from guard import resources
 from guard.policies import Action
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "followups"
+TEMPLATE_DIR = resources.followup_templates()
 
 MAX_TEMPLATE_CHARS = 4000
 MAX_MESSAGE_CHARS = 1000

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any, TypeVar, cast
 
 from alembic import command
@@ -30,6 +29,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
+from guard import resources
 from guard.admin.queries import AdminQueries
 from guard.database import create_db_engine
 from guard.policies import Policy, default_policy, parse_policy, policy_document
@@ -45,7 +45,7 @@ from guard.tables import (
 )
 
 T = TypeVar("T")
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = resources.migrations()
 _DECISIONS = cast(Table, Decision.__table__)
 _QUEUE_ITEMS = cast(Table, QueueItem.__table__)
 

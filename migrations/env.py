@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from guard.store import create_db_engine
+from guard.database import create_db_engine
 from guard.tables import Base
 
 config = context.config

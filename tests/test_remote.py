@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,13 +18,16 @@ from typing import Any
 
 import httpx2
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from guard.app import load_scorer
 from guard.scoring.base import ScoreInput, ScorerError
-from guard.scoring.remote import RemoteConfig, RemoteScorer
+from guard.scoring.remote import RemoteConfig, RemoteScorer, image_data_url
 from guard.scoring.score_map import load_score_map
 from guard.settings import Settings
+from tests import vllm_protocol as vllm
 
 ROOT = Path(__file__).resolve().parents[1]
 INFINITY = ROOT / ".venv-infinity" / "bin" / "infinity_emb"
@@ -71,7 +75,6 @@ def test_request_shape_grouping_and_scores() -> None:
     assert seen[0] == {
         "query": "seam open",
         "documents": ["we fix it", "thanks", "return it"],
-        "return_documents": False,
         "model": "m",
     }
     # identity calibration: the server's probability is the score
@@ -81,24 +84,174 @@ def test_request_shape_grouping_and_scores() -> None:
     assert s.version.startswith("remote:rerank:rerank.test:m:text:cal-identity-1-")
 
 
-def test_multimodal_query_is_vllms_content_form() -> None:
+def test_score_api_multimodal_wraps_the_photo_and_question_in_a_list() -> None:
     seen: list[dict[str, Any]] = []
 
     def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.url == "http://rerank.test/v1/score"
         seen.append(json.loads(request.content))
-        return httpx2.Response(200, json=ranked([0.7]))
+        return httpx2.Response(200, json={"data": [{"index": 0, "object": "score", "score": 0.7}]})
 
-    s, _ = scorer(handler, query="multimodal")
-    [r] = s.score_batch(
-        [ScoreInput("what is this?", "a torn seam", image=Image.new("RGB", (2000, 2000), "red"))]
-    )
-    content = seen[0]["query"]["content"]
-    assert content[0]["type"] == "image_url" and content[0]["image_url"]["url"].startswith(
-        "data:image/jpeg;base64,"
-    )
-    assert content[1] == {"type": "text", "text": "what is this?"}
+    s, _ = scorer(handler, api="score", query="multimodal")
+    photo = Image.new("RGB", (2000, 2000), "red")
+    [r] = s.score_batch([ScoreInput("what is this?", "a torn seam", image_text="SALE", image=photo)])
+    [query] = seen[0]["queries"]
+    assert query["content"] == [
+        {"type": "image_url", "image_url": {"url": image_data_url(photo)}},
+        {"type": "text", "text": "what is this?"},  # the photo is sent: the text read from it is not
+    ]
+    assert query["content"][0]["image_url"]["url"].startswith("data:image/jpeg;base64,")
+    assert seen[0]["documents"] == ["a torn seam"] and seen[0]["model"] == "m"
     assert r.inputs_used == ("question", "image", "reply")
     assert r.score == pytest.approx(0.7)
+
+
+def test_document_layout_puts_photo_and_question_in_the_document_slot() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        assert request.url == "http://rerank.test/v1/rerank"
+        body = json.loads(request.content)
+        seen.append(body)
+        return httpx2.Response(200, json=ranked([0.3, 0.8][: len(body["documents"])]))
+
+    s, _ = scorer(handler, query="document")
+    photo = Image.new("RGB", (30, 20), "blue")
+    results = s.score_batch(
+        [
+            ScoreInput("seam open", "we fix it", image=photo),
+            ScoreInput("parcel crushed", "we fix it", image_text="ORDER 1029"),
+        ]
+    )
+    assert seen == [
+        {
+            "query": "we fix it",
+            "documents": [
+                {
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": image_data_url(photo)}},
+                        {"type": "text", "text": "seam open"},
+                    ]
+                },
+                "parcel crushed\nORDER 1029",
+            ],
+            "model": "m",
+        }
+    ]
+    assert [r.score for r in results] == pytest.approx([0.3, 0.8])
+    assert [r.inputs_used for r in results] == [
+        ("question", "image", "reply"),
+        ("question", "image_text", "reply"),
+    ]
+
+
+# -- every layout against vLLM's request schema and pairing rules ------------------------------
+
+PHOTOS = [Image.new("RGB", (16, 12), c) for c in ("red", "green", "blue")]
+PHOTO_OF_URL = {image_data_url(p): i for i, p in enumerate(PHOTOS)}
+LAYOUTS = [("rerank", "text"), ("rerank", "document"), ("score", "text"), ("score", "document"),
+           ("score", "multimodal")]  # fmt: skip
+
+
+def _side(one: vllm.Input) -> tuple[str, int | None]:
+    """(text, photo number) of one vLLM input."""
+    if isinstance(one, str):
+        return one, None
+    texts = [p.text for p in one if isinstance(p, vllm.TextPart)]
+    photos = [PHOTO_OF_URL[p.image_url.url] for p in one if isinstance(p, vllm.ImagePart)]
+    assert len(texts) <= 1 and len(photos) <= 1, one
+    return (texts[0] if texts else ""), (photos[0] if photos else None)
+
+
+def _relevance(question: str, photo: int | None, reply: str) -> float:
+    """The fake server's deterministic score of one pair, in (0, 1)."""
+    return (zlib.crc32(f"{question}|{photo}|{reply}".encode()) % 997 + 1) / 999
+
+
+items_st = st.lists(
+    st.builds(
+        lambda q, r, ocr, photo: ScoreInput(
+            q, r, image_text=ocr, image=None if photo is None else PHOTOS[photo]
+        ),
+        st.sampled_from(["seam open", "parcel crushed", "口袋开线了", ""]),
+        st.sampled_from(["we fix it", "thanks", "退款已发起", ""]),
+        st.sampled_from([None, "", "ORDER 1029"]),
+        st.sampled_from([None, 0, 1, 2]),
+    ),
+    min_size=1,
+    max_size=7,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=items_st, layout=st.sampled_from(LAYOUTS))
+def test_every_layout_is_a_valid_vllm_request_pairing_each_item_with_its_own_inputs(
+    items: list[ScoreInput], layout: tuple[str, str]
+) -> None:
+    api, query = layout
+    requests = 0
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        nonlocal requests
+        requests += 1
+        body = json.loads(request.content)
+        if api == "rerank":
+            req: vllm.RerankRequest | vllm.ScoreRequest = vllm.RerankRequest.model_validate(body)
+            assert isinstance(req, vllm.RerankRequest)
+            pairs = vllm.pairs(req.query, req.documents)
+        else:
+            req = vllm.ScoreRequest.model_validate(body)
+            assert isinstance(req, vllm.ScoreRequest)
+            pairs = vllm.pairs(req.queries, req.documents)
+        scores = []
+        for q, d in pairs:
+            (qt, qp), (dt, dp) = _side(q), _side(d)
+            if query == "document":  # the reply is the query; the photo and question the document
+                assert qp is None
+                scores.append(_relevance(dt, dp, qt))
+            else:
+                assert dp is None
+                scores.append(_relevance(qt, qp, dt))
+        if api == "rerank":
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])
+            return httpx2.Response(
+                200, json={"results": [{"index": i, "relevance_score": scores[i]} for i in order]}
+            )
+        return httpx2.Response(200, json={"data": [{"index": i, "score": v} for i, v in enumerate(scores)]})
+
+    s, _ = scorer(handler, api=api, query=query)
+    results = s.score_batch(items)
+    assert len(results) == len(items)
+    for it, r in zip(items, results, strict=True):
+        sends_photo = query != "text" and it.image is not None
+        photo = PHOTOS.index(it.image) if sends_photo else None
+        ocr = bool(it.image_text) and not sends_photo
+        question = f"{it.question}\n{it.image_text}".strip() if ocr else it.question
+        assert r.score == pytest.approx(_relevance(question, photo, it.reply))
+        assert r.inputs_used == (
+            "question",
+            *(["image_text"] if ocr else []),
+            *(["image"] if sends_photo else []),
+            "reply",
+        )
+    assert requests <= len(items)
+
+
+def test_a_bare_multimodal_rerank_query_is_split_by_vllm_so_the_guard_refuses_it() -> None:
+    photo = {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,AAAA"}}
+    text = {"type": "text", "text": "seam open"}
+    req = vllm.RerankRequest.model_validate({"query": {"content": [photo, text]}, "documents": ["a", "b"]})
+    q0, q1 = (q for q, _ in vllm.pairs(req.query, req.documents))
+    assert _side_types(q0) == ["image_url"] and _side_types(q1) == ["text"]  # photo and question apart
+    with pytest.raises(ScorerError, match="GUARD_REMOTE_QUERY=multimodal needs GUARD_REMOTE_API=score"):
+        scorer(lambda r: httpx2.Response(500), query="multimodal")
+    with pytest.raises(ScorerError, match="needs GUARD_REMOTE_API=rerank or score"):
+        scorer(lambda r: httpx2.Response(500), api="tei", query="document")
+
+
+def _side_types(one: vllm.Input) -> list[str]:
+    assert isinstance(one, list)
+    return [p.type for p in one]
 
 
 def test_tei_shape() -> None:

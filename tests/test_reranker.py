@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import importlib.util
+import io
 import json
 import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,8 +21,10 @@ from guard.app import create_app, load_scorer
 from guard.scoring.base import ScoreInput, ScorerError
 from guard.scoring.reranker import SYSTEM_PROMPT, RerankerConfig, RerankerScorer
 from guard.settings import Settings
+from tests import vllm_protocol as vllm
 from tests.models import build_qwen_vl
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL_PIXELS = 28 * 28 * 16  # at most 16 merged image tokens: keeps the tiny forward passes fast
 
 
@@ -221,3 +228,92 @@ def test_app_start_up_surfaces_the_error(sqlite_url: str, tmp_path: Path) -> Non
     )
     with pytest.raises(ScorerError, match="does not exist"), TestClient(app):
         pass
+
+
+# -- scripts/compare_remote.py: a served reranker against the in-process one --------------------
+
+
+class _FakeVllm(BaseHTTPRequestHandler):
+    """vLLM's /score for a reranker served with the guard's chat template: the request is checked
+    against vLLM's schema and pairing rules, and each pair is scored by an in-process reranker."""
+
+    model: RerankerScorer
+    invert = False
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        req = vllm.ScoreRequest.model_validate(body)
+        items = []
+        for q, d in vllm.pairs(req.queries, req.documents):
+            assert isinstance(d, str)
+            parts = [q] if isinstance(q, str) else q
+            text = next(
+                (p if isinstance(p, str) else p.text for p in parts if not isinstance(p, vllm.ImagePart)), ""
+            )
+            urls = [p.image_url.url for p in parts if isinstance(p, vllm.ImagePart)]
+            image = (
+                Image.open(io.BytesIO(base64.b64decode(urls[0].split(",", 1)[1]))).convert("RGB")
+                if urls
+                else None
+            )
+            items.append(ScoreInput(text, d, image=image))
+        probs = [1 / (1 + math.exp(-x)) for x in self.model.raw_logits(items)]
+        data = [
+            {"index": i, "object": "score", "score": 1 - p if self.invert else p} for i, p in enumerate(probs)
+        ]
+        out = json.dumps(
+            {"id": "score-1", "object": "list", "model": "m", "data": data, "usage": {}}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_compare_remote_passes_a_faithful_server_and_fails_a_wrong_one(
+    checkpoints: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, invert: bool
+) -> None:
+    spec = importlib.util.spec_from_file_location("compare_remote", ROOT / "scripts" / "compare_remote.py")
+    assert spec and spec.loader
+    compare_remote = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_remote)
+
+    model = str(checkpoints["qwen3_vl"])
+    handler = type("Handler", (_FakeVllm,), {"invert": invert})
+    handler.model = RerankerScorer.load(RerankerConfig(model=model, max_pixels=SMALL_PIXELS))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    photo("red", (64, 48)).save(tmp_path / "red.png")
+    photo("blue", (48, 64)).save(tmp_path / "blue.png")
+    cases = [
+        {"question": "The pocket seam came open.", "reply": "We will send a replacement today.", "grade": 2,
+         "image": "red.png"},
+        {"question": "口袋开线怎么办？", "reply": "感谢您的反馈。", "grade": 0, "image": "blue.png"},
+        {"question": "My parcel arrived crushed.", "reply": "We will refund you.", "grade": 2},
+        {"question": "My parcel arrived crushed.", "reply": "Sign up for our newsletter!", "grade": 0},
+    ]  # fmt: skip
+    (tmp_path / "cases.jsonl").write_text("\n".join(json.dumps(c) for c in cases))
+    env = {
+        "GUARD_RERANKER_MODEL": model,
+        "GUARD_RERANKER_MAX_PIXELS": str(SMALL_PIXELS),
+        "GUARD_REMOTE_URL": f"http://127.0.0.1:{server.server_address[1]}/v1",
+        "GUARD_REMOTE_MODEL": "m",
+        "GUARD_REMOTE_API": "score",
+        "GUARD_REMOTE_QUERY": "multimodal",
+        "GUARD_REMOTE_TIMEOUT_S": "60",
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        code = compare_remote.main([str(tmp_path / "cases.jsonl"), "--tolerance", "0.02"])
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert code == (1 if invert else 0)

@@ -8,21 +8,21 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import jinja2
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 
+from guard import resources
 from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.followups import Messages
 from guard.policies import ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "templates" / "admin"
-STATIC_DIR = Path(__file__).resolve().parent / "static"
+TEMPLATE_DIR = resources.admin_templates()
+STATIC_DIR = resources.admin_static()
 PREFIX = "/admin"
 STATE_LABELS = {
     "pending": "waiting",

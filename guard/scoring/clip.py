@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guard.scoring.base import ScoreInput, ScorerError, ScoreResult
-from guard.scoring.reranker import pick_device
+from guard.scoring.base import ModelScorer, ScoreInput, ScorerError, pick_device, resolve_checkpoint
 from guard.scoring.score_map import ScoreMap, load_score_map
 
 if TYPE_CHECKING:
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
     from guard.settings import Settings
 
-MAX_TEXT_CHARS = 1000
 FEATURES = {"image": ("image_reply", "question_reply"), "text": ("question_reply",)}
 FAMILIES: dict[str, tuple[str, str, str]] = {
     # model_type -> (model class, PIL image processor module, class)
@@ -49,22 +47,6 @@ class ClipConfig:
     batch_size: int = 16
 
 
-def _resolve(model: str) -> tuple[str, bool]:
-    if not model.strip():
-        raise ScorerError("GUARD_CLIP_MODEL is not set: give a checkpoint directory or a hub id")
-    p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ScorerError(f"clip model directory {p} has no config.json: is it a checkpoint?")
-        return str(p), True
-    if p.exists() or model.startswith(("/", "./", "../", "~")) or model.count("/") != 1:
-        raise ScorerError(
-            f"clip model directory {model!r} does not exist "
-            "(give a checkpoint directory or a hub id like 'openai/clip-vit-base-patch32')"
-        )
-    return model, False
-
-
 def _embedding(out: Any) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output with pooler_output (5)."""
     import torch
@@ -73,8 +55,11 @@ def _embedding(out: Any) -> torch.Tensor:
     return torch.nn.functional.normalize(emb.float(), dim=-1)
 
 
-class ClipScorer:
-    """Dual-encoder similarity of (photo, question) and reply, calibrated."""
+class ClipScorer(ModelScorer):
+    """Dual-encoder similarity of (photo, question) and reply, calibrated. The question's embedding
+    includes the text read from the photo, with or without the photo's own embedding."""
+
+    sees_image = True
 
     def __init__(
         self,
@@ -102,7 +87,9 @@ class ClipScorer:
 
     @classmethod
     def load(cls, cfg: ClipConfig) -> ClipScorer:
-        source, local = _resolve(cfg.model)
+        source, local = resolve_checkpoint(
+            cfg.model, setting="GUARD_CLIP_MODEL", kind="clip", example="openai/clip-vit-base-patch32"
+        )
         score_map = load_score_map(cfg.calibration, backend="clip", needs=FEATURES)
         try:
             import importlib
@@ -177,22 +164,6 @@ class ClipScorer:
     def version(self) -> str:
         return self._version
 
-    @staticmethod
-    def question_text(item: ScoreInput) -> str:
-        q = item.question.strip()
-        if item.image_text and item.image_text.strip():
-            q = f"{q}\n{item.image_text.strip()}".strip()
-        return q[:MAX_TEXT_CHARS]
-
-    @staticmethod
-    def inputs_used(item: ScoreInput) -> tuple[str, ...]:
-        used = ["question"]
-        if item.image_text and item.image_text.strip():
-            used.append("image_text")
-        if item.image is not None:
-            used.append("image")
-        return (*used, "reply")
-
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         import torch
 
@@ -227,8 +198,8 @@ class ClipScorer:
         out: list[dict[str, float]] = []
         for start in range(0, len(items), self._batch):
             chunk = items[start : start + self._batch]
-            questions = [self.question_text(it) for it in chunk]
-            replies = [it.reply.strip()[:MAX_TEXT_CHARS] for it in chunk]
+            questions = [self.query_text(it) for it in chunk]
+            replies = [self.reply_text(it) for it in chunk]
             with self._lock:
                 texts = sorted(set(questions) | set(replies))
                 emb = self.embed_texts(texts)
@@ -243,20 +214,8 @@ class ClipScorer:
                 out.append(f)
         return out
 
-    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
-        if not items:
-            return []
-        try:
-            feats = self.features(items)
-            scores = [
-                self._map.score("image" if "image_reply" in f else "text", f) if it.reply.strip() else 0.0
-                for f, it in zip(feats, items, strict=True)
-            ]
-        except ScorerError:
-            raise
-        except Exception as exc:
-            raise ScorerError(f"clip scorer failed: {type(exc).__name__}: {exc}") from exc
+    def scores(self, items: Sequence[ScoreInput]) -> list[float]:
         return [
-            ScoreResult(score=s, inputs_used=self.inputs_used(it))
-            for s, it in zip(scores, items, strict=True)
+            self._map.score("image" if "image_reply" in f else "text", f) if it.reply.strip() else 0.0
+            for f, it in zip(self.features(items), items, strict=True)
         ]

@@ -1,16 +1,24 @@
-"""Scores from an inference server's rerank API: vLLM, Infinity, TEI (and Jina / Cohere-style servers).
+"""Scores from an inference server's scoring API: vLLM, Infinity, TEI (and Jina / Cohere-style servers).
 
-``POST {GUARD_REMOTE_URL}/rerank`` with the question as the query and the draft replies as the
-documents. Pairs that share a query (a reply and its candidates) go in one request. Two request
-shapes:
+``GUARD_REMOTE_API`` picks the API and ``GUARD_REMOTE_QUERY`` where the question and the photo go
+(the layouts and which server and model each suits are in docs/scoring.md):
 
-- ``GUARD_REMOTE_API=rerank`` (vLLM, Infinity, Jina, Cohere): ``{"model", "query", "documents"}``
-  answered by ``{"results": [{"index", "relevance_score"}]}``. With ``GUARD_REMOTE_QUERY=multimodal``
-  the query is vLLM's multimodal form, ``{"content": [{"type": "image_url", ...}, {"type": "text", ...}]}``,
-  with the photo as a JPEG data URL, for servers running a model that sees it (e.g. lychee-rerank-mm,
-  Qwen3-VL-Reranker or jina-reranker-m0 on vLLM).
-- ``GUARD_REMOTE_API=tei`` (Hugging Face text-embeddings-inference): ``{"query", "texts"}`` answered by
-  ``[{"index", "score"}]``.
+- ``rerank`` (vLLM, Infinity, Jina, Cohere): ``POST {url}/rerank`` ``{"model", "query", "documents"}``,
+  answered by ``{"results": [{"index", "relevance_score"}]}``;
+- ``score`` (vLLM): ``POST {url}/score`` ``{"model", "queries", "documents"}``, answered by
+  ``{"data": [{"index", "score"}]}``;
+- ``tei`` (Hugging Face text-embeddings-inference): ``POST {url}/rerank`` ``{"query", "texts"}``,
+  answered by ``[{"index", "score"}]``.
+
+Layouts: ``text`` sends the question (and the text read from the photo) as the query and the replies
+as the documents; the photo is not sent. ``document`` puts the photo and the question in the
+document slot, in vLLM's multimodal form ``{"content": [{"type": "image_url", ...}, {"type": "text",
+...}]}``, and the reply in the query slot (vLLM reads multimodal documents; a multimodal rerank
+*query* is split by vLLM into one query per content part). ``multimodal`` (``score`` only) keeps the
+roles of the in-process reranker: the query is ``[{"content": [photo, question]}]`` (wrapped in a
+list, so vLLM reads both parts as one input) and the replies are the documents. When the photo is
+sent, the text read from it is not (the served model reads the photo, as the in-process reranker
+does). Photos go as JPEG data URLs.
 
 One pooled HTTP client per scorer (keep-alive, bounded connections); each attempt has its own
 timeout; connection errors, timeouts, 429 and 5xx are retried with exponential backoff; any other
@@ -33,7 +41,7 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from guard.scoring.base import ScoreInput, ScorerError, ScoreResult
+from guard.scoring.base import ModelScorer, ScoreInput, ScorerError, cap_pixels
 from guard.scoring.score_map import ScoreMap, load_score_map, logit
 
 if TYPE_CHECKING:
@@ -43,8 +51,10 @@ if TYPE_CHECKING:
 
 FEATURES = ("relevance", "relevance_logit")
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
-MAX_TEXT_CHARS = 4000
 IMAGE_MAX_PIXELS = 1280 * 28 * 28
+APIS = ("rerank", "score", "tei")
+LAYOUTS = ("text", "document", "multimodal")
+PATHS = {"rerank": "/rerank", "score": "/score", "tei": "/rerank"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,24 +71,42 @@ class RemoteConfig:
     max_connections: int = 32
 
 
-def rerank_endpoint(url: str) -> str:
+def endpoint_url(url: str, api: str = "rerank") -> str:
+    """The URL to POST to: ``url`` itself when it already ends with the API's path, else ``url`` + path."""
     u = url.strip().rstrip("/")
     parts = urlsplit(u)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ScorerError(f"GUARD_REMOTE_URL={url!r} must be an http(s) URL, e.g. http://gpu-1:8000/v1")
-    return u if u.endswith("/rerank") else u + "/rerank"
+    path = PATHS[api]
+    return u if u.endswith(path) else u + path
 
 
 def image_data_url(img: Image.Image, max_pixels: int = IMAGE_MAX_PIXELS) -> str:
-    from guard.scoring.reranker import cap_pixels
-
     buf = io.BytesIO()
     cap_pixels(img.convert("RGB"), max_pixels).save(buf, format="JPEG", quality=90)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class RemoteScorer:
-    """The rerank API of a remote inference server, with retries, timeouts and a pooled client."""
+def check_layout(api: str, query: str) -> None:
+    """ScorerError naming the setting when the API and layout do not go together."""
+    if api not in APIS:
+        raise ScorerError(f"GUARD_REMOTE_API={api!r}: use {', '.join(APIS)}")
+    if query not in LAYOUTS:
+        raise ScorerError(f"GUARD_REMOTE_QUERY={query!r}: use {', '.join(LAYOUTS)}")
+    if api == "tei" and query != "text":
+        raise ScorerError(f"GUARD_REMOTE_QUERY={query} needs GUARD_REMOTE_API=rerank or score (vLLM)")
+    if api == "rerank" and query == "multimodal":
+        raise ScorerError(
+            "GUARD_REMOTE_QUERY=multimodal needs GUARD_REMOTE_API=score: vLLM's rerank API splits a "
+            "multimodal query into one query per part; with rerank use GUARD_REMOTE_QUERY=document"
+        )
+
+
+class RemoteScorer(ModelScorer):
+    """The scoring API of a remote inference server, with retries, timeouts and a pooled client."""
+
+    sees_image = True
+    image_text_with_image = False
 
     def __init__(
         self,
@@ -88,14 +116,9 @@ class RemoteScorer:
         transport: httpx2.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        if cfg.query not in ("text", "multimodal"):
-            raise ScorerError(f"GUARD_REMOTE_QUERY={cfg.query!r}: use text or multimodal")
-        if cfg.api not in ("rerank", "tei"):
-            raise ScorerError(f"GUARD_REMOTE_API={cfg.api!r}: use rerank or tei")
-        if cfg.api == "tei" and cfg.query == "multimodal":
-            raise ScorerError("GUARD_REMOTE_QUERY=multimodal needs GUARD_REMOTE_API=rerank (vLLM's form)")
+        check_layout(cfg.api, cfg.query)
         self._cfg = cfg
-        self._endpoint = rerank_endpoint(cfg.url)
+        self._endpoint = endpoint_url(cfg.url, cfg.api)
         self._map = score_map
         self._sleep = sleep
         headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
@@ -139,38 +162,46 @@ class RemoteScorer:
 
     # -- requests ---------------------------------------------------------------------------
 
-    def _query_text(self, item: ScoreInput) -> str:
-        q = item.question.strip()
-        if item.image_text and item.image_text.strip():
-            q = f"{q}\n{item.image_text.strip()}".strip()
-        return q[:MAX_TEXT_CHARS]
+    def uses_image(self, item: ScoreInput) -> bool:
+        return self._cfg.query != "text" and item.image is not None
 
-    def _sends_image(self, item: ScoreInput) -> bool:
-        return self._cfg.query == "multimodal" and item.image is not None
+    def _slot(self, item: ScoreInput, text: str) -> str | dict[str, Any]:
+        """``text``, or with the photo vLLM's multimodal form of photo + text (one input)."""
+        if not self.uses_image(item):
+            return text
+        assert item.image is not None
+        parts: list[dict[str, Any]] = [
+            {"type": "image_url", "image_url": {"url": image_data_url(item.image)}}
+        ]
+        if text:
+            parts.append({"type": "text", "text": text})
+        return {"content": parts}
 
-    def inputs_used(self, item: ScoreInput) -> tuple[str, ...]:
-        used = ["question"]
-        if item.image_text and item.image_text.strip():
-            used.append("image_text")
-        if self._sends_image(item):
-            used.append("image")
-        return (*used, "reply")
+    def group_key(self, item: ScoreInput) -> tuple[str, int]:
+        """Items with the same key share one request: the same query slot."""
+        if self._cfg.query == "document":
+            return (self.reply_text(item), 0)
+        return (self.query_text(item), id(item.image) if self.uses_image(item) else 0)
 
-    def request_body(self, item: ScoreInput, documents: list[str]) -> dict[str, Any]:
-        text = self._query_text(item)
+    def request_body(self, group: Sequence[ScoreInput]) -> dict[str, Any]:
+        """One request for items that share a group key; document i is item i's."""
+        first = group[0]
+        query: str | dict[str, Any]
+        documents: list[str | dict[str, Any]]
+        if self._cfg.query == "document":
+            query = self.reply_text(first)
+            documents = [self._slot(it, self.query_text(it)) for it in group]
+        else:
+            query = self._slot(first, self.query_text(first))
+            documents = [self.reply_text(it) for it in group]
+        body: dict[str, Any]
         if self._cfg.api == "tei":
-            return {"query": text, "texts": documents, "raw_scores": False, "truncate": True}
-        query: Any = text
-        if self._sends_image(item):
-            assert item.image is not None
-            content: list[dict[str, Any]] = [
-                {"type": "image_url", "image_url": {"url": image_data_url(item.image)}}
-            ]
-            if text:
-                content.append({"type": "text", "text": text})
-            query = {"content": content}
-        body: dict[str, Any] = {"query": query, "documents": documents, "return_documents": False}
-        if self._cfg.model:
+            body = {"query": query, "texts": documents, "raw_scores": False, "truncate": True}
+        elif self._cfg.api == "score":
+            body = {"queries": [query] if isinstance(query, dict) else query, "documents": documents}
+        else:
+            body = {"query": query, "documents": documents}
+        if self._cfg.model and self._cfg.api != "tei":
             body["model"] = self._cfg.model
         return body
 
@@ -223,30 +254,19 @@ class RemoteScorer:
         return [float(s) for s in scores if s is not None]
 
     def raw_scores(self, items: Sequence[ScoreInput]) -> list[float]:
-        """The server's relevance score per item; items sharing (query, photo) share a request."""
+        """The server's relevance score per item; items sharing a group key share a request."""
         groups: dict[tuple[str, int], list[int]] = {}
         for i, it in enumerate(items):
-            key = (self._query_text(it), id(it.image) if self._sends_image(it) else 0)
-            groups.setdefault(key, []).append(i)
+            groups.setdefault(self.group_key(it), []).append(i)
         out: list[float] = [0.0] * len(items)
         for members in groups.values():
-            docs = [items[i].reply.strip()[:MAX_TEXT_CHARS] for i in members]
-            data = self._post(self.request_body(items[members[0]], docs))
-            for i, s in zip(members, self.parse_scores(data, len(docs)), strict=True):
+            data = self._post(self.request_body([items[i] for i in members]))
+            for i, s in zip(members, self.parse_scores(data, len(members)), strict=True):
                 out[i] = s
         return out
 
-    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
-        if not items:
-            return []
-        try:
-            raw = self.raw_scores(items)
-            scores = [self._map.score("default", {"relevance": r, "relevance_logit": logit(r)}) for r in raw]
-        except ScorerError:
-            raise
-        except Exception as exc:
-            raise ScorerError(f"remote scorer failed: {type(exc).__name__}: {exc}") from exc
+    def scores(self, items: Sequence[ScoreInput]) -> list[float]:
         return [
-            ScoreResult(score=s, inputs_used=self.inputs_used(it))
-            for s, it in zip(scores, items, strict=True)
+            self._map.score("default", {"relevance": r, "relevance_logit": logit(r)})
+            for r in self.raw_scores(items)
         ]

@@ -19,20 +19,24 @@ processor (the torchvision one is never imported). Pairs are scored in left-padd
 from __future__ import annotations
 
 import hashlib
-import math
-import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guard.scoring.base import ScoreInput, ScorerError, ScoreResult
+from guard.scoring.base import (
+    ModelScorer,
+    ScoreInput,
+    ScorerError,
+    cap_pixels,
+    pick_device,
+    resolve_checkpoint,
+)
 from guard.scoring.score_map import ScoreMap, load_score_map
 
 if TYPE_CHECKING:
     import torch
-    from PIL import Image
 
     from guard.settings import Settings
 
@@ -42,8 +46,6 @@ SYSTEM_PROMPT = (
 )
 VISION_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
-MAX_TEXT_CHARS = 2000
-"""Longer questions / replies are cut (bounds latency and memory)."""
 FEATURES = ("yes_no_logit",)
 
 
@@ -96,52 +98,6 @@ class RerankerConfig:
     threads: int = 2
 
 
-def resolve_source(model: str) -> tuple[str, bool]:
-    """(what to pass to from_pretrained, is it a local directory); ScorerError for a missing path."""
-    if not model.strip():
-        raise ScorerError("GUARD_RERANKER_MODEL is not set: give a checkpoint directory or a hub id")
-    p = Path(model).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ScorerError(f"reranker model directory {p} has no config.json: is it a checkpoint?")
-        return str(p), True
-    if p.exists():
-        raise ScorerError(f"reranker model {p} is a file, not a checkpoint directory")
-    looks_like_path = model.startswith(("/", "./", "../", "~")) or os.sep + os.sep in model
-    if looks_like_path or model.count("/") != 1:
-        raise ScorerError(
-            f"reranker model directory {model!r} does not exist "
-            "(give an existing checkpoint directory or a hub id like 'vec-ai/lychee-rerank-mm')"
-        )
-    return model, False
-
-
-def pick_device(device: str) -> tuple[str, Any]:
-    """(device, dtype): CUDA + bfloat16 (float16 on GPUs without bf16) when present, else CPU float32."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ScorerError(f"GUARD_RERANKER_DEVICE={device!r} but CUDA is not available")
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device != "cpu":
-        raise ScorerError(f"GUARD_RERANKER_DEVICE={device!r}: use auto, cpu, cuda or cuda:N")
-    return "cpu", torch.float32
-
-
-def cap_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
-    """Shrink (never enlarge) so that width x height <= max_pixels, keeping the aspect ratio."""
-    from PIL import Image as PILImage
-
-    w, h = img.size
-    if w * h <= max_pixels:
-        return img
-    s = math.sqrt(max_pixels / (w * h))
-    return img.resize((max(1, int(w * s)), max(1, int(h * s))), PILImage.Resampling.BICUBIC)
-
-
 def _fingerprint(source: str, local: bool, config: Any) -> str:
     if local:
         h = hashlib.sha256((Path(source) / "config.json").read_bytes())
@@ -153,8 +109,13 @@ def _fingerprint(source: str, local: bool, config: Any) -> str:
     return str(commit)[:12] if commit else "hub"
 
 
-class RerankerScorer:
-    """A Qwen-VL-family yes/no reranker: P(yes | instruction, photo + question, reply), calibrated."""
+class RerankerScorer(ModelScorer):
+    """A Qwen-VL-family yes/no reranker: P(yes | instruction, photo + question, reply), calibrated.
+
+    The photo's pixels replace the text read from it; without a photo that text joins the question."""
+
+    sees_image = True
+    image_text_with_image = False
 
     def __init__(
         self,
@@ -194,7 +155,9 @@ class RerankerScorer:
     @classmethod
     def load(cls, cfg: RerankerConfig) -> RerankerScorer:
         """Load a checkpoint (slow: done once at start-up). Raises ScorerError with what is wrong."""
-        source, local = resolve_source(cfg.model)
+        source, local = resolve_checkpoint(
+            cfg.model, setting="GUARD_RERANKER_MODEL", kind="reranker", example="vec-ai/lychee-rerank-mm"
+        )
         score_map = load_score_map(cfg.calibration, backend="reranker", needs={"default": FEATURES})
         try:
             import torch
@@ -275,21 +238,6 @@ class RerankerScorer:
 
     # -- input building ---------------------------------------------------------------------
 
-    def _query_text(self, item: ScoreInput) -> str:
-        q = item.question.strip()[:MAX_TEXT_CHARS]
-        if item.image is None and item.image_text and item.image_text.strip():
-            # The photo itself is not here; what was read from it is the next best thing.
-            q = f"{q}\n{item.image_text.strip()[:MAX_TEXT_CHARS]}".strip()
-        return q
-
-    @staticmethod
-    def inputs_used(item: ScoreInput) -> tuple[str, ...]:
-        if item.image is not None:
-            return ("question", "image", "reply")
-        if item.image_text and item.image_text.strip():
-            return ("question", "image_text", "reply")
-        return ("question", "reply")
-
     def build_inputs(self, items: Sequence[ScoreInput]) -> dict[str, torch.Tensor]:
         """Left-padded model inputs for ``items`` (public for tests)."""
         import torch
@@ -314,9 +262,7 @@ class RerankerScorer:
                 n = t * h * w // (self.merge * self.merge)
                 tokens = VISION_PLACEHOLDER.replace(IMAGE_PAD, IMAGE_PAD * n)
             prompts.append(
-                self.template.prompt(
-                    it.instruction.strip(), self._query_text(it), tokens, it.reply.strip()[:MAX_TEXT_CHARS]
-                )
+                self.template.prompt(it.instruction.strip(), self.query_text(it), tokens, self.reply_text(it))
             )
         ids = self._tok(prompts, add_special_tokens=False)["input_ids"]
         longest = max(len(x) for x in ids)
@@ -354,17 +300,5 @@ class RerankerScorer:
                 out.extend((pair[:, 1] - pair[:, 0]).cpu().tolist())
         return out
 
-    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
-        if not items:
-            return []
-        try:
-            raw = self.raw_logits(items)
-            scores = [self._map.score("default", {"yes_no_logit": r}) for r in raw]
-        except ScorerError:
-            raise
-        except Exception as exc:  # the model failed on this batch
-            raise ScorerError(f"reranker failed: {type(exc).__name__}: {exc}") from exc
-        return [
-            ScoreResult(score=s, inputs_used=self.inputs_used(it))
-            for s, it in zip(scores, items, strict=True)
-        ]
+    def scores(self, items: Sequence[ScoreInput]) -> list[float]:
+        return [self._map.score("default", {"yes_no_logit": r}) for r in self.raw_logits(items)]

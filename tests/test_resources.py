@@ -1,0 +1,44 @@
+"""The package's non-Python files are found inside the installed package (guard/resources.py)."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+import pytest
+
+from guard import resources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(
+    ("folder", "expected"),
+    [
+        (resources.followup_templates, {"followup.en.j2", "holding.escalate.zh.j2", "holding.review.en.j2"}),
+        (resources.admin_templates, {"base.html", "login.html", "queue.html"}),
+        (resources.admin_static, {"admin.css", "admin.js"}),
+        (resources.migrations, {"env.py", "script.py.mako", "versions"}),
+    ],
+)
+def test_each_folder_is_inside_the_package_and_holds_its_files(folder: object, expected: set[str]) -> None:
+    assert callable(folder)
+    path = folder()
+    assert isinstance(path, Path) and path.is_dir()
+    assert expected <= {p.name for p in path.iterdir()}
+    package = Path(str(files("guard")))
+    assert path.relative_to(package)  # found through the package, not a path beside the source tree
+
+
+def test_in_a_checkout_the_package_folders_are_the_top_level_ones() -> None:
+    if not (ROOT / "templates").is_dir():
+        pytest.skip("not a checkout")
+    assert resources.followup_templates().resolve() == (ROOT / "templates" / "followups").resolve()
+    assert resources.migrations().resolve() == (ROOT / "migrations").resolve()
+    versions = sorted(p.name for p in (ROOT / "migrations" / "versions").glob("*.py"))
+    assert versions == sorted(p.name for p in (resources.migrations() / "versions").glob("*.py"))
+
+
+def test_a_missing_folder_is_a_clear_error() -> None:
+    with pytest.raises(resources.ResourceMissing, match="guard/templates/nope is missing"):
+        resources.package_dir("templates", "nope")
