@@ -12,9 +12,7 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-
-class ResourceMissing(RuntimeError):
-    """A folder the package ships is not there: a broken install."""
+from guard.errors import ConfigError
 
 
 def package_dir(*parts: str) -> Path:
@@ -22,7 +20,7 @@ def package_dir(*parts: str) -> Path:
     Starlette's StaticFiles read real folders)."""
     found = files("guard").joinpath(*parts)
     if not isinstance(found, Path) or not found.is_dir():
-        raise ResourceMissing(f"guard/{'/'.join(parts)} is missing from the installed package ({found})")
+        raise ConfigError(f"guard/{'/'.join(parts)} is missing from the installed package ({found})")
     return found
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from guard import resources
+from guard.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,5 +41,5 @@ def test_in_a_checkout_the_package_folders_are_the_top_level_ones() -> None:
 
 
 def test_a_missing_folder_is_a_clear_error() -> None:
-    with pytest.raises(resources.ResourceMissing, match="guard/templates/nope is missing"):
+    with pytest.raises(ConfigError, match="guard/templates/nope is missing"):
         resources.package_dir("templates", "nope")
