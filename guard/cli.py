@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--scorer", default=None, help="scorer backend (default: GUARD_SCORER)")
     ev.add_argument("--json", action="store_true", help="print the report as JSON")
     ev.add_argument("--no-ocr", action="store_true", help="do not read text in the photos")
+    ev.add_argument(
+        "--no-generated", action="store_true", help="do not score the generated negatives (faster)"
+    )
 
     score = sub.add_parser("score", help="print the score of one reply and the inputs it used")
     score.add_argument("--question", required=True)
@@ -212,7 +215,14 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
             )
             return reader.read(image.rgb) or None
 
-    report = run(cases, scorer, read_text=read_text, source=str(args.cases), reader_name=reader_name)
+    report = run(
+        cases,
+        scorer,
+        read_text=read_text,
+        source=str(args.cases),
+        reader_name=reader_name,
+        with_generated=not args.no_generated,
+    )
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
     else:

@@ -8,8 +8,12 @@ relative to the JSONL file, or null). Metrics:
 - decision agreement with the default policy (grade 2 -> send, grade 1 -> follow_up,
   grade 0 -> escalate or review) and its confusion matrix (grade x action);
 
-each for all cases and split by language and by with / without an image; plus latency per case
-(p50 / p95, OCR included when a photo is read) and the process's peak memory.
+each for all cases and split by language, by with / without an image, for the swapped replies
+(``id`` ending in ``-s``) and for the cases the scorer marked uncertain; then the generated
+negatives (``guard.scoring.perturb``: good replies paired with questions of other issues or in the
+other language, repeated / padded / spammed / refused / keyword-listed replies; all must not be
+sent): per kind, the share scoring >= 0.4 and the share sent; plus latency per case (p50 / p95,
+OCR included when a photo is read) and the process's peak memory.
 
 The metric functions are pure; :func:`run` is the only part that scores (blocking).
 """
@@ -29,6 +33,7 @@ from typing import Any
 from guard.issue_phrase import detect_locale
 from guard.policies import Policy, decide, default_policy
 from guard.scoring.base import ScoreInput, Scorer
+from guard.scoring.perturb import Source, generate
 
 GRADES = (0, 1, 2)
 ACTIONS = ("send", "follow_up", "review", "escalate")
@@ -51,6 +56,14 @@ class EvalCase:
     reply: str
     grade: int
     image: Path | None = None
+    issue: str = ""
+    """The dev set's issue slug, when given (pairs replies with questions of other issues)."""
+
+    @property
+    def question_id(self) -> str:
+        """``dev-QQQ-x`` -> ``QQQ``; otherwise the question text identifies the question."""
+        parts = self.id.split("-")
+        return parts[1] if len(parts) == 3 and parts[0] == "dev" else self.question
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +74,7 @@ class Outcome:
     action: str
     inputs_used: tuple[str, ...]
     latency_ms: float
+    uncertain: bool = False
 
 
 @dataclass
@@ -73,6 +87,9 @@ class Report:
     peak_rss_mb: float
     ocr: dict[str, Any] = field(default_factory=dict)
     failures: int = 0
+    generated: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Generated negatives per kind (and "all"): n, share >= 0.4, share sent, mean score."""
+    issue_understanding: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -84,6 +101,8 @@ class Report:
             "latency_ms": self.latency_ms,
             "peak_rss_mb": self.peak_rss_mb,
             "ocr": self.ocr,
+            "generated": self.generated,
+            "issue_understanding": self.issue_understanding,
         }
 
 
@@ -128,6 +147,7 @@ def load_cases(path: Path) -> list[EvalCase]:
                 reply=doc["reply"],
                 grade=int(grade),
                 image=image,
+                issue=str(doc.get("issue") or ""),
             )
         )
     if not cases:
@@ -213,6 +233,8 @@ def split(outcomes: Sequence[Outcome]) -> dict[str, list[Outcome]]:
             groups[f"{lang}, {label}"] = [
                 o for o in outcomes if o.case.lang == lang and (o.case.image is not None) == has
             ]
+    groups["swapped"] = [o for o in outcomes if o.case.id.endswith("-s")]
+    groups["uncertain"] = [o for o in outcomes if o.uncertain]
     return {name: group for name, group in groups.items() if group}
 
 
@@ -222,6 +244,8 @@ def build_report(
     outcomes: Sequence[Outcome],
     peak_rss_mb: float,
     ocr: dict[str, Any] | None = None,
+    generated: dict[str, dict[str, Any]] | None = None,
+    issue_understanding: dict[str, Any] | None = None,
 ) -> Report:
     latencies = [o.latency_ms for o in outcomes]
     return Report(
@@ -237,6 +261,8 @@ def build_report(
         peak_rss_mb=round(peak_rss_mb, 1),
         ocr=ocr or {},
         failures=sum(o.score is None for o in outcomes),
+        generated=generated or {},
+        issue_understanding=issue_understanding,
     )
 
 
@@ -267,6 +293,14 @@ def format_report(report: Report) -> str:
         for g in reversed(GRADES):
             row = m["confusion"][str(g)]
             out.append(f"    {g:<6}" + "".join(f"{row[a]:>11}" for a in ACTIONS))
+    if report.generated:
+        out.append("")
+        out.append("generated negatives (grade 0: must not be sent)")
+        out.append(f"  {'kind':<20} {'n':>5} {'>= 0.4':>8} {'sent':>8} {'mean':>6}")
+        for kind, neg in report.generated.items():
+            share, sent, mean = _fmt(neg["ge_0_4"]), _fmt(neg["sent"]), _fmt(neg["mean"], 2)
+            out.append(f"  {kind:<20} {neg['n']:>5} {share:>8} {sent:>8} {mean:>6}")
+    out.extend(format_issue_understanding(report.issue_understanding))
     out.append("")
     lat = report.latency_ms
     out.append(f"latency per case: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, max {lat['max']:.1f} ms")
@@ -280,6 +314,13 @@ def format_report(report: Report) -> str:
         out.append(f"scorer failures: {report.failures} (counted as the policy's on_error action)")
     out.append(f"peak memory (max RSS of this process): {report.peak_rss_mb:.0f} MB")
     return "\n".join(out)
+
+
+def format_issue_understanding(metrics: dict[str, Any] | None) -> list[str]:
+    """Lines for the issue-understanding metrics (none until that part reports any)."""
+    if not metrics:
+        return []
+    return ["", "issue understanding", *(f"  {k}: {v}" for k, v in metrics.items())]
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -307,6 +348,7 @@ def run(
     policy: Policy | None = None,
     source: str = "cases",
     reader_name: str = "",
+    with_generated: bool = True,
 ) -> Report:
     """Score every case one at a time (as a request would be) and report. Blocking.
 
@@ -339,11 +381,12 @@ def run(
             raw = float(result.score)
             score: float | None = raw if math.isfinite(raw) and 0.0 <= raw <= 1.0 else None
             inputs = result.inputs_used
+            uncertain = result.uncertain
         except Exception:
-            score, inputs = None, ()
+            score, inputs, uncertain = None, (), False
         latency = (time.perf_counter() - started) * 1000
         verdict = decide(policy, score)
-        outcomes.append(Outcome(case, score, verdict.action, inputs, latency))
+        outcomes.append(Outcome(case, score, verdict.action, inputs, latency, uncertain))
     ocr: dict[str, Any] = {}
     if read_text is not None:
         ocr = {
@@ -353,6 +396,84 @@ def run(
             "p50_ms": percentile(ocr_ms, 50),
             "p95_ms": percentile(ocr_ms, 95),
         }
+    generated = score_generated(cases, scorer, policy, texts) if with_generated else None
     return build_report(
-        source, f"{scorer.name} {scorer.version}", outcomes, peak_rss_mb(), ocr if read_text else None
+        source,
+        f"{scorer.name} {scorer.version}",
+        outcomes,
+        peak_rss_mb(),
+        ocr if read_text else None,
+        generated=generated,
+        issue_understanding=issue_understanding_metrics(cases),
     )
+
+
+def issue_understanding_metrics(cases: Sequence[EvalCase]) -> dict[str, Any] | None:
+    """Issue-understanding metrics of the cases (kind accuracy, phrase coverage and overlap).
+
+    The hook where the issue-understanding part reports; it reports nothing yet.
+    """
+    return None
+
+
+GENERATED_BATCH = 64
+
+
+def score_generated(
+    cases: Sequence[EvalCase],
+    scorer: Scorer,
+    policy: Policy,
+    texts: dict[Path, str | None],
+    seed: int = 7,
+) -> dict[str, dict[str, Any]]:
+    """Score the generated negatives of ``cases`` in batches; per kind and "all"."""
+    sources = [
+        Source(
+            id=c.id,
+            qid=c.question_id,
+            lang=c.lang,
+            issue=c.issue or c.question_id,
+            question=c.question,
+            reply=c.reply,
+            grade=c.grade,
+            image=str(c.image) if c.image is not None else None,
+        )
+        for c in cases
+        if not c.id.endswith("-s")
+    ]
+    negatives = generate(sources, seed=seed)
+    items = [
+        ScoreInput(
+            question=g.question,
+            reply=g.reply,
+            instruction=policy.instruction,
+            image_text=texts.get(Path(g.image)) if g.image else None,
+            has_image=g.image is not None,
+            locale=g.lang,
+        )
+        for g in negatives
+    ]
+    scores: list[float | None] = []
+    for start in range(0, len(items), GENERATED_BATCH):
+        chunk = items[start : start + GENERATED_BATCH]
+        try:
+            scores.extend(r.score for r in scorer.score_batch(chunk))
+        except Exception:
+            scores.extend([None] * len(chunk))
+    by_kind: dict[str, list[float | None]] = {}
+    for g, s in zip(negatives, scores, strict=True):
+        by_kind.setdefault(g.kind, []).append(s)
+        by_kind.setdefault("all", []).append(s)
+    return {kind: negative_metrics(values, policy) for kind, values in sorted(by_kind.items())}
+
+
+def negative_metrics(scores: Sequence[float | None], policy: Policy) -> dict[str, Any]:
+    """n, share scoring >= 0.4, share sent (a failed score is not sent), mean score."""
+    ok = [s for s in scores if s is not None]
+    sent = sum(decide(policy, s).action == "send" for s in ok)
+    return {
+        "n": len(scores),
+        "ge_0_4": sum(s >= 0.4 for s in ok) / len(scores) if scores else None,
+        "sent": sent / len(scores) if scores else None,
+        "mean": _mean(ok),
+    }

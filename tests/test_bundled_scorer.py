@@ -214,3 +214,36 @@ def test_dev_set_in_sample_agreement(scorer: BundledScorer) -> None:
         g = row["grade"]
         ok += (s >= 0.7) if g == 2 else (0.5 <= s < 0.7) if g == 1 else (s < 0.5)
     assert ok / len(rows) >= 0.85
+
+
+def test_version_names_features_and_calibration(scorer: BundledScorer) -> None:
+    """Cached scores of an older scorer are never served: the version (part of the cache key) changes."""
+    from guard.scoring.features import FEATURES_VERSION
+
+    d = json.loads(CALIBRATION_PATH.read_bytes())
+    assert f":{FEATURES_VERSION}:cal-{d['version']}-" in scorer.version
+    assert d["features_version"] == FEATURES_VERSION != "f1"
+
+
+def test_result_says_instruction_unused_and_uncertain_without_issue(scorer: BundledScorer) -> None:
+    vague, stated, no_photo = scorer.score_batch(
+        [
+            ScoreInput(question="这个怎么办？", reply="亲，抱歉给您带来不便", has_image=True),
+            ScoreInput(question="快递箱子被压扁了，里面的杯子碎了", reply="亲，给您补发", has_image=True),
+            ScoreInput(question="这个怎么办？", reply="亲，抱歉给您带来不便"),
+        ]
+    )
+    assert vague.uncertain and vague.uncertain_reason == "no_issue_stated"
+    assert not stated.uncertain and stated.uncertain_reason is None
+    assert not no_photo.uncertain
+    assert not any(r.instruction_used for r in (vague, stated, no_photo))
+
+
+def test_whole_reply_is_read(scorer: BundledScorer) -> None:
+    """Text far past the first characters still counts: spam after a good reply lowers its score."""
+    q = "The box arrived crushed and the mug inside is cracked."
+    good = "Sorry the mug arrived cracked in a crushed box. I've sent a free replacement mug today."
+    spam = " ".join(f"Visit casino number {i} for free spins and big wins tonight." for i in range(60))
+    clean, spammed = scorer.score_batch([ScoreInput(q, good), ScoreInput(q, good + " " + spam)])
+    assert spammed.score < clean.score
+    assert spammed.score < 0.7

@@ -56,6 +56,12 @@ class ScoreResult:
     """Calibrated score in [0, 1] (NaN is treated as an error by the pipeline)."""
     inputs_used: tuple[str, ...]
     """Which inputs the score was computed from: "question", "image_text", "image", "reply"."""
+    uncertain: bool = False
+    """The scorer cannot judge this case (e.g. no issue stated and the photo unseen)."""
+    uncertain_reason: str | None = None
+    """Why, when ``uncertain``: a short code such as "no_issue_stated"."""
+    instruction_used: bool = False
+    """The scoring instruction reached the model (the bundled scorer never reads it)."""
 
 
 class Scorer(Protocol):

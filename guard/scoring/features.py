@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-FEATURES_VERSION = "f1"
+FEATURES_VERSION = "f2"
 """Bump whenever a feature's definition changes (stored in, and checked against, the calibration JSON)."""
 
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
@@ -411,6 +411,13 @@ _STUFFING_PHRASE = re.compile(
 _LIST_SEP = re.compile(r"[,，、;；/]|\band\b|\bor\b")
 
 
+def list_head(reply: str) -> str:
+    """The reply up to its first clause end (where a leading keyword list would be)."""
+    zh = detect_lang(reply) == "zh"
+    head_end = r"[:：—!！。?？，,;；]" if zh else r"[:：—!！?？]|\.(?!\d)"
+    return re.split(head_end, reply, maxsplit=1)[0]
+
+
 def keyword_list(question: str, reply: str) -> tuple[int, int]:
     """(short list items, items made of the question's keywords) in the reply's leading list.
 
@@ -418,8 +425,7 @@ def keyword_list(question: str, reply: str) -> tuple[int, int]:
     """
     q_toks = content_tokens(question)
     zh = detect_lang(reply) == "zh"
-    head_end = r"[:：—!！。?？，,;；]" if zh else r"[:：—!！?？]|\.(?!\d)"
-    head = re.split(head_end, reply, maxsplit=1)[0]
+    head = list_head(reply)
     segs = head.split("、") if zh else _LIST_SEP.split(head)
     items = 0
     keyword_items = 0
@@ -437,15 +443,51 @@ def keyword_list(question: str, reply: str) -> tuple[int, int]:
 
 
 def is_keyword_stuffing(question: str, reply: str, lex: LexicalFeatures) -> bool:
-    """Reply that lists the question's keywords and offers no remedy ("crushed box, fragile, broken...")."""
-    no_remedy = lex.remedy == 0 and lex.commit == 0
+    """Reply that lists the question's keywords and offers no remedy ("crushed box, fragile, broken...").
+
+    A remedy word that is itself one of the listed keywords ("退款、到账") is not a remedy.
+    """
     items, keyword_items = keyword_list(question, reply)
+    rest = reply[len(list_head(reply)) :] if keyword_items >= 3 else reply
+    rest_lex = lexical_features(question, rest) if rest != reply else lex
+    no_remedy = rest_lex.remedy == 0 and rest_lex.commit == 0
     listy = (
         (items >= 3 and keyword_items >= 2)
         or items >= 4
         or (items >= 3 and bool(_STUFFING_PHRASE.search(reply)))
     )
     return no_remedy and listy
+
+
+_REFUSAL_EN = re.compile(
+    r"\b(will not|won't|cannot|can't|can not|unable to|not able to|do not|don't|does not|doesn't|"
+    r"are not|aren't|is not|isn't|not)\b.{0,25}\b(repair|replace|refund|return|reship|resend|exchange|"
+    r"compensat|cover|accept|eligible|responsible|possible|offer|help|a defect|defective|our fault)\w*|"
+    r"\bno (refunds?|returns?|replacements?|exchanges?|compensation)\b|"
+    r"\b(is|looks|seems) (normal|expected|fine)\b|"
+    r"\bnot a (defect|fault|problem)\b|\b(nothing|not much) (we|i) can do\b|\bdenied\b|\bdeclin\w*",
+    re.IGNORECASE,
+)
+_REFUSAL_ZH = re.compile(
+    r"(不能|不可以|无法|不予|不支持|不接受|不负责|不承担|不提供|不会)(给您)?.{0,4}(退|换|修|补|赔|处理|受理)|"
+    r"不退不换|概不|恕不|属于正常|正常现象|不是质量问题|不属于质量问题|不算质量问题|没办法|爱莫能助"
+)
+_CJK_CHAR = re.compile(r"[\u3400-\u9fff]")
+_LATIN_CHAR = re.compile(r"[A-Za-z]")
+
+
+def refusal_count(text: str) -> float:
+    """Refusal / denial cues ("we will not refund", "this is normal", "不予退换")."""
+    return float(len(_REFUSAL_EN.findall(text)) + len(_REFUSAL_ZH.findall(text)))
+
+
+def text_lang(text: str) -> str | None:
+    """ "zh" or "en" by the share of CJK characters among letters; None for a text without letters."""
+    cjk = len(_CJK_CHAR.findall(text))
+    latin = len(_LATIN_CHAR.findall(text))
+    if cjk == 0 and latin == 0:
+        return None
+    return "zh" if cjk * 3 >= latin * 0.5 else "en"
 
 
 # --- embedding-derived features -----------------------------------------------------------------
@@ -480,9 +522,61 @@ class Prototypes:
     temp: float
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyView:
+    """What the features see of a reply: its embedded sentences and the size of the whole."""
+
+    sentence_texts: tuple[str, ...]
+    """The embedded sentences (see ``CanonicalReply.embedded``)."""
+    sentences: NDArray[np.float32]
+    """Their unit-norm embeddings (rows; none for an empty reply)."""
+    total_chars: int
+    """Characters of the whole canonical reply, embedded or not."""
+
+
+@dataclass(frozen=True, slots=True)
+class Core:
+    """The part of a reply the model reads: its embedded sentences (the rest is unseen mass)."""
+
+    text: str
+    chars: tuple[int, ...]
+    emb: NDArray[np.float32]
+    cos: NDArray[np.float64]
+    """Cosine of each sentence with the question."""
+    share: float
+    """Characters embedded / characters of the whole canonical reply (0 for an empty reply)."""
+
+
+def reply_core(view: ReplyView, e_q: FloatArray, lang: str | None) -> Core:
+    """The embedded sentences of a reply with their similarity to the question, and their share."""
+    if view.sentences.shape[0] == 0:
+        return Core("", (), view.sentences, np.zeros(0), 0.0)
+    cos = np.asarray(view.sentences @ np.asarray(e_q, dtype=np.float32), dtype=np.float64)
+    chars = tuple(len(t) for t in view.sentence_texts)
+    return Core(
+        text=("" if lang == "zh" else " ").join(view.sentence_texts),
+        chars=chars,
+        emb=view.sentences,
+        cos=cos,
+        share=sum(chars) / max(view.total_chars, 1),
+    )
+
+
+RELEVANT_COS = 0.3
+"""A sentence at least this close to the question counts as about the customer's issue."""
+
+
+DENSE_DIM = 512
+DENSE_BLOCKS = ("q_x_r", "abs_q_minus_r", "r")
+
 FEATURE_NAMES: tuple[str, ...] = (
     "cos_qr",
     "cos_qr_x_zh",
+    "max_sentence_cos",
+    "min_sentence_cos",
+    "relevant_share",
+    "seen_share",
+    "log_total_len",
     "max_generic",
     "max_offtopic",
     "max_issue_r",
@@ -495,25 +589,49 @@ FEATURE_NAMES: tuple[str, ...] = (
     "time",
     "generic_lex",
     "apology",
+    "refusal",
+    "refusal_no_remedy",
     "digits",
     "log_len",
     "q_overlap",
     "r_novelty",
     "stuffing",
+    "keyword_list",
     "list_density",
     "is_zh",
+    "lang_mismatch",
     "remedy_x_cos",
     "cos_minus_issue_r",
     "q_vs_issue_softmax",
     "r_issue_at_q",
 )
+"""The named (hand-made) features; the model also reads the dense interaction block."""
+
+
+def core_embedding(core: Core) -> NDArray[np.float64]:
+    """Length-weighted mean of the core's sentence embeddings, unit norm (zeros for an empty core)."""
+    if core.emb.shape[0] == 0:
+        return np.zeros(DENSE_DIM)
+    w = np.asarray(core.chars, dtype=np.float64)
+    mean = (w[:, None] * core.emb.astype(np.float64)).sum(axis=0)
+    norm = float(np.linalg.norm(mean))
+    return np.asarray(mean / norm if norm > 1e-12 else mean, dtype=np.float64)
+
+
+def dense_features(e_q: FloatArray, e_r: NDArray[np.float64]) -> NDArray[np.float64]:
+    """USE interaction block: [q * r elementwise, |q - r|, r] (3 x 512)."""
+    q = np.asarray(e_q, dtype=np.float64)
+    return np.concatenate([q * e_r, np.abs(q - e_r), e_r])
 
 
 def feature_vector(
-    question: str, reply: str, e_q: FloatArray, e_r: FloatArray, protos: Prototypes
+    question: str, question_lang: str | None, e_q: FloatArray, core: Core, protos: Prototypes
 ) -> NDArray[np.float64]:
-    """All features for one case, in FEATURE_NAMES order. ``e_q``/``e_r`` are unit-norm embeddings."""
-    cos_qr = float(e_q @ e_r)
+    """Named features of a reply, in FEATURE_NAMES order. ``e_q``: the question's unit embedding."""
+    reply = core.text
+    e_r = core_embedding(core)
+    sent_cos = core.cos if core.cos.size else np.zeros(1)
+    cos_qr = float(np.asarray(e_q, dtype=np.float64) @ e_r)
     max_generic = float(np.max(protos.generic @ e_r))
     max_offtopic = float(np.max(protos.offtopic @ e_r))
     max_issue_r = float(np.max(protos.issue @ e_r))
@@ -524,12 +642,22 @@ def feature_vector(
     q_vs_issue = float(_softmax(np.concatenate([[cos_qr], issue_sims]), protos.temp)[0])
     q_conf = float(p_q.max())
     lex = lexical_features(question, reply)
-    is_zh = 1.0 if detect_lang(reply) == "zh" else 0.0
+    refusal = min(refusal_count(reply), 3.0)
+    r_lang = text_lang(reply)
+    is_zh = 1.0 if r_lang == "zh" else 0.0
+    mismatch = 1.0 if (r_lang is not None and question_lang is not None and r_lang != question_lang) else 0.0
     has_rem = min(lex.remedy + lex.commit, 3.0)
+    items, keyword_items = keyword_list(question, reply)
+    total = max(sum(core.chars) / core.share, 1.0) if core.share > 0 else 1.0
     return np.array(
         [
             cos_qr,
             cos_qr * is_zh,
+            float(sent_cos.max()),
+            float(sent_cos.min()),
+            float(np.asarray(core.chars, dtype=np.float64)[core.cos >= RELEVANT_COS].sum()) / total,
+            core.share,
+            float(np.log1p(total * (2.5 if is_zh else 1.0))),
             max_generic,
             max_offtopic,
             max_issue_r,
@@ -542,13 +670,17 @@ def feature_vector(
             lex.time,
             lex.generic,
             lex.apology,
+            refusal,
+            refusal * float(has_rem == 0),
             lex.digits,
             lex.log_len,
             lex.q_overlap,
             lex.r_novelty,
             lex.stuffing,
+            min(float(keyword_items), 5.0) + 0.2 * min(float(items), 5.0),
             lex.list_density,
             is_zh,
+            mismatch,
             has_rem * cos_qr,
             cos_qr - max_issue_r,
             q_vs_issue,
@@ -558,28 +690,47 @@ def feature_vector(
     )
 
 
+def mass_factor(core_share: NDArray[np.float64], full_share: float) -> NDArray[np.float64]:
+    """1 when at least ``full_share`` of the reply was embedded, falling linearly to 0 below.
+
+    Text the model did not read (beyond the embedded sentences) can only lower a score.
+    """
+    return np.asarray(np.clip(core_share / max(full_share, 1e-9), 0.0, 1.0), dtype=np.float64)
+
+
 # --- the calibrated model -------------------------------------------------------------------------
 
 GRADE_TARGETS: tuple[float, float, float] = (0.0, 0.55, 1.0)
 
 
-def predict_proba(
-    x: NDArray[np.float64],
-    mean: NDArray[np.float64],
-    scale: NDArray[np.float64],
-    w: NDArray[np.float64],
-    b: NDArray[np.float64],
-) -> NDArray[np.float64]:
-    """Multinomial logistic regression on standardised features: rows of P(grade=0,1,2)."""
-    z = ((x - mean) / scale) @ w + b
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return np.asarray(e / e.sum(axis=1, keepdims=True), dtype=np.float64)
+def sigmoid(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)), dtype=np.float64)
 
 
-def expected_score(proba: NDArray[np.float64]) -> NDArray[np.float64]:
-    """Expected target (0 / 0.55 / 1.0) under the grade probabilities."""
-    return np.asarray(proba @ np.asarray(GRADE_TARGETS), dtype=np.float64)
+@dataclass(frozen=True, slots=True)
+class Head:
+    """One logistic head: P = sigmoid(dense . w_dense + ((named - mean) / scale) . w_named + b)."""
+
+    w_dense: NDArray[np.float64]
+    w_named: NDArray[np.float64]
+    b: float
+
+    def proba(self, dense: NDArray[np.float64], named_z: NDArray[np.float64]) -> NDArray[np.float64]:
+        return sigmoid(dense @ self.w_dense + named_z @ self.w_named + self.b)
+
+
+GENERIC_CEILING = 0.5
+"""A reply that is on-topic but not a specific remedy reaches at most this raw score."""
+
+
+def ordinal_score(p_ge1: NDArray[np.float64], p_2: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Raw score: a specific remedy (P(grade = 2)) or, at most half-way, an on-topic reply (P(grade >= 1)).
+
+    ``max(0.5 * P(>=1), P(2))`` keeps each head's ranking where it matters: P(2) orders the top
+    (send or not), P(>=1) the bottom (follow up or escalate). Cross-validated it ranks better than
+    the expected target 0.55 P(1) + P(2), which mixes the heads' errors.
+    """
+    return np.asarray(np.maximum(GENERIC_CEILING * p_ge1, p_2), dtype=np.float64)
 
 
 def piecewise_linear(x: NDArray[np.float64], xs: Sequence[float], ys: Sequence[float]) -> NDArray[np.float64]:

@@ -1,10 +1,20 @@
 """Fit the bundled scorer's calibration and report cross-validated metrics.
 
     python -m guard.scoring.fit_bundled /work/shared/data/dev/cases.jsonl [--out PATH] [--threads 2]
+        [--write-generated PATH.jsonl]
 
-Cross-validation groups folds by question (``dev-QQQ-x``: all replies of a question, including the
-swapped ``-s`` one, stay in one fold). Prints a metrics table (overall / zh / en / issue stated in the
-question / vague photo-only question) and writes the calibration JSON fitted on all cases.
+Training rows: the labelled cases, the generated negatives of ``guard.scoring.perturb`` (good replies
+paired with questions of other issues or in the other language, repeated / padded / spammed /
+refused / keyword-listed replies, all grade 0) and a few hand-written grade-1 cases. Cross-validation
+groups folds by question (``dev-QQQ-x``: all replies of a question, its swapped ``-s`` one and every
+case generated for it stay in one fold). Prints the metrics table and writes the calibration JSON
+fitted on all rows. Deterministic: the same file every run.
+
+The model: two logistic heads, P(grade >= 1) and P(grade = 2), over the USE interaction block
+[q * r, |q - r|, r] and the named features; each dense block is fitted in its top principal
+directions (from the training rows, labels unused) and mapped back to 512 weights, so serving is one
+dot product. Their expected target (0 / 0.55 / 1) goes through a monotone map onto the policy's bands,
+fitted on inner out-of-fold scores.
 """
 
 from __future__ import annotations
@@ -26,29 +36,32 @@ from guard.scoring.bundled import (
     CALIBRATION_PATH,
     Calibration,
     Encoder,
+    Features,
     UseEncoder,
     apply_calibration,
     build_features,
     embed_prototypes,
     parse_calibration,
 )
-from guard.scoring.features import (
-    FEATURE_NAMES,
-    FEATURES_VERSION,
-    GRADE_TARGETS,
-    expected_score,
-    piecewise_linear,
-    predict_proba,
-)
+from guard.scoring.features import DENSE_BLOCKS, DENSE_DIM, FEATURE_NAMES, FEATURES_VERSION, GRADE_TARGETS
+from guard.scoring.perturb import Source, generate
 
-CALIBRATION_VERSION = "2026.11.25-1"
-L2 = 10.0
+CALIBRATION_VERSION = "2026.12.01-1"
+L2 = 3.0
+PCA_DIMS = 48
 N_FOLDS = 5
+INNER_FOLDS = 3
 SEED = 7
+GENERATED_WEIGHT = 0.5
 SYNTHETIC_WEIGHT = 1.0
 INJECTION_CAP = 0.2
 STUFFING_CAP = 0.3
 ISSUE_TEMP = 0.05
+UNCERTAIN_ISSUE_COS = 0.3
+MASS_FULL_SHARE = 0.4
+BANDS = (0.4, 0.5, 0.7)
+SENT_PENALTY = 1.0
+"""In the post map's objective a grade-0 row sent (generated ones too) costs this many agreements."""
 
 # Questions whose text does not state the problem (it is only in the photo): reported separately.
 VAGUE_PHOTO_QUESTIONS = frozenset(
@@ -208,7 +221,12 @@ class Case:
     grade: int
     has_image: bool
     item: ScoreInput
-    synthetic: bool = False
+    kind: str = "dev"
+    """"dev" (labelled), "synthetic" (hand-written grade 1, training only) or a generated kind."""
+
+    @property
+    def real(self) -> bool:
+        return self.kind == "dev"
 
 
 def synthetic_cases() -> list[Case]:
@@ -216,34 +234,55 @@ def synthetic_cases() -> list[Case]:
     for i, (q, r) in enumerate(SYNTHETIC_GRADE1):
         lang = "zh" if any("\u4e00" <= ch <= "\u9fff" for ch in q) else "en"
         item = ScoreInput(question=q, reply=r, locale=lang)
-        out.append(Case(f"syn-{i:03d}-a", f"syn{i:03d}", lang, 1, False, item, synthetic=True))
+        out.append(Case(f"syn-{i:03d}-a", f"syn{i:03d}", lang, 1, False, item, kind="synthetic"))
     return out
 
 
-def load_cases(path: Path) -> list[Case]:
-    cases: list[Case] = []
+def load_sources(path: Path) -> list[Source]:
+    out: list[Source] = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         d = json.loads(line)
-        item = ScoreInput(
-            question=d["question"],
-            reply=d["reply"],
-            image_text=d.get("image_text"),
-            has_image=d.get("image") is not None,
-            locale=d.get("lang"),
-        )
-        cases.append(
-            Case(
+        out.append(
+            Source(
                 id=d["id"],
                 qid=d["id"].split("-")[1],
                 lang=d["lang"],
+                issue=str(d.get("issue", "")),
+                question=d["question"],
+                reply=d["reply"],
                 grade=int(d["grade"]),
-                has_image=d.get("image") is not None,
-                item=item,
+                image=d.get("image"),
             )
         )
-    return cases
+    return out
+
+
+def to_case(s: Source) -> Case:
+    item = ScoreInput(question=s.question, reply=s.reply, has_image=s.image is not None, locale=s.lang)
+    return Case(s.id, s.qid, s.lang, s.grade, s.image is not None, item)
+
+
+def generated_cases(sources: Sequence[Source]) -> list[Case]:
+    # Only the original replies seed generation (a swapped reply is already a generated negative).
+    seeds = [s for s in sources if not s.id.endswith("-s")]
+    return [
+        Case(
+            g.id,
+            g.qid,
+            g.lang,
+            0,
+            g.image is not None,
+            ScoreInput(question=g.question, reply=g.reply, has_image=g.image is not None, locale=g.lang),
+            kind=g.kind,
+        )
+        for g in generate(seeds, seed=SEED)
+    ]
+
+
+def load_cases(path: Path) -> list[Case]:
+    return [to_case(s) for s in load_sources(path)]
 
 
 def group_folds(qids: Sequence[str], n_folds: int = N_FOLDS, seed: int = SEED) -> NDArray[np.int64]:
@@ -255,73 +294,141 @@ def group_folds(qids: Sequence[str], n_folds: int = N_FOLDS, seed: int = SEED) -
     return np.array([fold_of[q] for q in qids], dtype=np.int64)
 
 
-def fit_multinomial(
-    x: NDArray[np.float64],
-    y: NDArray[np.int64],
-    l2: float = L2,
-    iters: int = 3000,
-    lr: float = 0.1,
-    weights: NDArray[np.float64] | None = None,
-) -> dict[str, NDArray[np.float64]]:
-    """Class-balanced multinomial logistic regression on standardised features (numpy gradient descent)."""
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale = np.where(scale < 1e-9, 1.0, scale)
-    z = (x - mean) / scale
-    n, d = z.shape
-    onehot = np.eye(3)[y]
-    counts = onehot.sum(axis=0)
-    sw = (n / (3.0 * np.maximum(counts, 1.0)))[y]
-    if weights is not None:
-        sw = sw * weights
-    w = np.zeros((d, 3))
-    b = np.zeros(3)
-    mw = np.zeros_like(w)
-    mb = np.zeros_like(b)
+# ------------------------------------------------------------------ the model
+
+
+def fit_logistic(
+    x: NDArray[np.float64], y: NDArray[np.float64], sw: NDArray[np.float64], l2: float, iters: int = 25
+) -> tuple[NDArray[np.float64], float]:
+    """Weighted L2 logistic regression by Newton's method (the intercept is not penalised)."""
+    n, d = x.shape
+    xa = np.hstack([x, np.ones((n, 1))])
+    w = np.zeros(d + 1)
+    reg = np.full(d + 1, l2)
+    reg[-1] = 0.0
     for _ in range(iters):
-        logits = z @ w + b
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        p /= p.sum(axis=1, keepdims=True)
-        g = (p - onehot) * sw[:, None] / n
-        gw = z.T @ g + l2 * w / n
-        gb = g.sum(axis=0)
-        mw = 0.9 * mw + gw
-        mb = 0.9 * mb + gb
-        w -= lr * mw
-        b -= lr * mb
-    return {"mean": mean, "scale": scale, "w": w, "b": b}
+        p = 0.5 * (1.0 + np.tanh(0.5 * (xa @ w)))
+        g = xa.T @ (sw * (p - y)) + reg * w
+        h = (xa * (sw * np.maximum(p * (1 - p), 1e-6))[:, None]).T @ xa + np.diag(reg + 1e-8)
+        step = np.linalg.solve(h, g)
+        w -= step
+        if float(np.max(np.abs(step))) < 1e-6:
+            break
+    return w[:-1], float(w[-1])
 
 
-def raw_expected(model: dict[str, NDArray[np.float64]], x: NDArray[np.float64]) -> NDArray[np.float64]:
-    return expected_score(predict_proba(x, model["mean"], model["scale"], model["w"], model["b"]))
+def principal_directions(block: NDArray[np.float64], k: int) -> NDArray[np.float64]:
+    """Top-k eigenvectors (512 x k) of the block's second-moment matrix."""
+    _, vecs = np.linalg.eigh(block.T @ block / max(len(block), 1))
+    return np.asarray(vecs[:, ::-1][:, :k], dtype=np.float64)
 
 
-def fit_post_map(e: NDArray[np.float64], y: NDArray[np.int64]) -> tuple[list[float], list[float]]:
-    """Monotone map (0,t1,t2,1) -> (0,0.5,0.7,1) maximising decision agreement of out-of-fold scores."""
-    best = (-1.0, 0.0, [0.0, 0.5, 0.7, 1.0])
-    for t1 in np.arange(0.25, 0.70, 0.01):
-        for t2 in np.arange(t1 + 0.05, 0.95, 0.01):
-            xs = [0.0, float(t1), float(t2), 1.0]
-            agree = decision_agreement(piecewise_linear(e, xs, [0.0, 0.5, 0.7, 1.0]), y)
+def balanced(target: NDArray[np.float64], weights: NDArray[np.float64]) -> NDArray[np.float64]:
+    pos = float((weights * target).sum())
+    neg = float((weights * (1 - target)).sum())
+    total = pos + neg
+    return np.asarray(
+        weights * np.where(target > 0.5, total / (2 * max(pos, 1e-9)), total / (2 * max(neg, 1e-9))),
+        dtype=np.float64,
+    )
+
+
+def fit_heads(f: Features, y: NDArray[np.int64], weights: NDArray[np.float64]) -> dict[str, Any]:
+    """Standardisation of the named features and the two heads' weights (dense weights in full 512-d)."""
+    mean = f.named.mean(axis=0)
+    scale = f.named.std(axis=0)
+    scale = np.where(scale < 1e-9, 1.0, scale)
+    z = (f.named - mean) / scale
+    projections = [
+        principal_directions(f.dense[:, k * DENSE_DIM : (k + 1) * DENSE_DIM], PCA_DIMS)
+        for k in range(len(DENSE_BLOCKS))
+    ]
+    reduced = np.hstack(
+        [f.dense[:, k * DENSE_DIM : (k + 1) * DENSE_DIM] @ p for k, p in enumerate(projections)]
+    )
+    x = np.hstack([reduced, z])
+    heads: dict[str, Any] = {}
+    for name, target in (("ge1", (y >= 1).astype(np.float64)), ("eq2", (y == 2).astype(np.float64))):
+        w, b = fit_logistic(x, target, balanced(target, weights), L2)
+        w_red, w_named = w[: len(DENSE_BLOCKS) * PCA_DIMS], w[len(DENSE_BLOCKS) * PCA_DIMS :]
+        w_dense = np.concatenate(
+            [p @ w_red[k * PCA_DIMS : (k + 1) * PCA_DIMS] for k, p in enumerate(projections)]
+        )
+        heads[name] = {"w_dense": w_dense, "w_named": w_named, "b": b}
+    return {"mean": mean, "scale": scale, "heads": heads}
+
+
+def identity_post() -> dict[str, list[float]]:
+    return {"x": [0.0, *BANDS, 1.0], "y": [0.0, *BANDS, 1.0]}
+
+
+def fit_post_map(
+    e: NDArray[np.float64], y: NDArray[np.int64], real: NDArray[np.bool_]
+) -> dict[str, list[float]]:
+    """Knots (t0 < t1 < t2) of raw scores mapped onto the bands 0.4 / 0.5 / 0.7.
+
+    t1, t2 maximise the decision agreement on the labelled cases, counting every grade-0 row sent
+    (generated ones too) SENT_PENALTY times; t0 is put where 95% of the labelled grade-0 raw scores lie below
+    it (within [0.7 t1, t1]): it only moves grade-0 rows between escalate and review.
+    """
+    grid = np.round(np.arange(0.05, 0.96, 0.01), 2)
+    best: tuple[float, float, float, float] = (-1e9, 0.0, 0.5, 0.7)
+    g0 = y == 0
+    for t1 in grid:
+        for t2 in grid[grid > t1 + 0.04]:
+            ok = np.where(y == 2, e >= t2, np.where(y == 1, (e >= t1) & (e < t2), e < t1))
+            sent0 = float((g0 & (e >= t2)).sum())
+            value = float(ok[real].sum()) - SENT_PENALTY * sent0
             closeness = -abs(t1 - 0.5) - abs(t2 - 0.7)
-            if (agree, closeness) > best[:2]:
-                best = (agree, closeness, xs)
-    return [round(v, 4) for v in best[2]], [0.0, 0.5, 0.7, 1.0]
+            if (value, closeness) > best[:2]:
+                best = (value, closeness, float(t1), float(t2))
+    t1, t2 = best[2], best[3]
+    q95 = float(np.quantile(e[real & g0], 0.95)) if (real & g0).any() else 0.8 * t1
+    t0 = float(np.clip(q95, 0.7 * t1, t1 - 0.01))
+    return {"x": [0.0, round(t0, 4), round(t1, 4), round(t2, 4), 1.0], "y": [0.0, *BANDS, 1.0]}
 
 
-def fit_all(
-    x: NDArray[np.float64], y: NDArray[np.int64], qids: Sequence[str], synthetic: NDArray[np.bool_]
-) -> dict[str, Any]:
-    """Model on all rows plus a post map fitted on inner out-of-fold expected scores of the real rows."""
-    weights = np.where(synthetic, SYNTHETIC_WEIGHT, 1.0)
-    folds = group_folds(qids)
+def raw_scores(model: dict[str, Any], f: Features) -> NDArray[np.float64]:
+    cal = to_calibration(with_model(base_calibration_dict(), {"model": model, "post": identity_post()}))
+    from guard.scoring.bundled import model_score
+
+    return model_score(cal, f.dense, f.named)
+
+
+def fit_all(f: Features, y: NDArray[np.int64], cases: Sequence[Case]) -> dict[str, Any]:
+    """Heads on all rows plus a post map fitted on inner out-of-fold raw scores."""
+    weights = np.array([case_weight(c) for c in cases])
+    real = np.array([c.real for c in cases])
+    folds = group_folds([c.qid for c in cases], n_folds=INNER_FOLDS)
     e = np.zeros(len(y))
-    for k in range(int(folds.max()) + 1):
+    for k in range(INNER_FOLDS):
         tr = folds != k
-        e[~tr] = raw_expected(fit_multinomial(x[tr], y[tr], weights=weights[tr]), x[~tr])
-    post_x, post_y = fit_post_map(e[~synthetic], y[~synthetic])
-    return {"model": fit_multinomial(x, y, weights=weights), "post": {"x": post_x, "y": post_y}}
+        e[~tr] = raw_scores(fit_heads(take(f, tr), y[tr], weights[tr]), take(f, ~tr))
+    synthetic = np.array([c.kind == "synthetic" for c in cases])
+    keep = ~synthetic
+    return {"model": fit_heads(f, y, weights), "post": fit_post_map(e[keep], y[keep], real[keep])}
+
+
+def case_weight(c: Case) -> float:
+    if c.real:
+        return 1.0
+    return SYNTHETIC_WEIGHT if c.kind == "synthetic" else GENERATED_WEIGHT
+
+
+def take(f: Features, mask: NDArray[np.bool_]) -> Features:
+    idx = np.flatnonzero(mask)
+    return Features(
+        dense=f.dense[idx],
+        named=f.named[idx],
+        injection=tuple(f.injection[i] for i in idx),
+        stuffing=tuple(f.stuffing[i] for i in idx),
+        empty=tuple(f.empty[i] for i in idx),
+        core_share=f.core_share[idx],
+        states_issue=tuple(f.states_issue[i] for i in idx),
+    )
+
+
+# ------------------------------------------------------------------ metrics
 
 
 def auroc(pos: NDArray[np.float64], neg: NDArray[np.float64]) -> float:
@@ -345,14 +452,20 @@ def decision_agreement(scores: NDArray[np.float64], grades: NDArray[np.int64]) -
     return float(ok.mean()) if len(ok) else float("nan")
 
 
+def _share(mask: NDArray[np.bool_]) -> float:
+    return float(mask.mean()) if len(mask) else float("nan")
+
+
 def metrics(scores: NDArray[np.float64], grades: NDArray[np.int64]) -> dict[str, float]:
+    g0 = scores[grades == 0]
     return {
         "n": float(len(grades)),
         "auc_2_vs_rest": auroc(scores[grades == 2], scores[grades != 2]),
         "auc_ge1_vs_0": auroc(scores[grades >= 1], scores[grades == 0]),
         "agree": decision_agreement(scores, grades),
-        "g0_lt_0.4": float((scores[grades == 0] < 0.4).mean()) if (grades == 0).any() else float("nan"),
-        "mean_g0": float(scores[grades == 0].mean()) if (grades == 0).any() else float("nan"),
+        "g0_ge_0.4": _share(g0 >= 0.4),
+        "g0_sent": _share(g0 >= 0.7),
+        "mean_g0": float(g0.mean()) if len(g0) else float("nan"),
         "mean_g1": float(scores[grades == 1].mean()) if (grades == 1).any() else float("nan"),
         "mean_g2": float(scores[grades == 2].mean()) if (grades == 2).any() else float("nan"),
     }
@@ -362,37 +475,67 @@ def subsets(cases: Sequence[Case]) -> dict[str, NDArray[np.bool_]]:
     lang = np.array([c.lang for c in cases])
     vague = np.array([c.qid in VAGUE_PHOTO_QUESTIONS for c in cases])
     swapped = np.array([c.id.endswith("-s") for c in cases])
-    real = np.array([not c.synthetic for c in cases])
-    return {
+    image = np.array([c.has_image for c in cases])
+    real = np.array([c.real for c in cases])
+    kind = np.array([c.kind for c in cases])
+    out = {
         "all": real,
         "zh": real & (lang == "zh"),
         "en": real & (lang == "en"),
+        "with_image": real & image,
+        "without_image": real & ~image,
         "stated": real & ~vague,
         "vague_photo": real & vague,
+        "swapped": real & swapped,
         "no_swapped": real & ~swapped,
+        "generated": ~real & (kind != "synthetic"),
     }
+    for k in sorted(set(kind) - {"dev", "synthetic"}):
+        out[f"gen:{k}"] = kind == k
+    return out
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    cols = ["n", "auc_2_vs_rest", "auc_ge1_vs_0", "agree", "g0_lt_0.4", "mean_g0", "mean_g1", "mean_g2"]
-    out = ["subset        " + " ".join(f"{c:>13}" for c in cols)]
+    cols = [
+        "n",
+        "auc_2_vs_rest",
+        "auc_ge1_vs_0",
+        "agree",
+        "g0_ge_0.4",
+        "g0_sent",
+        "mean_g0",
+        "mean_g1",
+        "mean_g2",
+    ]
+    out = ["subset                 " + " ".join(f"{c:>13}" for c in cols)]
     for name, m in rows.items():
         out.append(
-            f"{name:<13} " + " ".join(f"{m[c]:>13.3f}" if c != "n" else f"{int(m[c]):>13d}" for c in cols)
+            f"{name:<22} "
+            + " ".join(
+                ("            -" if np.isnan(m[c]) else f"{m[c]:>13.3f}") if c != "n" else f"{int(m[c]):>13d}"
+                for c in cols
+            )
         )
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------ calibration file
+
+
 def base_calibration_dict() -> dict[str, Any]:
-    """Calibration JSON without the fitted model (identity post map)."""
+    """Calibration JSON without the fitted model (zero weights, identity post map)."""
     n = len(FEATURE_NAMES)
+    zero_head = {"w_dense": [0.0] * (DENSE_DIM * len(DENSE_BLOCKS)), "w_named": [0.0] * n, "b": 0.0}
     return {
         "version": CALIBRATION_VERSION,
         "features_version": FEATURES_VERSION,
         "feature_names": list(FEATURE_NAMES),
-        "model": {"mean": [0.0] * n, "scale": [1.0] * n, "w": [[0.0] * 3] * n, "b": [0.0] * 3},
-        "post": {"x": [0.0, 1.0], "y": [0.0, 1.0]},
+        "dense_blocks": list(DENSE_BLOCKS),
+        "model": {"mean": [0.0] * n, "scale": [1.0] * n, "heads": {"ge1": zero_head, "eq2": zero_head}},
+        "post": identity_post(),
         "caps": {"injection": INJECTION_CAP, "keyword_stuffing": STUFFING_CAP},
+        "mass": {"full_share": MASS_FULL_SHARE},
+        "uncertain": {"issue_cos": UNCERTAIN_ISSUE_COS},
         "targets": list(GRADE_TARGETS),
         "prototypes": {
             "generic": list(GENERIC_PROTOTYPES),
@@ -403,9 +546,19 @@ def base_calibration_dict() -> dict[str, Any]:
     }
 
 
+def _rounded(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, np.ndarray):
+        return np.round(v, 6).tolist()
+    if isinstance(v, float):
+        return round(v, 6)
+    return v
+
+
 def with_model(base: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
     d: dict[str, Any] = json.loads(json.dumps(base))
-    d["model"] = {k: np.round(v, 6).tolist() for k, v in fitted["model"].items()}
+    d["model"] = _rounded(fitted["model"])
     d["post"] = fitted["post"]
     return d
 
@@ -414,52 +567,48 @@ def to_calibration(d: dict[str, Any]) -> Calibration:
     return parse_calibration(json.dumps(d, ensure_ascii=False, indent=1).encode("utf-8"))
 
 
-def cross_validate(
-    x: NDArray[np.float64],
-    injection: Sequence[bool],
-    stuffing: Sequence[bool],
-    empty: Sequence[bool],
-    cases: Sequence[Case],
-    base: dict[str, Any],
-) -> NDArray[np.float64]:
-    """Out-of-fold calibrated scores."""
+# ------------------------------------------------------------------ cross-validation
+
+
+def cross_validate(f: Features, cases: Sequence[Case], base: dict[str, Any]) -> NDArray[np.float64]:
+    """Out-of-fold calibrated scores (caps included, as served)."""
     y = np.array([c.grade for c in cases], dtype=np.int64)
     folds = group_folds([c.qid for c in cases])
     oof = np.zeros(len(cases))
-    inj = np.asarray(injection)
-    stf = np.asarray(stuffing)
-    emp = np.asarray(empty)
-    syn = np.array([c.synthetic for c in cases])
-    for k in range(int(folds.max()) + 1):
+    for k in range(N_FOLDS):
         tr = folds != k
-        qids = [c.qid for c, t in zip(cases, tr, strict=True) if t]
-        cal = to_calibration(with_model(base, fit_all(x[tr], y[tr], qids, syn[tr])))
-        te = ~tr
-        oof[te] = apply_calibration(cal, x[te], list(inj[te]), list(stf[te]), list(emp[te]))
+        train_cases = [c for c, t in zip(cases, tr, strict=True) if t]
+        cal = to_calibration(with_model(base, fit_all(take(f, tr), y[tr], train_cases)))
+        oof[~tr] = apply_calibration(cal, take(f, ~tr))
     return oof
 
 
 def evaluate(
-    cases: Sequence[Case], encoder: Encoder, log: Callable[[str], None] = print
-) -> tuple[dict[str, dict[str, float]], dict[str, Any], NDArray[np.float64]]:
-    """CV metrics table, the calibration fitted on all cases, and the out-of-fold scores.
-
-    The synthetic cases are added to every training fold; metrics are on the given cases only.
-    """
-    n_real = len(cases)
-    cases = [*cases, *synthetic_cases()]
+    sources: Sequence[Source], encoder: Encoder, log: Callable[[str], None] = print
+) -> tuple[dict[str, dict[str, float]], dict[str, Any], NDArray[np.float64], list[Case]]:
+    """CV metrics table, the calibration fitted on all rows, the out-of-fold scores and the rows."""
+    cases = [*(to_case(s) for s in sources), *generated_cases(sources), *synthetic_cases()]
     base = base_calibration_dict()
     protos = embed_prototypes(to_calibration(base), encoder)
-    items = [c.item for c in cases]
-    x, injection, stuffing = build_features(items, encoder, protos)
-    empty = [not it.reply.strip() for it in items]
-    oof = cross_validate(x, injection, stuffing, empty, cases, base)
+    t0 = time.perf_counter()
+    f = build_features([c.item for c in cases], encoder, protos, UNCERTAIN_ISSUE_COS)
+    n_real = sum(c.real for c in cases)
+    log(f"{len(cases)} rows ({n_real} labelled), features in {time.perf_counter() - t0:.1f}s")
+    oof = cross_validate(f, cases, base)
     y = np.array([c.grade for c in cases], dtype=np.int64)
-    table = {name: metrics(oof[m], y[m]) for name, m in subsets(cases).items()}
-    syn = np.array([c.synthetic for c in cases])
-    full = with_model(base, fit_all(x, y, [c.qid for c in cases], syn))
+    table = {name: metrics(oof[m], y[m]) for name, m in subsets(cases).items() if m.any()}
+    full = with_model(base, fit_all(f, y, cases))
     log(format_table(table))
-    return table, full, oof[:n_real]
+    return table, full, oof, cases
+
+
+def write_generated(path: Path, sources: Sequence[Source]) -> None:
+    """The generated negatives as dev-format JSONL (for ``guard eval`` of any scorer)."""
+    seeds = [s for s in sources if not s.id.endswith("-s")]
+    with path.open("w", encoding="utf-8") as fh:
+        for g in generate(seeds, seed=SEED):
+            row = {"id": g.id, "lang": g.lang, "kind": g.kind, "question": g.question, "reply": g.reply}
+            fh.write(json.dumps({**row, "image": g.image, "grade": 0}, ensure_ascii=False) + "\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -467,14 +616,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("cases", type=Path)
     ap.add_argument("--out", type=Path, default=CALIBRATION_PATH)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--write-generated", type=Path, default=None, help="also write the generated negatives")
     args = ap.parse_args(argv)
-    cases = load_cases(args.cases)
+    sources = load_sources(args.cases)
     t0 = time.perf_counter()
     encoder = UseEncoder(threads=args.threads)
-    print(f"model {encoder.model_id}; {len(cases)} cases; {N_FOLDS}-fold CV grouped by question")
-    _, full, _ = evaluate(cases, encoder)
+    print(f"model {encoder.model_id}; {len(sources)} cases; {N_FOLDS}-fold CV grouped by question")
+    _, full, _, _ = evaluate(sources, encoder)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(full, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    if args.write_generated is not None:
+        write_generated(args.write_generated, sources)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
 
