@@ -25,12 +25,13 @@ import math
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard.issue_phrase import detect_locale
+from guard.issue_eval import IssueCase, evaluate_issue_reading
+from guard.issue_text import detect_locale
 from guard.policies import Policy, decide, default_policy
 from guard.scoring.base import ScoreInput, Scorer
 from guard.scoring.perturb import Source, generate
@@ -58,6 +59,8 @@ class EvalCase:
     image: Path | None = None
     issue: str = ""
     """The dev set's issue slug, when given (pairs replies with questions of other issues)."""
+    issue_phrase: str = ""
+    """The dev set's phrase naming the problem, when given (scores the issue reader's phrases)."""
 
     @property
     def question_id(self) -> str:
@@ -148,6 +151,7 @@ def load_cases(path: Path) -> list[EvalCase]:
                 grade=int(grade),
                 image=image,
                 issue=str(doc.get("issue") or ""),
+                issue_phrase=str(doc.get("issue_phrase") or ""),
             )
         )
     if not cases:
@@ -317,10 +321,24 @@ def format_report(report: Report) -> str:
 
 
 def format_issue_understanding(metrics: dict[str, Any] | None) -> list[str]:
-    """Lines for the issue-understanding metrics (none until that part reports any)."""
+    """Lines for the issue reader's metrics, overall and per language."""
     if not metrics:
         return []
-    return ["", "issue understanding", *(f"  {k}: {v}" for k, v in metrics.items())]
+    out = [
+        "",
+        f"issue understanding ({metrics['folds']}-fold CV by question, "
+        f"{'with' if metrics['with_photo_text'] else 'without'} photo text, "
+        f"{metrics['mean_read_us']} us a read)",
+        "  lang  questions  kind acc  stated acc  phrase found (stating)  wrong-kind phrases  overlap F1",
+    ]
+    rows = [("all", metrics["overall"]), *metrics["by_language"].items()]
+    for lang, m in rows:
+        out.append(
+            f"  {lang:<4}  {m['questions']:>9}  {m['kind_accuracy']:>8.3f}  {m['stated_accuracy']:>10.3f}"
+            f"  {m['phrase_coverage']:>12.3f} ({m['stating']:>3})  {m['wrong_kind_rate']:>18.3f}"
+            f"  {m['overlap_f1']:>10.3f}"
+        )
+    return out
 
 
 def _mean(values: Sequence[float]) -> float | None:
@@ -385,7 +403,7 @@ def run(
         except Exception:
             score, inputs, uncertain = None, (), False
         latency = (time.perf_counter() - started) * 1000
-        verdict = decide(policy, score)
+        verdict = decide(policy, score, uncertain=uncertain)
         outcomes.append(Outcome(case, score, verdict.action, inputs, latency, uncertain))
     ocr: dict[str, Any] = {}
     if read_text is not None:
@@ -404,16 +422,31 @@ def run(
         peak_rss_mb(),
         ocr if read_text else None,
         generated=generated,
-        issue_understanding=issue_understanding_metrics(cases),
+        issue_understanding=issue_understanding_metrics(cases, texts),
     )
 
 
-def issue_understanding_metrics(cases: Sequence[EvalCase]) -> dict[str, Any] | None:
-    """Issue-understanding metrics of the cases (kind accuracy, phrase coverage and overlap).
-
-    The hook where the issue-understanding part reports; it reports nothing yet.
-    """
-    return None
+def issue_understanding_metrics(
+    cases: Sequence[EvalCase], texts: Mapping[Path, str | None]
+) -> dict[str, Any] | None:
+    """The issue reader on the cases' questions (kind accuracy, phrase coverage, wrong-kind phrases,
+    overlap), cross-validated by question; None when the cases carry no issue labels."""
+    questions: dict[str, IssueCase] = {}
+    for c in cases:
+        if c.issue and c.question not in questions:
+            questions[c.question] = IssueCase(
+                id=f"dev-{c.question_id}" if c.id.startswith("dev-") else c.id,
+                lang=c.lang,
+                question=c.question,
+                image=None if c.image is None else str(c.image),
+                kind=c.issue,
+                phrase=c.issue_phrase,
+                image_path=c.image,
+            )
+    if not questions:
+        return None
+    photo_texts = {path: text for path, text in texts.items() if text}
+    return evaluate_issue_reading(list(questions.values()), photo_texts).to_json()
 
 
 GENERATED_BATCH = 64

@@ -9,7 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_python=${1:-.venv/bin/python}
-step_timeout=${WHEEL_SMOKE_STEP_TIMEOUT:-120}
+step_timeout=${WHEEL_SMOKE_STEP_TIMEOUT:-300}
+ready_s=${WHEEL_SMOKE_READY_S:-240}  # a loaded 2-core machine needs more than a minute to load the scorer and OCR
 install_timeout=${WHEEL_SMOKE_INSTALL_TIMEOUT:-900}
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/guard-wheel.XXXXXX")
@@ -99,10 +100,12 @@ for folder in (resources.followup_templates(), resources.admin_templates(), reso
   port=$("$bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   (cd "$site" && exec env -u PYTHONPATH "$bin/guard" serve --host 127.0.0.1 --port "$port") >"$site/serve.log" 2>&1 &
   server_pid=$!
-  run http "$bin/python" - "$port" <<'PY'
+  (cd "$site" && env -u PYTHONPATH -u VIRTUAL_ENV timeout "$step_timeout" "$bin/python" - "$port" "$ready_s") \
+    >"$site/http.log" 2>&1 <<'PY' || { cat "$site/http.log" >&2; tail -n 40 "$site/serve.log" >&2; fail "$label: http"; }
 import json, sys, time, urllib.error, urllib.request
 base = f"http://127.0.0.1:{sys.argv[1]}"
-deadline = time.monotonic() + 90
+ready_s = float(sys.argv[2])
+deadline = time.monotonic() + ready_s
 while True:
     try:
         with urllib.request.urlopen(base + "/readyz", timeout=5) as r:
@@ -111,7 +114,7 @@ while True:
     except (OSError, urllib.error.URLError):
         pass
     if time.monotonic() > deadline:
-        sys.exit("the guard did not become ready in 90 s")
+        sys.exit(f"the guard did not become ready in {ready_s:.0f} s")
     time.sleep(0.25)
 body = json.dumps({
     "conversation_id": "wheel-smoke",
