@@ -311,7 +311,7 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     import getpass
 
     from guard.admin import auth
-    from guard.store import Store
+    from guard.admin.queries import AdminQueries
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -324,14 +324,14 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(f"guard: {problem}", file=sys.stderr)
         return 1
-    store = Store.open(settings.database_url)
+    queries = AdminQueries.open(settings.database_url)
     try:
-        if store.user_by_name(args.username) is not None:
+        if queries.user_by_name(args.username) is not None:
             print(f"guard: there is already a user {args.username!r}", file=sys.stderr)
             return 1
-        store.create_user(args.username, auth.hash_password(password), args.role, actor="cli")
+        queries.create_user(args.username, auth.hash_password(password), args.role, actor="cli")
     finally:
-        store.close()
+        queries.close()
     print(f"created {args.role} {args.username!r}")
     return 0
 
@@ -362,8 +362,8 @@ def _keys_list(_args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     for row in rows:
-        state = "revoked" if row["revoked_at"] else "active"
-        print(f"{row['id']}  {state:8} channel={row['channel']!r}  {row['name'] or ''}".rstrip())
+        state = "revoked" if row.revoked_at else "active"
+        print(f"{row.id}  {state:8} channel={row.channel!r}  {row.name or ''}".rstrip())
     return 0
 
 

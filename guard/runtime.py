@@ -37,6 +37,7 @@ from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.ssrf import HostAllowlist, ImageFetcher
 from guard.store import Store, bounded
+from guard.stored import StoredDecision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -209,7 +210,7 @@ class Runtime:
         except ImageError as exc:  # stored before a limit was lowered
             raise InvalidField(exc.code, exc.message) from None
 
-    async def find_decision(self, decision_id: str) -> dict[str, Any] | None:
+    async def find_decision(self, decision_id: str) -> StoredDecision | None:
         return await self.sql(self.store.get_decision, decision_id)
 
 
