@@ -71,9 +71,9 @@ def verify(
     return age <= tolerance_s and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def case_url(settings: Settings, decision_id: str, escalation_id: str | None) -> str:
+def case_url(settings: Settings, decision_id: str, queue_item_id: str | None) -> str:
     return settings.admin_case_url.replace("{decision_id}", decision_id).replace(
-        "{escalation_id}", escalation_id or ""
+        "{escalation_id}", queue_item_id or ""
     )
 
 

@@ -131,12 +131,12 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
         assert case["case_url"] == f"https://guard.example/admin/cases/{held['review']['escalation_id']}"
 
         # A supervisor edits the reviewed draft: the final reply goes out the same way and is pollable.
-        item_id = held["review"]["escalation_id"]
+        queue_item_id = held["review"]["escalation_id"]
         resolved = wait_until(
             lambda: (
                 app.store.get_decision(held["review"]["decision_id"])
                 and queries_of(client).resolve_case(
-                    item_id, "edited", "sam", final_reply="We resent it today.", note=None
+                    queue_item_id, "edited", "sam", final_reply="We resent it today.", note=None
                 )
             )
         )

@@ -37,7 +37,15 @@ from guard.followups import MessageContext, Messages, case_ref, template_problem
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.issue_phrase import detect_locale, issue_phrase
 from guard.pipeline import Pipeline, Scored, Shown, compose
-from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document
+from guard.policies import (
+    TEMPLATE_KEYS,
+    Policy,
+    PolicyDecision,
+    PolicyError,
+    decide,
+    parse_policy,
+    policy_document,
+)
 
 if TYPE_CHECKING:
     from guard.settings import Settings
@@ -131,7 +139,7 @@ class Row:
     index: int
     reply: str
     score: float | None
-    verdict: Verdict
+    verdict: PolicyDecision
     follow_up: str | None
     holding: str | None
     inputs_used: tuple[str, ...]
@@ -139,7 +147,7 @@ class Row:
     best: bool
     base_score: float | None = None
     """The score under the channel's instruction, when the instruction was edited."""
-    base_verdict: Verdict | None = None
+    base_verdict: PolicyDecision | None = None
     base_rank: int | None = None
 
 
