@@ -106,9 +106,11 @@ class Runtime:
         *,
         scorer: Scorer | None = None,
         on_outcome: OutcomeHook | None = None,
+        policies: PolicyBook | None = None,
     ) -> AsyncIterator[Runtime]:
-        """Open every resource of ``settings`` (``scorer`` replaces the configured backend), yield the
-        runtime, close them all in reverse order."""
+        """Open every resource of ``settings`` (``scorer`` replaces the configured backend; ``policies``
+        the policies read from SQL, for a one-off command), yield the runtime, close them all in
+        reverse order."""
         s = settings
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
@@ -141,7 +143,7 @@ class Runtime:
                 s,
                 scoring,
                 cache,
-                PolicyBook(store, timeout_s=s.sql_timeout_s),
+                policies or PolicyBook(store, timeout_s=s.sql_timeout_s),
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
