@@ -32,7 +32,6 @@ from typing import Any
 
 import httpx2
 
-from guard.errors import ConfigError
 from guard.ids import new_id
 from guard.metrics import Metrics
 from guard.pipeline import DecisionSink
@@ -152,8 +151,6 @@ class Handoff:
         transport: httpx2.AsyncBaseTransport | None = None,
         max_pending: int = 10_000,
     ) -> None:
-        if settings.webhook_url and not settings.webhook_secret:
-            raise ConfigError("GUARD_WEBHOOK_SECRET is required when GUARD_WEBHOOK_URL is set")
         self.settings = settings
         self.enabled = bool(settings.webhook_url)
         self._store = store

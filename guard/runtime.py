@@ -111,6 +111,7 @@ class Runtime:
         """Open every resource of ``settings`` (``scorer`` replaces the configured backend; ``policies``
         the policies read from SQL, for a one-off command), yield the runtime, close them all in
         reverse order."""
+        settings.validate()
         s = settings
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
