@@ -205,32 +205,30 @@ async def images_endpoint(request: Request) -> Response:
 async def decision_endpoint(request: Request) -> Response:
     rt = runtime(request)
     decision_id = request.path_params["decision_id"]
-    row = await rt.find_decision(decision_id)
-    if row is None:
+    found = await rt.find_decision(decision_id)
+    if found is None:
         raise NotFound("not_found", f"no decision {decision_id!r} (it may still be on its way to the log)")
-    item = row["queue_item"]
-    state = "sent" if item is None else item["state"]
-    final = row["final_reply"] if item is None else item["final_reply"]
+    row, item = found.row, found.queue_item
     return JSONResponse(
         {
-            "decision_id": row["id"],
-            "created_at": row["created_at"].isoformat(),
-            "conversation_id": row["conversation_id"],
-            "channel": row["channel"],
-            "action": row["action"],
-            "score": row["score"],
-            "band": row["band"],
-            "state": state,
-            "reply": final,
-            "draft": row["reply"],
-            "follow_up": row["follow_up"],
-            "holding_message": row["holding_message"],
-            "escalation_id": None if item is None else item["id"],
-            "policy": {"channel": row["policy_channel"], "version": row["policy_version"]},
-            "scorer": {"name": row["scorer_name"], "version": row["scorer_version"]},
-            "inputs_used": row["inputs_used"],
-            "cached": row["cached"],
-            "degraded": row["degraded"],
+            "decision_id": row.id,
+            "created_at": row.created_at.isoformat(),
+            "conversation_id": row.conversation_id,
+            "channel": row.channel,
+            "action": row.action,
+            "score": row.score,
+            "band": row.band,
+            "state": "sent" if item is None else item.state,
+            "reply": row.final_reply if item is None else item.final_reply,
+            "draft": row.draft,
+            "follow_up": row.follow_up,
+            "holding_message": row.holding_message,
+            "escalation_id": None if item is None else item.id,
+            "policy": {"channel": row.policy_channel, "version": row.policy_version},
+            "scorer": {"name": row.scorer_name, "version": row.scorer_version},
+            "inputs_used": list(row.inputs_used),
+            "cached": row.cached,
+            "degraded": row.degraded,
         }
     )
 

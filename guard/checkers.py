@@ -59,7 +59,8 @@ class Verdict:
     """What the customer should see: the draft, the draft plus follow-up, or the holding message."""
     decision_id: str | None = None
     score: float | None = None
-    escalation_id: str | None = None
+    queue_item_id: str | None = None
+    """The queue item of a held decision (the API's ``escalation_id``)."""
     follow_up: str | None = None
     degraded: bool = False
     reason: str | None = None
@@ -72,7 +73,7 @@ class Verdict:
             text=str(text or ""),
             decision_id=body.get("decision_id"),
             score=body.get("score"),
-            escalation_id=body.get("escalation_id"),
+            queue_item_id=body.get("escalation_id"),
             follow_up=body.get("follow_up"),
             degraded=bool(body.get("degraded")),
             reason=body.get("reason"),
@@ -87,7 +88,7 @@ class Verdict:
             "decision_id": self.decision_id,
             "action": self.action,
             "score": self.score,
-            "escalation_id": self.escalation_id,
+            "escalation_id": self.queue_item_id,
             "follow_up": self.follow_up,
             "degraded": self.degraded,
             "reason": self.reason,

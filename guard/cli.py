@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,9 +147,9 @@ def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _check(args: argparse.Namespace, settings: Settings) -> int:
-    from guard.cache import MemoryCache
-    from guard.pipeline import CheckRequest, Pipeline, PolicyBook, ScoringService
-    from guard.runtime import load_scorer
+    """One decision, made by the server's own runtime over a scratch database (see ``one_off``)."""
+    from guard.pipeline import CheckRequest, PolicyBook
+    from guard.runtime import Runtime
 
     image = None
     if args.image is not None:
@@ -164,25 +165,37 @@ def _check(args: argparse.Namespace, settings: Settings) -> int:
         async def get(self, channel: str) -> Policy:
             return policy
 
-    async def run() -> dict[str, Any]:
-        from guard.ocr import open_ocr
-
-        scoring = ScoringService(load_scorer(settings), settings.score_timeout_s)
-        cache = MemoryCache()
-        ocr = await open_ocr(settings, cache) if image is not None else None
-        guard = Pipeline(settings, scoring, cache, FixedPolicy(None), None, ocr=ocr)
-        try:
-            result = await guard.check(
+    async def run(scratch: Settings) -> dict[str, Any]:
+        async with Runtime.open(scratch, policies=FixedPolicy(None)) as rt:
+            result = await rt.pipeline.check(
                 CheckRequest(question=args.question, reply=args.reply, locale=args.locale, image=image)
             )
-        finally:
-            scoring.close()
-            if ocr is not None:
-                await ocr.close()
         return result.to_json()
 
-    print(json.dumps(asyncio.run(run()), ensure_ascii=False, indent=2))
+    with tempfile.TemporaryDirectory(prefix="guard-check-") as scratch_dir:
+        scratch = one_off(settings, Path(scratch_dir), ocr=image is not None)
+        print(json.dumps(asyncio.run(run(scratch)), ensure_ascii=False, indent=2))
     return 0
+
+
+def one_off(settings: Settings, scratch_dir: Path, *, ocr: bool) -> Settings:
+    """``settings`` for a one-off command that opens the ``Runtime``: a scratch SQLite database in
+    ``scratch_dir`` (migrated here; the configured database is not touched) with its spool beside
+    it, the scores cached in this process only, no webhooks, no API key created (a loopback host),
+    OCR only when there is a photo. The runtime's background tasks end when it closes."""
+    from guard.store import migrate
+
+    url = f"sqlite:///{scratch_dir / 'guard.db'}"
+    migrate(url)
+    return dataclasses.replace(
+        settings,
+        database_url=url,
+        spool_dir=str(scratch_dir / "spool"),
+        redis_url=None,
+        webhook_url=None,
+        host="127.0.0.1",
+        ocr=settings.ocr if ocr else "off",
+    )
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
@@ -321,7 +334,7 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     import getpass
 
     from guard.admin import auth
-    from guard.store import Store
+    from guard.admin.queries import AdminQueries
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -334,14 +347,14 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     if problem:
         print(f"guard: {problem}", file=sys.stderr)
         return 1
-    store = Store.open(settings.database_url)
+    queries = AdminQueries.open(settings.database_url)
     try:
-        if store.user_by_name(args.username) is not None:
+        if queries.user_by_name(args.username) is not None:
             print(f"guard: there is already a user {args.username!r}", file=sys.stderr)
             return 1
-        store.create_user(args.username, auth.hash_password(password), args.role, actor="cli")
+        queries.create_user(args.username, auth.hash_password(password), args.role, actor="cli")
     finally:
-        store.close()
+        queries.close()
     print(f"created {args.role} {args.username!r}")
     return 0
 
@@ -372,8 +385,8 @@ def _keys_list(_args: argparse.Namespace, settings: Settings) -> int:
     finally:
         store.close()
     for row in rows:
-        state = "revoked" if row["revoked_at"] else "active"
-        print(f"{row['id']}  {state:8} channel={row['channel']!r}  {row['name'] or ''}".rstrip())
+        state = "revoked" if row.revoked_at else "active"
+        print(f"{row.id}  {state:8} channel={row.channel!r}  {row.name or ''}".rstrip())
     return 0
 
 

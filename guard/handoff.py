@@ -32,13 +32,13 @@ from typing import Any
 
 import httpx2
 
-from guard.errors import ConfigError
 from guard.ids import new_id
 from guard.metrics import Metrics
 from guard.pipeline import DecisionSink
 from guard.records import DecisionRecord
 from guard.settings import Settings
 from guard.store import Store
+from guard.stored import Delivery
 from guard.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -70,9 +70,9 @@ def verify(
     return age <= tolerance_s and hmac.compare_digest(sign(secret, timestamp, body), signature)
 
 
-def case_url(settings: Settings, decision_id: str, escalation_id: str | None) -> str:
+def case_url(settings: Settings, decision_id: str, queue_item_id: str | None) -> str:
     return settings.admin_case_url.replace("{decision_id}", decision_id).replace(
-        "{escalation_id}", escalation_id or ""
+        "{escalation_id}", queue_item_id or ""
     )
 
 
@@ -110,25 +110,26 @@ def enqueue_outcome(store: Store, settings: Settings, decision_id: str) -> str |
     """
     if not settings.webhook_url:
         return None
-    row = store.get_decision(decision_id)
-    item = None if row is None else row["queue_item"]
-    if row is None or item is None or item["state"] == "pending":
+    found = store.get_decision(decision_id)
+    item = None if found is None else found.queue_item
+    if found is None or item is None or item.state == "pending":
         return None
+    row = found.row
     delivery_id = new_id()
-    resolved = item["resolved_at"]
+    resolved = item.resolved_at
     payload = {
         "event": "case.outcome",
         "delivery_id": delivery_id,
         "decision_id": decision_id,
-        "escalation_id": item["id"],
-        "conversation_id": row["conversation_id"],
-        "channel": row["channel"],
-        "action": row["action"],
-        "state": item["state"],
-        "final_reply": item["final_reply"],
-        "resolved_by": item["resolved_by"],
+        "escalation_id": item.id,
+        "conversation_id": row.conversation_id,
+        "channel": row.channel,
+        "action": row.action,
+        "state": item.state,
+        "final_reply": item.final_reply,
+        "resolved_by": item.resolved_by,
         "resolved_at": None if resolved is None else resolved.isoformat(),
-        "case_url": case_url(settings, decision_id, item["id"]),
+        "case_url": case_url(settings, decision_id, item.id),
     }
     store.add_delivery(delivery_id, decision_id, "case.outcome", settings.webhook_url, _dump(payload))
     return delivery_id
@@ -150,8 +151,6 @@ class Handoff:
         transport: httpx2.AsyncBaseTransport | None = None,
         max_pending: int = 10_000,
     ) -> None:
-        if settings.webhook_url and not settings.webhook_secret:
-            raise ConfigError("GUARD_WEBHOOK_SECRET is required when GUARD_WEBHOOK_URL is set")
         self.settings = settings
         self.enabled = bool(settings.webhook_url)
         self._store = store
@@ -260,22 +259,22 @@ class Handoff:
                 await asyncio.gather(*(self._attempt(d) for d in due))
                 self._wake.set()  # there may be more
 
-    async def _attempt(self, delivery: dict[str, Any]) -> None:
+    async def _attempt(self, delivery: Delivery) -> None:
         s = self.settings
         assert self._client is not None and s.webhook_secret is not None
-        body = delivery["body"].encode()
+        body = delivery.body.encode()
         timestamp = str(int(time.time()))
         status: int | None = None
         error: str | None = None
         try:
             response = await self._client.post(
-                delivery["url"],
+                delivery.url,
                 content=body,
                 headers={
                     "content-type": "application/json",
                     "user-agent": "reply-guard-webhook/1",
-                    "x-guard-event": delivery["event"],
-                    "x-guard-delivery": delivery["id"],
+                    "x-guard-event": delivery.event,
+                    "x-guard-delivery": delivery.id,
                     "x-guard-timestamp": timestamp,
                     "x-guard-signature": sign(s.webhook_secret, timestamp, body),
                 },
@@ -285,12 +284,12 @@ class Handoff:
                 error = f"HTTP {status}: {response.text[:200]}"
         except httpx2.HTTPError as exc:
             error = f"{type(exc).__name__}: {exc}"[:500]
-        attempts = delivery["attempts"] + 1
+        attempts = delivery.attempts + 1
         if error is None:
             state, retry_at = "delivered", None
         elif attempts >= s.webhook_max_attempts:
             state, retry_at = "failed", None
-            log.error("handoff: delivery %s failed %d times; giving up: %s", delivery["id"], attempts, error)
+            log.error("handoff: delivery %s failed %d times; giving up: %s", delivery.id, attempts, error)
         else:
             backoff = min(s.webhook_backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
             state, retry_at = "pending", utcnow() + timedelta(seconds=backoff * random.uniform(0.8, 1.2))
@@ -298,14 +297,14 @@ class Handoff:
         try:
             await asyncio.to_thread(
                 self._store.finish_attempt,
-                delivery["id"],
+                delivery.id,
                 state=state,
                 status=status,
                 error=error,
                 retry_at=retry_at,
             )
         except Exception:  # the lease runs out and the delivery is tried again
-            log.exception("handoff: could not record the attempt of %s", delivery["id"])
+            log.exception("handoff: could not record the attempt of %s", delivery.id)
 
 
 class HandoffSink:

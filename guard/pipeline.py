@@ -64,7 +64,7 @@ class CheckResult:
     reply: str | None
     draft: str
     follow_up: str | None
-    escalation_id: str | None
+    queue_item_id: str | None
     holding_message: str | None
     policy: Policy
     scorer_name: str
@@ -91,7 +91,7 @@ class CheckResult:
             "band": self.band,
             "reply": self.reply,
             "follow_up": self.follow_up,
-            "escalation_id": self.escalation_id,
+            "escalation_id": self.queue_item_id,
             "holding_message": self.holding_message,
             "policy": {"channel": self.policy.channel, "version": self.policy.version},
             "scorer": {"name": self.scorer_name, "version": self.scorer_version},
@@ -293,7 +293,7 @@ class Pipeline:
         decision_id = new_id()
         ctx = MessageContext(locale, phrase, case_ref(decision_id), self.settings.response_time(locale))
         shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
-        escalation_id = new_id() if verdict.action in QUEUED_ACTIONS else None
+        queue_item_id = new_id() if verdict.action in QUEUED_ACTIONS else None
         timings["total"] = _ms(started)
 
         result = CheckResult(
@@ -304,7 +304,7 @@ class Pipeline:
             reply=shown.reply,
             draft=best.reply,
             follow_up=shown.follow_up,
-            escalation_id=escalation_id,
+            queue_item_id=queue_item_id,
             holding_message=shown.holding,
             policy=policy,
             scorer_name=self.scoring.scorer.name,
@@ -446,7 +446,7 @@ class Pipeline:
                 latency_ms=result.timings_ms["total"],
                 timings_ms=result.timings_ms,
             ),
-            queue_item_id=result.escalation_id,
+            queue_item_id=result.queue_item_id,
             image=(
                 (image.sha256, image.mime_type, image.width, image.height, image.data)
                 if image is not None and queued

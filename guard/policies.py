@@ -73,7 +73,9 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Verdict:
+class PolicyDecision:
+    """What a policy decides for one score (the guard's answer to a client is ``checkers.Verdict``)."""
+
     action: Action
     band: str | None
     """The band's label, e.g. "[0.5,0.6)"; None when the score was unusable."""
@@ -104,7 +106,7 @@ def decide(
     error_reason: str = "scorer_unavailable",
     uncertain: bool = False,
     uncertain_reason: str = "issue_not_stated",
-) -> Verdict:
+) -> PolicyDecision:
     """The action for ``score`` under ``policy``. ``score=None`` means the scorer failed.
 
     ``uncertain`` says the score cannot be trusted to send (the issue is not stated in any text
@@ -116,21 +118,21 @@ def decide(
     if not uncertain:
         return verdict
     if verdict.degraded or CAUTION.index(verdict.action) >= CAUTION.index(policy.uncertain_action):
-        return Verdict(verdict.action, verdict.band, verdict.degraded, verdict.reason, uncertain=True)
-    return Verdict(policy.uncertain_action, verdict.band, reason=uncertain_reason, uncertain=True)
+        return PolicyDecision(verdict.action, verdict.band, verdict.degraded, verdict.reason, uncertain=True)
+    return PolicyDecision(policy.uncertain_action, verdict.band, reason=uncertain_reason, uncertain=True)
 
 
-def _band_verdict(policy: Policy, score: float | None, error_reason: str) -> Verdict:
+def _band_verdict(policy: Policy, score: float | None, error_reason: str) -> PolicyDecision:
     if score is None:
-        return Verdict(policy.on_error, None, degraded=True, reason=error_reason)
+        return PolicyDecision(policy.on_error, None, degraded=True, reason=error_reason)
     if not math.isfinite(score) or not 0.0 <= score <= 1.0:
-        return Verdict(policy.on_error, None, degraded=True, reason="invalid_score")
+        return PolicyDecision(policy.on_error, None, degraded=True, reason="invalid_score")
     last = len(policy.bands) - 1
     for i, band in enumerate(policy.bands):
         if band.lo <= score < band.hi or (i == last and score == band.hi):
-            return Verdict(band.action, band.label(top=i == last))
+            return PolicyDecision(band.action, band.label(top=i == last))
     # Unreachable for a validated policy; an unvalidated one still never falls through.
-    return Verdict(policy.on_error, None, degraded=True, reason="no_band")
+    return PolicyDecision(policy.on_error, None, degraded=True, reason="no_band")
 
 
 def validate(bands: tuple[Band, ...]) -> list[str]:

@@ -88,7 +88,7 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "action": result.action,
         "score": None if result.score is None else round(result.score, 4),
         "band": result.band,
-        "escalation_id": result.escalation_id,
+        "escalation_id": result.queue_item_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
         "draft": result.draft,

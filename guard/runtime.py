@@ -37,6 +37,7 @@ from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.ssrf import HostAllowlist, ImageFetcher
 from guard.store import Store, bounded
+from guard.stored import StoredDecision
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -105,9 +106,12 @@ class Runtime:
         *,
         scorer: Scorer | None = None,
         on_outcome: OutcomeHook | None = None,
+        policies: PolicyBook | None = None,
     ) -> AsyncIterator[Runtime]:
-        """Open every resource of ``settings`` (``scorer`` replaces the configured backend), yield the
-        runtime, close them all in reverse order."""
+        """Open every resource of ``settings`` (``scorer`` replaces the configured backend; ``policies``
+        the policies read from SQL, for a one-off command), yield the runtime, close them all in
+        reverse order."""
+        settings.validate()
         s = settings
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
@@ -140,7 +144,7 @@ class Runtime:
                 s,
                 scoring,
                 cache,
-                PolicyBook(store, timeout_s=s.sql_timeout_s),
+                policies or PolicyBook(store, timeout_s=s.sql_timeout_s),
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
@@ -209,7 +213,7 @@ class Runtime:
         except ImageError as exc:  # stored before a limit was lowered
             raise InvalidField(exc.code, exc.message) from None
 
-    async def find_decision(self, decision_id: str) -> dict[str, Any] | None:
+    async def find_decision(self, decision_id: str) -> StoredDecision | None:
         return await self.sql(self.store.get_decision, decision_id)
 
 

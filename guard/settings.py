@@ -1,4 +1,11 @@
-"""One frozen Settings object, built once from GUARD_* environment variables."""
+"""One frozen Settings object, built once from GUARD_* environment variables, validated here.
+
+Two checks, each written once: the rules across fields (a webhook needs its secret) run in
+``__post_init__``, so no Settings breaking them exists; :meth:`Settings.validate` checks every
+fixed-value (``Literal``) field against its values, which ``from_env`` already refuses but code
+may pass directly. ``Runtime.open`` calls ``validate`` once, so a bad value stops the start-up
+with the variable named; the parts never check settings again.
+"""
 
 from __future__ import annotations
 
@@ -136,6 +143,19 @@ class Settings:
     session_ttl_s: int = 8 * 3600
     """How long an admin sign-in lasts."""
 
+    def __post_init__(self) -> None:
+        if self.webhook_url and not self.webhook_secret:
+            raise ConfigError("GUARD_WEBHOOK_SECRET is required when GUARD_WEBHOOK_URL is set")
+
+    def validate(self) -> None:
+        """Refuse a fixed-value setting outside its values (ConfigError naming the variable)."""
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            allowed = choices(hints[f.name])
+            value = getattr(self, f.name)
+            if allowed is not None and value not in allowed:
+                raise ConfigError(f"GUARD_{f.name.upper()}={value!r} is not one of {', '.join(allowed)}")
+
     def response_time(self, locale: str) -> str:
         """The response time a follow-up promises in ``locale`` (the zh one for "zh", else the en one)."""
         return self.followup_response_time_zh if locale == "zh" else self.followup_response_time_en
@@ -148,15 +168,16 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Build settings from GUARD_<FIELD> variables (e.g. GUARD_DATABASE_URL), then apply overrides."""
         env = os.environ if environ is None else environ
-        hints = get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get("GUARD_" + f.name.upper())
             if raw is None:
                 continue
-            values[f.name] = _parse(f.name, str(f.type), raw, choices(hints[f.name]))
+            values[f.name] = _parse(f.name, str(f.type), raw)
         values.update(overrides)
-        return cls(**values)
+        settings = cls(**values)
+        settings.validate()
+        return settings
 
 
 _ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms"})
@@ -168,12 +189,9 @@ def choices(hint: Any) -> tuple[str, ...] | None:
     return get_args(hint) if get_origin(hint) is Literal else None
 
 
-def _parse(name: str, type_name: str, raw: str, allowed: tuple[str, ...] | None = None) -> Any:
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    """A variable's text as its field's type (a ``Literal`` field's text as is: ``validate`` checks it)."""
     var = "GUARD_" + name.upper()
-    if allowed is not None:
-        if raw not in allowed:
-            raise ConfigError(f"{var}={raw!r} is not one of {', '.join(allowed)}")
-        return raw
     if "None" in type_name and raw.strip() == "":
         return None
     try:

@@ -1,6 +1,7 @@
 """SQL: the guard's own queries (decisions, policy versions, images, API keys, webhook deliveries).
 
-The queries of the admin pages are in ``guard/admin/queries.py``; ``Store`` has both.
+The queries of the admin pages are in ``guard/admin/queries.py`` (``AdminQueries``, over the same
+database). Every read returns a frozen record (``guard/stored.py``), never a dict.
 
 The methods here are blocking; async callers run them in a worker thread. The schema is
 created and changed only by the Alembic migrations (``guard migrate``).
@@ -30,10 +31,18 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from guard import resources
-from guard.admin.queries import AdminQueries
-from guard.database import create_db_engine
+from guard.database import Database, create_db_engine
 from guard.policies import Policy, default_policy, parse_policy, policy_document
 from guard.records import DecisionRecord
+from guard.stored import (
+    ApiKeyRow,
+    Delivery,
+    PolicyVersionRow,
+    QueueItemRow,
+    StoredDecision,
+    decision_row,
+    from_orm,
+)
 from guard.tables import (
     ApiKey,
     Decision,
@@ -127,8 +136,8 @@ def _copy_decisions(conn: Connection, records: Sequence[DecisionRecord]) -> set[
         return {row[0] for row in cursor.fetchall()}
 
 
-class Store(AdminQueries):
-    """The guard's own queries; the admin pages' queries come with ``AdminQueries``."""
+class Store(Database):
+    """The guard's own queries."""
 
     # Decisions -------------------------------------------------------------------------------
 
@@ -171,26 +180,22 @@ class Store(AdminQueries):
                 insert = pg_insert if postgres else sqlite_insert
                 conn.execute(insert(_QUEUE_ITEMS).on_conflict_do_nothing(), items)
 
-    def get_decision(self, decision_id: str) -> dict[str, Any] | None:
+    def get_decision(self, decision_id: str) -> StoredDecision | None:
         with self.session() as s:
             row = s.get(Decision, decision_id)
             if row is None:
                 return None
             item = s.scalar(select(QueueItem).where(QueueItem.decision_id == decision_id))
-            out = {c.name: getattr(row, c.name) for c in Decision.__table__.columns}
-            out["queue_item"] = (
-                None if item is None else {c.name: getattr(item, c.name) for c in QueueItem.__table__.columns}
-            )
-            return out
+            return StoredDecision(decision_row(row), None if item is None else from_orm(QueueItemRow, item))
 
     def count_decisions(self) -> int:
         with self.session() as s:
             return int(s.scalar(select(func.count()).select_from(Decision)) or 0)
 
-    def queue(self, state: str = "pending") -> list[dict[str, Any]]:
+    def queue(self, state: str = "pending") -> list[QueueItemRow]:
         with self.session() as s:
             rows = s.scalars(select(QueueItem).where(QueueItem.state == state).order_by(QueueItem.created_at))
-            return [{c.name: getattr(r, c.name) for c in QueueItem.__table__.columns} for r in rows]
+            return [from_orm(QueueItemRow, r) for r in rows]
 
     # Policies --------------------------------------------------------------------------------
 
@@ -234,14 +239,12 @@ class Store(AdminQueries):
             )
         return parse_policy(policy_document(policy), channel=policy.channel, version=version)
 
-    def policy_versions(self, channel: str) -> list[tuple[int, str, datetime]]:
+    def policy_versions(self, channel: str, *, newest_first: bool = False) -> list[PolicyVersionRow]:
+        """Every version of ``channel``'s policy, with author, time (UTC) and document."""
+        order = PolicyVersion.version.desc() if newest_first else PolicyVersion.version
         with self.session() as s:
-            rows = s.execute(
-                select(PolicyVersion.version, PolicyVersion.author, PolicyVersion.created_at)
-                .where(PolicyVersion.channel == channel)
-                .order_by(PolicyVersion.version)
-            )
-            return [(r[0], r[1], r[2]) for r in rows]
+            rows = s.scalars(select(PolicyVersion).where(PolicyVersion.channel == channel).order_by(order))
+            return [from_orm(PolicyVersionRow, r, "created_at") for r in rows]
 
     # Images ----------------------------------------------------------------------------------
 
@@ -281,13 +284,10 @@ class Store(AdminQueries):
             row = s.get(ApiKey, key_id)
             return None if row is None or row.revoked_at is not None else (row.channel, row.key_hash)
 
-    def api_keys(self) -> list[dict[str, Any]]:
+    def api_keys(self) -> list[ApiKeyRow]:
         with self.session() as s:
             rows = s.scalars(select(ApiKey).order_by(ApiKey.created_at))
-            return [
-                {c.name: getattr(r, c.name) for c in ApiKey.__table__.columns if c.name != "key_hash"}
-                for r in rows
-            ]
+            return [from_orm(ApiKeyRow, r) for r in rows]
 
     def count_api_keys(self) -> int:
         """Active (not revoked) keys."""
@@ -324,7 +324,7 @@ class Store(AdminQueries):
                 )
             )
 
-    def claim_deliveries(self, limit: int, lease_s: float) -> list[dict[str, Any]]:
+    def claim_deliveries(self, limit: int, lease_s: float) -> list[Delivery]:
         """Pending deliveries that are due, leased for ``lease_s`` so no other replica sends them too."""
         now = utcnow()
         with self.session() as s:
@@ -339,7 +339,7 @@ class Store(AdminQueries):
             rows = list(s.scalars(query))
             for row in rows:
                 row.next_attempt_at = now + timedelta(seconds=lease_s)
-            return [{c.name: getattr(r, c.name) for c in WebhookDelivery.__table__.columns} for r in rows]
+            return [from_orm(Delivery, r) for r in rows]
 
     def finish_attempt(
         self,
@@ -365,7 +365,7 @@ class Store(AdminQueries):
             if state == "delivered":
                 row.delivered_at = now
 
-    def deliveries(self, decision_id: str) -> list[dict[str, Any]]:
+    def deliveries(self, decision_id: str) -> list[Delivery]:
         """The webhook deliveries of one decision, oldest first (what supervisors see)."""
         with self.session() as s:
             rows = s.scalars(
@@ -373,4 +373,4 @@ class Store(AdminQueries):
                 .where(WebhookDelivery.decision_id == decision_id)
                 .order_by(WebhookDelivery.created_at)
             )
-            return [{c.name: getattr(r, c.name) for c in WebhookDelivery.__table__.columns} for r in rows]
+            return [from_orm(Delivery, r) for r in rows]

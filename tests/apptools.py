@@ -12,6 +12,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from guard.admin.queries import AdminQueries
+from guard.admin.routes import Admin
 from guard.app import create_app
 from guard.runtime import OutcomeHook, Runtime, runtime
 from guard.scoring.base import Scorer
@@ -39,6 +41,13 @@ def guard_client(
 def runtime_of(client: TestClient) -> Runtime:
     """The running guard of a TestClient (its lifespan state)."""
     return runtime({"state": client.app_state})
+
+
+def queries_of(client: TestClient) -> AdminQueries:
+    """The admin pages' queries of a TestClient's guard (over the runtime's database)."""
+    admin = client.app_state["admin"]
+    assert isinstance(admin, Admin)
+    return admin.queries
 
 
 class KeepsState:

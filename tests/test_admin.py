@@ -15,17 +15,17 @@ from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
 from guard.admin import auth
-from guard.store import Store
-from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
+from guard.admin.queries import AdminQueries
+from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 
 PASSWORD = "correct horse battery"
 ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-def make_users(store: Store) -> None:
+def make_users(queries: AdminQueries) -> None:
     for name, role in ROLES.items():
-        store.create_user(name, auth.hash_password(PASSWORD), role, actor="test")
+        queries.create_user(name, auth.hash_password(PASSWORD), role, actor="test")
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +45,7 @@ def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
         outcomes.append(decision_id)
 
     with guard_client(sqlite_url, secret_key="test-secret-key", on_outcome=hook) as c:
-        make_users(runtime_of(c).store)
+        make_users(queries_of(c))
         yield c
 
 
@@ -170,7 +170,7 @@ def test_logout_ends_the_session_even_for_a_copied_cookie(client: TestClient) ->
 
 def test_sessions_expire(sqlite_url: str) -> None:
     with guard_client(sqlite_url, secret_key="k", session_ttl_s=4) as c:
-        make_users(runtime_of(c).store)
+        make_users(queries_of(c))
         signed_in(c, "sup")
         assert c.get("/admin/queue", follow_redirects=False).status_code == 200
         time.sleep(4.3)
@@ -225,12 +225,12 @@ def test_policy_owner_cannot_act_on_a_case_or_see_its_photo(client: TestClient) 
     assert client.get(f"/admin/cases/{item}/photo").status_code == 403
     r = client.post(f"/admin/cases/{item}/act", data={"csrf_token": token, "op": "approve"})
     assert r.status_code == 403
-    assert runtime_of(client).store.case(item)["state"] == "pending"  # type: ignore[index]
+    assert queries_of(client).case(item).item.state == "pending"  # type: ignore[union-attr]
 
 
 def test_supervisor_cannot_publish_roll_back_or_manage_users(client: TestClient) -> None:
     token = signed_in(client, "sup")
-    store = runtime_of(client).store
+    store, queries = runtime_of(client).store, queries_of(client)
     form = band_form([("0", "1", "send")], csrf=token, op="publish")
     assert client.post("/admin/policies/default", data=form).status_code == 403
     assert (
@@ -239,12 +239,12 @@ def test_supervisor_cannot_publish_roll_back_or_manage_users(client: TestClient)
         ).status_code
         == 403
     )
-    assert len(store.policy_history("default")) == 1
+    assert len(store.policy_versions("default")) == 1
     r = client.post(
         "/admin/users",
         data={"csrf_token": token, "username": "mallory", "role": "admin", "password": PASSWORD},
     )
-    assert r.status_code == 403 and store.user_by_name("mallory") is None
+    assert r.status_code == 403 and queries.user_by_name("mallory") is None
     assert (
         client.post("/admin/users/1", data={"csrf_token": token, "role": "admin", "active": "on"}).status_code
         == 403
@@ -263,7 +263,7 @@ def test_case_action_without_the_sessions_csrf_token_is_refused(
     data = {"op": "approve"} if token is None else {"op": "approve", "csrf_token": token}
     r = client.post(f"/admin/cases/{case['escalation_id']}/act", data=data)
     assert r.status_code == 403 and "CSRF" in r.text
-    assert runtime_of(client).store.case(case["escalation_id"])["state"] == "pending"  # type: ignore[index]
+    assert queries_of(client).case(case["escalation_id"]).item.state == "pending"  # type: ignore[union-attr]
 
 
 def test_csrf_token_of_another_session_is_refused(client: TestClient, sqlite_url: str) -> None:
@@ -279,7 +279,7 @@ def test_publish_without_csrf_token_saves_nothing(client: TestClient) -> None:
     signed_in(client, "owner")
     r = client.post("/admin/policies/default", data=band_form([("0", "1", "send")], csrf="", op="publish"))
     assert r.status_code == 403
-    assert len(runtime_of(client).store.policy_history("default")) == 1
+    assert len(runtime_of(client).store.policy_versions("default")) == 1
 
 
 def test_csrf_header_is_accepted_for_scripts(client: TestClient) -> None:
@@ -304,7 +304,7 @@ def test_security_headers_on_every_admin_page(client: TestClient) -> None:
 def test_no_inline_script_or_style_in_pages(client: TestClient) -> None:
     held_case(client)
     signed_in(client, "boss")
-    item = runtime_of(client).store.queue()[0]["id"]
+    item = runtime_of(client).store.queue()[0].id
     for path in ("/admin/dashboard", "/admin/queue", f"/admin/cases/{item}", "/admin/policies/default"):
         html = client.get(path).text
         assert re.search(r"<script(?![^>]*\bsrc=)", html) is None, path
@@ -371,22 +371,22 @@ def test_edit_and_send_records_who_and_when_and_reaches_the_api(
         follow_redirects=False,
     )
     assert r.status_code == 303
-    stored = runtime_of(client).store.case(item)
+    stored = queries_of(client).case(item)
     assert stored is not None
-    assert (stored["state"], stored["resolved_by"], stored["final_reply"]) == (
+    assert (stored.item.state, stored.item.resolved_by, stored.item.final_reply) == (
         "edited",
         "sup",
         "We will sew the seam for free.",
     )
-    assert stored["resolved_at"] is not None
+    assert stored.item.resolved_at is not None
     assert outcomes == [case["decision_id"]], "the on_outcome hook got the decision"
     api = client.get(f"/v1/decisions/{case['decision_id']}").json()
     assert api["state"] == "edited" and api["reply"] == "We will sew the seam for free."
     again = client.post(f"/admin/cases/{item}/act", data={"csrf_token": token, "op": "approve"})
     assert again.status_code == 409, "a resolved case cannot be acted on again"
-    assert runtime_of(client).store.case(item)["state"] == "edited"  # type: ignore[index]
-    entries = runtime_of(client).store.audit_entries()
-    assert entries[0]["action"] == "case.edited" and entries[0]["actor"] == "sup"
+    assert queries_of(client).case(item).item.state == "edited"  # type: ignore[union-attr]
+    entries = queries_of(client).audit_entries()
+    assert entries[0].action == "case.edited" and entries[0].actor == "sup"
 
 
 @pytest.mark.parametrize(
@@ -406,8 +406,8 @@ def test_other_case_actions(
         f"/admin/cases/{case['escalation_id']}/act", data={"csrf_token": token, "op": op, **extra}
     )
     assert r.status_code == 200  # followed to the queue
-    stored = runtime_of(client).store.case(case["escalation_id"])
-    assert stored is not None and stored["state"] == state and stored["final_reply"] == final
+    stored = queries_of(client).case(case["escalation_id"])
+    assert stored is not None and stored.item.state == state and stored.item.final_reply == final
 
 
 def test_dismiss_needs_a_reason_and_edit_needs_text(client: TestClient) -> None:
@@ -420,7 +420,7 @@ def test_dismiss_needs_a_reason_and_edit_needs_text(client: TestClient) -> None:
     )
     r = client.post(f"/admin/cases/{item}/act", data={"csrf_token": token, "op": "edit", "reply": "  "})
     assert r.status_code == 422
-    assert runtime_of(client).store.case(item)["state"] == "pending"  # type: ignore[index]
+    assert queries_of(client).case(item).item.state == "pending"  # type: ignore[union-attr]
 
 
 # Policies ---------------------------------------------------------------------------------------
@@ -462,7 +462,7 @@ def test_invalid_policy_is_explained_and_nothing_is_saved(
     r = client.post("/admin/policies/default", data=band_form(bands, csrf=token, op="publish", **extra))
     assert r.status_code == 422
     assert message in r.text.replace("&#39;", "'")
-    assert len(runtime_of(client).store.policy_history("default")) == 1
+    assert len(runtime_of(client).store.policy_versions("default")) == 1
 
 
 def test_preview_replays_logged_decisions_under_the_draft(client: TestClient) -> None:
@@ -496,7 +496,7 @@ def test_publish_then_the_next_check_uses_the_new_version_and_rollback(client: T
     check = client.post("/v1/guard", json={"question": "q", "reply": "r [score=0.1]"}).json()
     assert check["policy"]["version"] == 2 and check["action"] == "send"
     store = runtime_of(client).store
-    assert [v["author"] for v in store.policy_history("default")] == ["owner", "migration"]
+    assert [v.author for v in store.policy_versions("default", newest_first=True)] == ["owner", "migration"]
     page = client.get("/admin/policies/default").text
     assert "Roll back to v1" in page and "(first version)" in page
     assert '<span class="del">-  action: escalate</span>' in page, (
@@ -506,9 +506,10 @@ def test_publish_then_the_next_check_uses_the_new_version_and_rollback(client: T
     assert r.status_code == 200 and "Rolled back" in r.text
     check = client.post("/v1/guard", json={"question": "q", "reply": "r [score=0.1]"}).json()
     assert check["policy"]["version"] == 3 and check["action"] == "escalate"
-    actions = [e["action"] for e in store.audit_entries()]
+    actions = [e.action for e in queries_of(client).audit_entries()]
     assert actions[:2] == ["policy.rollback", "policy.publish"]
-    assert store.audit_entries()[1]["before"]["version"] == 1
+    before = queries_of(client).audit_entries()[1].before
+    assert before is not None and before["version"] == 1
 
 
 def test_a_new_channel_gets_its_first_version(client: TestClient) -> None:
@@ -565,7 +566,7 @@ def test_dashboard_draws_its_charts(client: TestClient) -> None:
 
 def test_admin_manages_users_and_sees_the_audit_log(client: TestClient) -> None:
     token = signed_in(client, "boss")
-    store = runtime_of(client).store
+    queries = queries_of(client)
     r = client.post(
         "/admin/users",
         data={"csrf_token": token, "username": "carol", "role": "supervisor", "password": "short"},
@@ -576,17 +577,15 @@ def test_admin_manages_users_and_sees_the_audit_log(client: TestClient) -> None:
         data={"csrf_token": token, "username": "carol", "role": "supervisor", "password": PASSWORD},
     )
     assert r.status_code == 200 and "User created" in r.text
-    carol = store.user_by_name("carol")
-    assert (
-        carol is not None and carol["role"] == "supervisor" and carol["password_hash"].startswith("$argon2")
-    )
-    r = client.post(f"/admin/users/{carol['id']}", data={"csrf_token": token, "role": "policy_owner"})
+    carol = queries.user_by_name("carol")
+    assert carol is not None and carol.role == "supervisor" and carol.password_hash.startswith("$argon2")
+    r = client.post(f"/admin/users/{carol.id}", data={"csrf_token": token, "role": "policy_owner"})
     assert r.status_code == 200
-    assert store.user_by_name("carol")["active"] is False  # type: ignore[index]
-    boss = store.user_by_name("boss")
+    assert queries.user_by_name("carol").active is False  # type: ignore[union-attr]
+    boss = queries.user_by_name("boss")
     assert boss is not None
-    r = client.post(f"/admin/users/{boss['id']}", data={"csrf_token": token, "role": "admin"})
-    assert "no active admin" in r.text and store.user_by_name("boss")["active"] is True  # type: ignore[index]
+    r = client.post(f"/admin/users/{boss.id}", data={"csrf_token": token, "role": "admin"})
+    assert "no active admin" in r.text and queries.user_by_name("boss").active is True  # type: ignore[union-attr]
     audit = client.get("/admin/audit").text
     assert "user.create" in audit and "user.update" in audit and "carol" in audit
 
@@ -596,9 +595,9 @@ def test_disabling_a_user_ends_their_sessions(client: TestClient) -> None:
     sup_cookie = client.cookies[auth.SESSION_COOKIE]
     client.cookies.clear()
     token = signed_in(client, "boss")
-    sup = runtime_of(client).store.user_by_name("sup")
+    sup = queries_of(client).user_by_name("sup")
     assert sup is not None
-    client.post(f"/admin/users/{sup['id']}", data={"csrf_token": token, "role": "supervisor"})
+    client.post(f"/admin/users/{sup.id}", data={"csrf_token": token, "role": "supervisor"})
     client.cookies.clear()
     client.cookies.set(auth.SESSION_COOKIE, sup_cookie, path="/admin")
     assert client.get("/admin/queue", follow_redirects=False).status_code == 303
@@ -625,10 +624,10 @@ def test_cli_creates_a_user_from_stdin(sqlite_url: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("GUARD_DATABASE_URL", sqlite_url)
     monkeypatch.setattr("sys.stdin", io.StringIO(PASSWORD + "\n"))
     assert main(["users", "create", "--role", "admin", "--username", "root", "--password-stdin"]) == 0
-    store = Store.open(sqlite_url)
-    user = store.user_by_name("root")
-    assert user is not None and user["role"] == "admin"
-    assert auth.verify_password(user["password_hash"], PASSWORD)
+    queries = AdminQueries.open(sqlite_url)
+    user = queries.user_by_name("root")
+    assert user is not None and user.role == "admin"
+    assert auth.verify_password(user.password_hash, PASSWORD)
     monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
     assert main(["users", "create", "--role", "admin", "--username", "root2", "--password-stdin"]) == 1
-    store.close()
+    queries.close()

@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from guard.admin import auth
+from guard.admin.queries import AdminQueries
 from guard.app import create_app
 from guard.settings import Settings
 from guard.store import Store, migrate
@@ -71,8 +72,9 @@ def _free_port() -> int:
 def server(pg_url: str) -> Iterator[tuple[str, Store]]:
     migrate(pg_url)
     store = Store.open(pg_url)
-    store.create_user("sam", auth.hash_password(PASSWORD), "supervisor", actor="test")
-    store.create_user("olga", auth.hash_password(PASSWORD), "policy_owner", actor="test")
+    queries = AdminQueries(store.engine)
+    queries.create_user("sam", auth.hash_password(PASSWORD), "supervisor", actor="test")
+    queries.create_user("olga", auth.hash_password(PASSWORD), "policy_owner", actor="test")
     app = create_app(Settings(database_url=pg_url, secret_key="e2e-secret"), scorer=FakeScorer())
     port = _free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
@@ -163,8 +165,8 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
     assert (
         decision["state"] == "edited" and decision["reply"] == "已为您登记口袋开线问题，我们将免费为您修补。"
     )
-    case = store.case(escalated["escalation_id"])
-    assert case is not None and case["resolved_by"] == "sam"
+    case = AdminQueries(store.engine).case(escalated["escalation_id"])
+    assert case is not None and case.item.resolved_by == "sam"
     # ... and cannot open the policy page.
     response = page.goto(f"{base}/admin/policies/default")
     assert response is not None and response.status == 403

@@ -11,6 +11,8 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect
 
+from guard.admin.queries import AdminQueries
+from guard.admin.records import OutcomeRow
 from guard.policies import Band, Policy
 from guard.records import DecisionRecord, DecisionRow
 from guard.store import Store, downgrade, migrate
@@ -27,6 +29,12 @@ def store(request: pytest.FixtureRequest) -> Iterator[Store]:
     s = Store.open(url)
     yield s
     s.close()
+
+
+@pytest.fixture
+def queries(store: Store) -> AdminQueries:
+    """The admin pages' queries over the store's database, as the admin opens them."""
+    return AdminQueries(store.engine)
 
 
 def queue_cases(store: Store, n: int) -> list[str]:
@@ -50,7 +58,7 @@ def test_admin_tables_come_and_go_with_the_migration(store: Store) -> None:
     assert set(inspect(store.engine).get_table_names()) >= ADMIN_TABLES
 
 
-def test_two_supervisors_racing_for_one_case_exactly_one_wins(store: Store) -> None:
+def test_two_supervisors_racing_for_one_case_exactly_one_wins(store: Store, queries: AdminQueries) -> None:
     items = queue_cases(store, 8)
     for item in items:
         barrier = threading.Barrier(2)
@@ -63,7 +71,7 @@ def test_two_supervisors_racing_for_one_case_exactly_one_wins(store: Store) -> N
             results: dict[str, object] = results,
         ) -> None:
             barrier.wait()
-            results[who] = store.resolve_case(item, "approved", who, final_reply="ok", note=None)
+            results[who] = queries.resolve_case(item, "approved", who, final_reply="ok", note=None)
 
         threads = [threading.Thread(target=act, args=(who,)) for who in ("ann", "bob")]
         for t in threads:
@@ -72,104 +80,104 @@ def test_two_supervisors_racing_for_one_case_exactly_one_wins(store: Store) -> N
             t.join(10)
         winners = [who for who, got in results.items() if got is not None]
         assert len(results) == 2 and len(winners) == 1, results
-        case = store.case(item)
-        assert case is not None and case["resolved_by"] == winners[0] and case["state"] == "approved"
-    audit = [e for e in store.audit_entries() if e["action"] == "case.approved"]
+        case = queries.case(item)
+        assert case is not None and case.item.resolved_by == winners[0] and case.item.state == "approved"
+    audit = [e for e in queries.audit_entries() if e.action == "case.approved"]
     assert len(audit) == len(items), "one audit entry per case, from the winner only"
 
 
-def test_resolve_case_moves_to_the_final_state_once(store: Store) -> None:
+def test_resolve_case_moves_to_the_final_state_once(store: Store, queries: AdminQueries) -> None:
     (item,) = queue_cases(store, 1)
-    done = store.resolve_case(item, "dismissed", "ann", final_reply=None, note="spam")
-    assert done is not None and done["decision_id"] == "d0"
-    assert store.resolve_case(item, "approved", "bob", final_reply="x", note=None) is None
-    case = store.case(item)
-    assert case is not None and (case["state"], case["note"], case["resolved_by"]) == (
+    done = queries.resolve_case(item, "dismissed", "ann", final_reply=None, note="spam")
+    assert done is not None and done.decision_id == "d0"
+    assert queries.resolve_case(item, "approved", "bob", final_reply="x", note=None) is None
+    case = queries.case(item)
+    assert case is not None and (case.item.state, case.item.note, case.item.resolved_by) == (
         "dismissed",
         "spam",
         "ann",
     )
-    assert store.queue_summary() == (0, None)
+    assert queries.queue_summary() == (0, None)
 
 
-def test_queue_page_filters_and_orders(store: Store) -> None:
+def test_queue_page_filters_and_orders(store: Store, queries: AdminQueries) -> None:
     queue_cases(store, 4)
-    assert [c["id"] for c in store.queue_page()] == ["q0", "q1", "q2", "q3"]
-    assert store.queue_page(newest_first=True)[0]["id"] == "q3"
-    assert {c["kind"] for c in store.queue_page(kind="review")} == {"review"}
-    assert store.queue_page(channel="elsewhere") == []
-    count, oldest = store.queue_summary()
+    assert [c.item.id for c in queries.queue_page()] == ["q0", "q1", "q2", "q3"]
+    assert queries.queue_page(newest_first=True)[0].item.id == "q3"
+    assert {c.item.kind for c in queries.queue_page(kind="review")} == {"review"}
+    assert queries.queue_page(channel="elsewhere") == []
+    count, oldest = queries.queue_summary()
     assert count == 4 and oldest is not None and oldest.tzinfo is not None
-    assert store.queue_channels() == ["default"]
+    assert queries.queue_channels() == ["default"]
 
 
-def test_sessions_expire_and_end(store: Store) -> None:
-    uid = store.create_user("ann", "hash", "supervisor", actor="test")
-    store.create_session("live", uid, "csrf1", ttl_s=60)
-    store.create_session("dead", uid, "csrf2", ttl_s=0)
+def test_sessions_expire_and_end(queries: AdminQueries) -> None:
+    uid = queries.create_user("ann", "hash", "supervisor", actor="test")
+    queries.create_session("live", uid, "csrf1", ttl_s=60)
+    queries.create_session("dead", uid, "csrf2", ttl_s=0)
     time.sleep(0.01)
-    found = store.session_user("live")
-    assert found is not None and (found["username"], found["role"], found["csrf"]) == (
+    found = queries.session_user("live")
+    assert found is not None and (found.username, found.role, found.csrf) == (
         "ann",
         "supervisor",
         "csrf1",
     )
-    assert store.session_user("dead") is None
-    store.end_session("live")
-    assert store.session_user("live") is None
+    assert queries.session_user("dead") is None
+    queries.end_session("live")
+    assert queries.session_user("live") is None
 
 
-def test_login_throttle_locks_and_clears(store: Store) -> None:
+def test_login_throttle_locks_and_clears(queries: AdminQueries) -> None:
     keys = ["user:ann"]
     for _ in range(2):
-        store.login_failed(keys, limit=3, window_s=60, lock_s=60)
-    assert store.login_locked_until(keys) is None
-    store.login_failed(keys, limit=3, window_s=60, lock_s=60)
-    until = store.login_locked_until(keys)
+        queries.login_failed(keys, limit=3, window_s=60, lock_s=60)
+    assert queries.login_locked_until(keys) is None
+    queries.login_failed(keys, limit=3, window_s=60, lock_s=60)
+    until = queries.login_locked_until(keys)
     assert until is not None and until > utcnow() + timedelta(seconds=50)
-    assert store.login_locked_until(["user:bob"]) is None
-    store.login_succeeded(keys)
-    assert store.login_locked_until(keys) is None
+    assert queries.login_locked_until(["user:bob"]) is None
+    queries.login_succeeded(keys)
+    assert queries.login_locked_until(keys) is None
 
 
-def test_last_active_admin_cannot_be_disabled_or_demoted(store: Store) -> None:
-    root = store.create_user("root", "h", "admin", actor="cli")
-    ann = store.create_user("ann", "h", "supervisor", actor="root")
-    store.create_session("s", ann, "c", ttl_s=60)
-    assert not store.update_user(root, "root", active=False)
-    assert not store.update_user(root, "root", role="supervisor")
-    assert store.user_by_name("root")["role"] == "admin"  # type: ignore[index]
-    assert store.update_user(ann, "root", active=False)
-    assert store.session_user("s") is None, "a disabled user's sessions end"
-    entries = store.audit_entries()
-    assert entries[0]["action"] == "user.update" and entries[0]["before"] == {
+def test_last_active_admin_cannot_be_disabled_or_demoted(queries: AdminQueries) -> None:
+    root = queries.create_user("root", "h", "admin", actor="cli")
+    ann = queries.create_user("ann", "h", "supervisor", actor="root")
+    queries.create_session("s", ann, "c", ttl_s=60)
+    assert not queries.update_user(root, "root", active=False)
+    assert not queries.update_user(root, "root", role="supervisor")
+    assert queries.user_by_name("root").role == "admin"  # type: ignore[union-attr]
+    assert queries.update_user(ann, "root", active=False)
+    assert queries.session_user("s") is None, "a disabled user's sessions end"
+    entries = queries.audit_entries()
+    assert entries[0].action == "user.update" and entries[0].before == {
         "role": "supervisor",
         "active": True,
     }
 
 
-def test_publish_audited_and_history(store: Store) -> None:
+def test_publish_audited_and_history(store: Store, queries: AdminQueries) -> None:
     p = Policy(channel="vip", bands=(Band(0.0, 0.5, "review"), Band(0.5, 1.0, "send")))
-    assert store.publish_policy_audited(p, "olive").version == 1
-    assert store.publish_policy_audited(p, "olive", "policy.rollback").version == 2
-    history = store.policy_history("vip")
-    assert [h["version"] for h in history] == [2, 1] and history[0]["author"] == "olive"
-    old = store.policy_at("vip", 1)
+    assert queries.publish_policy_audited(p, "olive").version == 1
+    assert queries.publish_policy_audited(p, "olive", "policy.rollback").version == 2
+    history = store.policy_versions("vip", newest_first=True)
+    assert [h.version for h in history] == [2, 1] and history[0].author == "olive"
+    old = queries.policy_at("vip", 1)
     assert old is not None and old.bands == p.bands
-    assert store.policy_channels() == ["default", "vip"]
-    entry = store.audit_entries()[0]
-    assert entry["action"] == "policy.rollback" and entry["before"]["version"] == 1
+    assert queries.policy_channels() == ["default", "vip"]
+    entry = queries.audit_entries()[0]
+    assert entry.action == "policy.rollback" and entry.before is not None and entry.before["version"] == 1
 
 
-def test_traffic_replay_and_outcome_rows(store: Store) -> None:
+def test_traffic_replay_and_outcome_rows(store: Store, queries: AdminQueries) -> None:
     queue_cases(store, 2)
     store.record([DecisionRecord(DecisionRow.from_columns(decision("s1", "send")))])
-    store.resolve_case("q0", "edited", "ann", final_reply="x", note=None)
+    queries.resolve_case("q0", "edited", "ann", final_reply="x", note=None)
     since = utcnow() - timedelta(hours=1)
-    assert len(store.traffic_rows(since)) == 3
-    replay = store.replay_rows("default", since)
-    assert sorted(r["outcome"] or "-" for r in replay) == ["-", "edited", "pending"]
-    outcomes = store.outcome_rows("default", since)
+    assert len(queries.traffic_rows(since)) == 3
+    replay = queries.replay_rows("default", since)
+    assert sorted(r.outcome or "-" for r in replay) == ["-", "edited", "pending"]
+    outcomes = queries.outcome_rows("default", since)
     assert outcomes == [
-        {"channel": "default", "band": "[0.0,0.4)", "action": "review", "score": 0.1, "outcome": "edited"}
+        OutcomeRow(channel="default", band="[0.0,0.4)", action="review", score=0.1, outcome="edited")
     ]

@@ -9,6 +9,7 @@ import pytest
 
 from guard.admin import auth, charts, traffic
 from guard.admin.forms import PolicyForm
+from guard.admin.records import ReplayRow, TrafficRow
 from guard.followups import Messages
 from guard.policies import Band, Policy, default_policy
 from guard.tables import utcnow
@@ -35,10 +36,10 @@ def test_agreement_with_a_supervisors_outcome(
 
 def test_replay_decides_from_recorded_scores_and_degraded_takes_on_error() -> None:
     rows = [
-        {"score": 0.45, "action": "review", "outcome": "approved"},
-        {"score": 0.1, "action": "escalate", "outcome": "taken_over"},
-        {"score": None, "action": "escalate", "outcome": None},
-        {"score": 0.95, "action": "send", "outcome": None},
+        ReplayRow(score=0.45, action="review", outcome="approved"),
+        ReplayRow(score=0.1, action="escalate", outcome="taken_over"),
+        ReplayRow(score=None, action="escalate", outcome=None),
+        ReplayRow(score=0.95, action="send", outcome=None),
     ]
     draft = Policy("default", (Band(0.0, 0.4, "escalate"), Band(0.4, 1.0, "send")), on_error="review")
     result = traffic.replay(rows, draft)
@@ -67,14 +68,14 @@ def test_percentile(values: list[float], q: float, expected: float | None) -> No
 def test_dashboard_buckets_and_rates() -> None:
     now = utcnow()
     rows = [
-        {
-            "created_at": now - timedelta(minutes=m),
-            "action": a,
-            "score": s,
-            "cached": c,
-            "latency_ms": 10.0 * (i + 1),
-            "timings_ms": {"score": 5.0 * (i + 1)},
-        }
+        TrafficRow(
+            created_at=now - timedelta(minutes=m),
+            action=a,
+            score=s,
+            cached=c,
+            latency_ms=10.0 * (i + 1),
+            timings_ms={"score": 5.0 * (i + 1)},
+        )
         for i, (m, a, s, c) in enumerate(
             [(1, "send", 0.9, False), (2, "send", 0.8, True), (30, "escalate", 0.1, False)]
         )

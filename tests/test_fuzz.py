@@ -31,7 +31,7 @@ from guard.images import ErrorCode
 from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, PolicyError, decide, parse_policy
 from guard.settings import Settings
 from guard.store import migrate
-from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
+from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 from tests.fakes import FakeScorer
 from tests.serving import serve
 from tests.test_admin import make_users, signed_in
@@ -200,14 +200,14 @@ def test_text_fields_are_refused_exactly_when_invalid_and_otherwise_stored_verba
     assert decision.json()["draft"] == sent["reply"]
     assert decision.json()["conversation_id"] == sent.get("conversation_id")
     row = runtime_of(client).store.get_decision(body["decision_id"])
-    assert row is not None and row["question"] == sent["question"] and row["reply"] == sent["reply"]
+    assert row is not None and row.row.question == sent["question"] and row.row.draft == sent["reply"]
 
 
 @pytest.fixture
 def admin_client(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     with guard_client(sqlite_url, secret_key="test-secret-key") as c:
-        make_users(runtime_of(c).store)
+        make_users(queries_of(c))
         yield c
 
 
@@ -228,8 +228,8 @@ def test_markup_stored_verbatim_is_rendered_escaped_on_the_case_page(admin_clien
     assert body["escalation_id"] is not None
     flush(admin_client)
     row = runtime_of(admin_client).store.get_decision(body["decision_id"])
-    assert row is not None and row["question"] == f"{attack} {sql} 口袋开线"
-    assert row["conversation_id"] == attack
+    assert row is not None and row.row.question == f"{attack} {sql} 口袋开线"
+    assert row.row.conversation_id == attack
     signed_in(admin_client, "sup")
     page = admin_client.get(f"/admin/cases/{body['escalation_id']}")
     assert page.status_code == 200
@@ -327,7 +327,7 @@ def test_multipart_text_fields_follow_the_same_rules_as_json(
     if r.status_code == 200:
         flush(client)
         row = runtime_of(client).store.get_decision(body["decision_id"])
-        assert row is not None and row["question"] == sent["question"]
+        assert row is not None and row.row.question == sent["question"]
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6, 0.9, 0.99])

@@ -16,7 +16,8 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from guard.handoff import sign, verify
-from tests.apptools import guard_client, runtime_of
+from guard.stored import Delivery
+from tests.apptools import guard_client, queries_of, runtime_of
 from tests.serving import closed_port, serve
 from tests.test_admin import make_users, signed_in
 
@@ -103,12 +104,12 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
         _post(client, 0.55, "c-follow")
         app = runtime_of(client)
 
-        def delivered() -> list[dict[str, Any]]:
+        def delivered() -> list[Delivery]:
             rows = [d for h in held.values() for d in app.store.deliveries(h["decision_id"])]
-            return rows if len(rows) == 2 and all(r["state"] == "delivered" for r in rows) else []
+            return rows if len(rows) == 2 and all(r.state == "delivered" for r in rows) else []
 
         rows = wait_until(delivered)
-        assert sorted(r["attempts"] for r in rows) == [1, 2], "the first answer was a 500: retried"
+        assert sorted(r.attempts for r in rows) == [1, 2], "the first answer was a 500: retried"
         events = {}
         for headers, body in rec.received:
             assert verify(SECRET, headers["x-guard-timestamp"], headers["x-guard-signature"], body)
@@ -130,16 +131,16 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
         assert case["case_url"] == f"https://guard.example/admin/cases/{held['review']['escalation_id']}"
 
         # A supervisor edits the reviewed draft: the final reply goes out the same way and is pollable.
-        item_id = held["review"]["escalation_id"]
+        queue_item_id = held["review"]["escalation_id"]
         resolved = wait_until(
             lambda: (
                 app.store.get_decision(held["review"]["decision_id"])
-                and app.store.resolve_case(
-                    item_id, "edited", "sam", final_reply="We resent it today.", note=None
+                and queries_of(client).resolve_case(
+                    queue_item_id, "edited", "sam", final_reply="We resent it today.", note=None
                 )
             )
         )
-        assert resolved["state"] == "edited"
+        assert resolved.state == "edited"
         assert client.portal is not None and app.on_outcome is not None
         client.portal.call(app.on_outcome, held["review"]["decision_id"])
         outcome = wait_until(
@@ -167,15 +168,15 @@ def test_a_dead_webhook_receiver_costs_the_customer_nothing(sqlite_url: str) -> 
         assert time.monotonic() - started < 1.0
         app = runtime_of(client)
 
-        def failed() -> list[dict[str, Any]]:
+        def failed() -> list[Delivery]:
             rows = app.store.deliveries(held["decision_id"])
-            return rows if rows and rows[0]["state"] == "failed" else []
+            return rows if rows and rows[0].state == "failed" else []
 
         (row,) = wait_until(failed)
-        assert row["attempts"] == 2 and row["last_error"] and row["delivered_at"] is None
+        assert row.attempts == 2 and row.last_error and row.delivered_at is None
 
         # Supervisors see the delivery state on the case page.
-        make_users(app.store)
+        make_users(queries_of(client))
         signed_in(client, "sup")
         page = client.get(f"/admin/cases/{held['escalation_id']}")
         assert page.status_code == 200

@@ -154,7 +154,7 @@ def test_a_key_decides_for_its_own_channel_only(sqlite_url: str) -> None:
         assert ok.status_code == 200, ok.text
         flush(client)
         row = runtime_of(client).store.get_decision(ok.json()["decision_id"])
-        assert row is not None and row["channel"] == "vip", "the key's channel, not the default"
+        assert row is not None and row.row.channel == "vip", "the key's channel, not the default"
         same = client.post("/v1/guard", json=body | {"channel": "vip"}, headers=headers)
         assert same.status_code == 200
         other = client.post("/v1/guard", json=body | {"channel": "default"}, headers=headers)

@@ -15,7 +15,7 @@ import guard.ocr
 from guard.cache import MemoryCache, RedisCache, score_key
 from guard.images import DecodedImage, decode_image
 from guard.ocr import OcrService, load_reader, ocr_key
-from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
+from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 from tests.fakes import FakeScorer
 
 SCREENSHOT = Path(__file__).parent / "data" / "scr_02.png"
@@ -186,7 +186,7 @@ def test_a_registered_photo_is_read_on_arrival_and_its_text_used(
     assert reader.reads == 1
     flush(client)
     row = runtime_of(client).store.get_decision(body["decision_id"])
-    assert row is not None and row["image_text"] == "Tracking: the zipper is broken on order 58213"
+    assert row is not None and row.row.image_text == "Tracking: the zipper is broken on order 58213"
 
 
 def test_supervisors_see_the_text_read_from_the_photo(client: TestClient) -> None:
@@ -201,7 +201,7 @@ def test_supervisors_see_the_text_read_from_the_photo(client: TestClient) -> Non
         },
     ).json()
     flush(client)
-    make_users(runtime_of(client).store)
+    make_users(queries_of(client))
     signed_in(client, "sup")
     page = client.get(f"/admin/cases/{held['escalation_id']}")
     assert page.status_code == 200
@@ -223,7 +223,7 @@ def test_a_photo_not_read_in_time_is_scored_without_its_text(client: TestClient,
     assert body["action"] == "send"
     flush(client)
     row = runtime_of(client).store.get_decision(body["decision_id"])
-    assert row is not None and row["reason"] == "image_text_timeout"
+    assert row is not None and row.row.reason == "image_text_timeout"
 
 
 def test_ocr_off_reads_nothing(sqlite_url: str, reader: FakeReader) -> None:

@@ -22,7 +22,7 @@ from guard.errors import ImageError
 from guard.images import decode_image
 from guard.scoring.base import ScoreInput, ScoreResult
 from guard.store import Store
-from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
+from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 from tests.fakes import FakeScorer
 from tests.test_admin import band_form, held_case, make_users, signed_in
 from tests.test_admin import cheap_hashes as cheap_hashes  # autouse: test-sized argon2
@@ -50,7 +50,7 @@ def scorer() -> InstructionScorer:
 @pytest.fixture
 def client(sqlite_url: str, scorer: InstructionScorer) -> Iterator[TestClient]:
     with guard_client(sqlite_url, scorer=scorer, secret_key="test-secret-key") as c:
-        make_users(runtime_of(c).store)
+        make_users(queries_of(c))
         yield c
 
 
@@ -241,7 +241,7 @@ def test_score_compares_the_channels_instruction_with_the_edited_one(client: Tes
     fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', editor))
     opened = client.post("/admin/policies/default", data={k: html.unescape(v) for k, v in fields.items()})
     assert opened.status_code == 200 and f">{STRICT}</textarea>" in opened.text
-    assert len(store_of(client).policy_history("default")) == 1  # nothing published
+    assert len(store_of(client).policy_versions("default")) == 1  # nothing published
 
 
 def test_unedited_instruction_follows_the_channel(client: TestClient) -> None:
@@ -267,12 +267,12 @@ def test_unedited_instruction_follows_the_channel(client: TestClient) -> None:
 def test_nothing_is_written_to_the_decision_log_or_the_policies(client: TestClient) -> None:
     held_case(client)
     store = store_of(client)
-    before = (store.count_decisions(), len(store.queue()), store.policy_history("default"))
+    before = (store.count_decisions(), len(store.queue()), store.policy_versions("default"))
     token = signed_in(client, "boss")
     for op, replies in (("score", "One [score=0.1]"), ("rerank", REPLIES)):
         assert post(client, token, op, replies=replies, instruction=STRICT).status_code == 200
     flush(client)
-    assert (store.count_decisions(), len(store.queue()), store.policy_history("default")) == before
+    assert (store.count_decisions(), len(store.queue()), store.policy_versions("default")) == before
     assert before[0] == 1
 
 
@@ -350,7 +350,7 @@ def test_photo_too_large_gets_the_apis_message(sqlite_url: str) -> None:
     with pytest.raises(ImageError) as expected:
         decode_image(data, max_bytes=limit)
     with guard_client(sqlite_url, secret_key="k", max_body_bytes=limit) as client:
-        make_users(runtime_of(client).store)
+        make_users(queries_of(client))
         token = signed_in(client, "sup")
         r = post(client, token, replies="a", files={"photo": ("big.png", data, "image/png")})
         assert r.status_code == 422
@@ -452,7 +452,7 @@ def test_policy_owner_tries_a_draft_from_the_editor(client: TestClient) -> None:
     assert "the draft from the editor" in with_draft.text
     published = post(client, token, replies=replies, draft=html.unescape(draft.group(1)))
     assert re.findall(r'data-action="(\w+)" data-score', published.text) == ["follow_up", "review"]
-    assert len(store_of(client).policy_history("default")) == 1  # nothing published
+    assert len(store_of(client).policy_versions("default")) == 1  # nothing published
 
 
 @pytest.mark.parametrize(

@@ -201,7 +201,7 @@ def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple
     decision_id = (completion.model_extra or {})["guard"]["decision_id"]
     while (row := app.store.get_decision(decision_id)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert row is not None and row["channel"] == "shop"
+    assert row is not None and row.row.channel == "shop"
 
 
 @pytest.mark.parametrize(

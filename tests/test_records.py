@@ -46,9 +46,11 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
         store.record([record])
         stored = store.get_decision("0f" * 16)
         assert stored is not None
-        assert stored["reply"] == "感谢您的反馈" and stored["channel"] == "shop-zh"
-        assert stored["created_at"].replace(tzinfo=UTC) == datetime(2026, 12, 1, 21, 0, 0, 123000, tzinfo=UTC)
-        assert stored["queue_item"]["id"] == "1e" * 16
+        assert stored.row.draft == "感谢您的反馈" and stored.row.channel == "shop-zh"
+        assert stored.row.created_at.replace(tzinfo=UTC) == datetime(
+            2026, 12, 1, 21, 0, 0, 123000, tzinfo=UTC
+        )
+        assert stored.queue_item is not None and stored.queue_item.id == "1e" * 16
         assert store.get_image("ab" * 32) is not None
     finally:
         store.close()

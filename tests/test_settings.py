@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import fields
 from pathlib import Path
 from typing import get_type_hints
@@ -83,3 +84,21 @@ def test_a_fixed_value_setting_takes_each_of_its_values_and_refuses_others(
     for wrong in ("", "nope", allowed[0].upper() + " "):
         with pytest.raises(SettingsError, match=var):
             Settings.from_env({var: wrong})
+
+
+def test_a_rule_across_fields_holds_for_every_settings_object() -> None:
+    with pytest.raises(SettingsError, match="GUARD_WEBHOOK_SECRET"):
+        Settings(webhook_url="http://127.0.0.1:9/hook")
+    with pytest.raises(SettingsError, match="GUARD_WEBHOOK_SECRET"):
+        Settings.from_env({"GUARD_WEBHOOK_URL": "http://127.0.0.1:9/hook"})
+    ok = Settings(webhook_url="http://127.0.0.1:9/hook", webhook_secret="s")
+    with pytest.raises(SettingsError, match="GUARD_WEBHOOK_SECRET"):
+        dataclasses.replace(ok, webhook_secret=None)
+
+
+@pytest.mark.parametrize(("name", "allowed"), FIXED)
+def test_validate_refuses_a_fixed_value_passed_in_code(name: str, allowed: tuple[str, ...]) -> None:
+    Settings(**{name: allowed[-1]}).validate()
+    bad = Settings(**{name: "nope"})  # what the type checker would refuse, built anyway
+    with pytest.raises(SettingsError, match="GUARD_" + name.upper()):
+        bad.validate()

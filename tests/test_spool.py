@@ -248,7 +248,7 @@ def test_sigkill_mid_write_a_torn_line_is_skipped_and_the_rest_lands(tmp_path: P
     try:
         assert store.count_decisions() == 40
         assert len(store.queue()) == 8  # the held ones came with their queue items
-        assert store.get_decision(record(7).row.id)["question"] == record(7).row.question
+        assert store.get_decision(record(7).row.id).row.question == record(7).row.question  # type: ignore[union-attr]
         assert store.get_decision(record(99).row.id) is None
         assert log.skipped_lines == 1
         assert segments(spool_dir) == []

@@ -81,9 +81,9 @@ def test_record_is_idempotent_and_queues_held_decisions(db_url: str) -> None:
     store.record(records)  # a retried batch adds nothing twice
     assert store.count_decisions() == 2
     got = store.get_decision("d1")
-    assert got is not None and got["queue_item"]["state"] == "pending"
-    assert got["question"] == "q <script>alert(1)</script>'; DROP TABLE decisions; --", "stored verbatim"
-    assert [q["id"] for q in store.queue()] == ["q1"]
+    assert got is not None and got.queue_item is not None and got.queue_item.state == "pending"
+    assert got.row.question == "q <script>alert(1)</script>'; DROP TABLE decisions; --", "stored verbatim"
+    assert [q.id for q in store.queue()] == ["q1"]
     assert store.get_image("a" * 64) == ("image/png", b"png")
     store.close()
 
@@ -96,6 +96,6 @@ def test_policy_versions_per_channel(db_url: str) -> None:
     assert store.publish_policy(p, "bob").version == 2
     active = store.active_policy("vip")
     assert active is not None and active.version == 2 and active.on_error == "review"
-    assert [v[:2] for v in store.policy_versions("vip")] == [(1, "alice"), (2, "bob")]
+    assert [(v.version, v.author) for v in store.policy_versions("vip")] == [(1, "alice"), (2, "bob")]
     assert store.active_policy("nobody") is None
     store.close()

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, Response
 from guard import resources
 from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
+from guard.admin.queries import AdminQueries
 from guard.followups import Messages
 from guard.policies import ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
@@ -89,10 +90,12 @@ def fmt_pct(value: float | None) -> str:
 
 
 class Pages:
-    """The admin pages of one running guard: its runtime and the templates they render."""
+    """The admin pages of one running guard: its runtime, the admin's queries over the runtime's
+    database, and the templates they render."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
+        self.queries = AdminQueries(rt.store.engine)
         self._signer: auth.Signer | None = None
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
@@ -147,10 +150,9 @@ class Pages:
         return self._signer
 
     async def _policy_of(self, channel: str, version: int) -> Policy:
-        store = self.rt.store
-        found = await self.db(store.policy_at, channel, version) if version else None
+        found = await self.db(self.queries.policy_at, channel, version) if version else None
         if found is None:
-            found = await self.db(store.active_policy, channel)
+            found = await self.db(self.rt.store.active_policy, channel)
         return found or default_policy(channel)
 
     async def in_force(self, channel: str) -> tuple[Policy, bool]:

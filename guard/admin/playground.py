@@ -37,7 +37,15 @@ from guard.followups import MessageContext, Messages, case_ref, template_problem
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.issue_phrase import detect_locale, issue_phrase
 from guard.pipeline import Pipeline, Scored, Shown, compose
-from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document
+from guard.policies import (
+    TEMPLATE_KEYS,
+    Policy,
+    PolicyDecision,
+    PolicyError,
+    decide,
+    parse_policy,
+    policy_document,
+)
 
 if TYPE_CHECKING:
     from guard.settings import Settings
@@ -131,7 +139,7 @@ class Row:
     index: int
     reply: str
     score: float | None
-    verdict: Verdict
+    verdict: PolicyDecision
     follow_up: str | None
     holding: str | None
     inputs_used: tuple[str, ...]
@@ -139,7 +147,7 @@ class Row:
     best: bool
     base_score: float | None = None
     """The score under the channel's instruction, when the instruction was edited."""
-    base_verdict: Verdict | None = None
+    base_verdict: PolicyDecision | None = None
     base_rank: int | None = None
 
 
@@ -317,12 +325,12 @@ class Playground:
         form = TrialForm(channel=channel if valid_channel(channel) else "default")
         item = q.get("case")
         if item and ctx.user.may("queue"):
-            case = await self.admin.db(self.admin.rt.store.case, item)
+            case = await self.admin.db(self.admin.queries.case, item)
             if case is not None:
-                form.channel = case["channel"] if valid_channel(case["channel"]) else "default"
-                form.question = case["decision_question"] or ""
-                form.replies = case["decision_reply"] or ""
-                form.case_id = item if case["decision_image_sha256"] else ""
+                form.channel = case.item.channel if valid_channel(case.item.channel) else "default"
+                form.question = case.decision.question or ""
+                form.replies = case.decision.draft or ""
+                form.case_id = item if case.decision.image_sha256 else ""
         published, _own = await self.admin.in_force(form.channel)
         form.instruction = published.instruction
         return form
@@ -462,10 +470,9 @@ class Playground:
             if not ctx.user.may("queue"):
                 form.errors["case"] = "Only supervisors and admins may use photos from the queue."
                 return None
-            store = self.admin.rt.store
-            case = await self.admin.db(store.case, form.case_id)
-            sha = case["decision_image_sha256"] if case else None
-            found = await self.admin.db(store.get_image, sha) if sha else None
+            case = await self.admin.db(self.admin.queries.case, form.case_id)
+            sha = case.decision.image_sha256 if case else None
+            found = await self.admin.db(self.admin.rt.store.get_image, sha) if sha else None
             if found is None:
                 form.errors["case"] = "That case has no photo (or there is no such case)."
                 return None
@@ -497,21 +504,21 @@ class Playground:
 
     async def _context(self, ctx: Ctx, form: TrialForm, result: Result | None) -> dict[str, Any]:
         admin = self.admin
-        store = admin.rt.store
+        queries = admin.queries
         published, own = await admin.in_force(form.channel)
-        channels = await admin.db(store.policy_channels)
+        channels = await admin.db(queries.policy_channels)
         cases: list[dict[str, Any]] = []
         if ctx.user.may("queue"):
-            items = await admin.db(store.queue_page, states=["pending"], newest_first=True, limit=100)
+            items = await admin.db(queries.queue_page, states=["pending"], newest_first=True, limit=100)
             cases = [
                 {
-                    "id": it["id"],
-                    "ref": case_ref(it["decision_id"]),
-                    "channel": it["channel"],
-                    "question": it["decision_question"] or "(photo only)",
+                    "id": it.item.id,
+                    "ref": case_ref(it.decision.id),
+                    "channel": it.item.channel,
+                    "question": it.decision.question or "(photo only)",
                 }
                 for it in items
-                if it["decision_image_sha256"]
+                if it.decision.image_sha256
             ][:50]
         photo: dict[str, str] | None = None  # {"src": data URL} or {"case": item id}
         if form.photo_data and "photo" not in form.errors:

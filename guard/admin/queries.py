@@ -1,13 +1,16 @@
 """The admin pages' queries: queue work, accounts, sessions, login throttling, audit, traffic.
 
 Each state change writes its audit entry in the same transaction. Blocking, like every query;
-the pages run them in a worker thread.
+the pages run them in a worker thread. ``AdminQueries`` is opened over the guard's own database
+(the engine of the runtime's ``Store``); every read returns a frozen record
+(``guard/admin/records.py``), never a dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -19,8 +22,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from guard.admin.records import (
+    AuditRecord,
+    Case,
+    OutcomeRow,
+    ReplayRow,
+    ResolvedCase,
+    SessionUser,
+    TrafficRow,
+    UserRecord,
+)
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
+from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, from_orm
 from guard.tables import (
     AdminSession,
     AuditEntry,
@@ -47,10 +61,10 @@ class AdminQueries(Database):
         with self.session() as s:
             _audit(s, actor, action, target, before, after)
 
-    def audit_entries(self, limit: int = 200, offset: int = 0) -> list[dict[str, Any]]:
+    def audit_entries(self, limit: int = 200, offset: int = 0) -> list[AuditRecord]:
         with self.session() as s:
             rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset))
-            return [_row(r) | {"at": _aware(r.at)} for r in rows]
+            return [from_orm(AuditRecord, r, "at") for r in rows]
 
     # Queue
 
@@ -62,7 +76,7 @@ class AdminQueries(Database):
         kind: str | None = None,
         newest_first: bool = False,
         limit: int = 200,
-    ) -> list[dict[str, Any]]:
+    ) -> list[Case]:
         """Queue items with the decision fields the queue shows, filtered and ordered."""
         with self.session() as s:
             q = (
@@ -88,27 +102,27 @@ class AdminQueries(Database):
             count, oldest = s.execute(
                 select(func.count(), func.min(QueueItem.created_at)).where(QueueItem.state == "pending")
             ).one()
-            return int(count or 0), _aware(oldest)
+            return int(count or 0), aware(oldest)
 
-    def case(self, item_id: str) -> dict[str, Any] | None:
+    def case(self, queue_item_id: str) -> Case | None:
         with self.session() as s:
             found = s.execute(
                 select(QueueItem, Decision)
                 .join(Decision, Decision.id == QueueItem.decision_id)
-                .where(QueueItem.id == item_id)
+                .where(QueueItem.id == queue_item_id)
             ).first()
             return None if found is None else _case(found[0], found[1])
 
     def resolve_case(
-        self, item_id: str, state: str, actor: str, *, final_reply: str | None, note: str | None
-    ) -> dict[str, Any] | None:
+        self, queue_item_id: str, state: str, actor: str, *, final_reply: str | None, note: str | None
+    ) -> ResolvedCase | None:
         """Move a pending case to its final ``state``, atomically: of two supervisors acting on one
         case exactly one succeeds (UPDATE ... WHERE state = 'pending'); None for the other."""
         now = utcnow()
         with self.session() as s:
             result = s.execute(
                 update(QueueItem)
-                .where(QueueItem.id == item_id, QueueItem.state == "pending")
+                .where(QueueItem.id == queue_item_id, QueueItem.state == "pending")
                 .values(
                     state=state,
                     claimed_by=actor,
@@ -122,15 +136,15 @@ class AdminQueries(Database):
             )
             if getattr(result, "rowcount", 0) != 1:
                 return None
-            item = s.get(QueueItem, item_id)
+            item = s.get(QueueItem, queue_item_id)
             assert item is not None
             after = {"state": state, "final_reply": final_reply, "note": note}
-            _audit(s, actor, f"case.{state}", f"case {item_id}", {"state": "pending"}, after)
-            return {"id": item_id, "decision_id": item.decision_id, "state": state, "resolved_at": now}
+            _audit(s, actor, f"case.{state}", f"case {queue_item_id}", {"state": "pending"}, after)
+            return ResolvedCase(queue_item_id, item.decision_id, state, now)
 
     # Outcomes and traffic
 
-    def outcome_rows(self, channel: str | None = None, since: datetime | None = None) -> list[dict[str, Any]]:
+    def outcome_rows(self, channel: str | None = None, since: datetime | None = None) -> list[OutcomeRow]:
         """Resolved cases as labels: the decision's band and action and what the supervisor did."""
         with self.session() as s:
             q = (
@@ -144,12 +158,9 @@ class AdminQueries(Database):
                 q = q.where(Decision.policy_channel == channel)
             if since is not None:
                 q = q.where(Decision.created_at >= since)
-            return [
-                {"channel": r[0], "band": r[1], "action": r[2], "score": r[3], "outcome": r[4]}
-                for r in s.execute(q)
-            ]
+            return [OutcomeRow(*r) for r in s.execute(q)]
 
-    def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[dict[str, Any]]:
+    def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[ReplayRow]:
         """Decisions made for ``channel`` since ``since``: score, recorded action and outcome, if any."""
         with self.session() as s:
             q = (
@@ -162,9 +173,9 @@ class AdminQueries(Database):
                 .order_by(Decision.created_at.desc())
                 .limit(limit)
             )
-            return [{"score": r[0], "action": r[1], "degraded": r[2], "outcome": r[3]} for r in s.execute(q)]
+            return [ReplayRow(*r) for r in s.execute(q)]
 
-    def traffic_rows(self, since: datetime, limit: int = 100_000) -> list[dict[str, Any]]:
+    def traffic_rows(self, since: datetime, limit: int = 100_000) -> list[TrafficRow]:
         """What the dashboard draws: one row per decision since ``since``."""
         with self.session() as s:
             q = (
@@ -180,41 +191,13 @@ class AdminQueries(Database):
                 .order_by(Decision.created_at.desc())
                 .limit(limit)
             )
-            return [
-                {
-                    "created_at": _aware(r[0]),
-                    "action": r[1],
-                    "score": r[2],
-                    "cached": r[3],
-                    "latency_ms": r[4],
-                    "timings_ms": r[5] or {},
-                }
-                for r in s.execute(q)
-            ]
+            return [TrafficRow(_aware_time(r[0]), r[1], r[2], r[3], r[4], r[5] or {}) for r in s.execute(q)]
 
     # Policy history
 
     def policy_channels(self) -> list[str]:
         with self.session() as s:
             return sorted(set(s.scalars(select(PolicyVersion.channel).distinct())) | {"default"})
-
-    def policy_history(self, channel: str) -> list[dict[str, Any]]:
-        """Every version of ``channel``'s policy, newest first, with author, time and document."""
-        with self.session() as s:
-            rows = s.scalars(
-                select(PolicyVersion)
-                .where(PolicyVersion.channel == channel)
-                .order_by(PolicyVersion.version.desc())
-            )
-            return [
-                {
-                    "version": r.version,
-                    "author": r.author,
-                    "created_at": _aware(r.created_at),
-                    "document": r.document,
-                }
-                for r in rows
-            ]
 
     def policy_at(self, channel: str, version: int) -> Policy | None:
         with self.session() as s:
@@ -267,15 +250,15 @@ class AdminQueries(Database):
             _audit(s, actor, "user.create", f"user {username}", None, {"role": role, "active": True})
             return user.id
 
-    def user_by_name(self, username: str) -> dict[str, Any] | None:
+    def user_by_name(self, username: str) -> UserRecord | None:
         with self.session() as s:
             row = s.scalar(select(User).where(User.username == username))
-            return None if row is None else _row(row)
+            return None if row is None else from_orm(UserRecord, row)
 
-    def users(self) -> list[dict[str, Any]]:
+    def users(self) -> list[UserRecord]:
         with self.session() as s:
             rows = s.scalars(select(User).order_by(User.username))
-            return [_row(r) | {"created_at": _aware(r.created_at)} for r in rows]
+            return [from_orm(UserRecord, r, "created_at") for r in rows]
 
     def update_user(
         self,
@@ -341,7 +324,7 @@ class AdminQueries(Database):
                 )
             )
 
-    def session_user(self, token_hash: str) -> dict[str, Any] | None:
+    def session_user(self, token_hash: str) -> SessionUser | None:
         """The active user of an unexpired session, with the session's CSRF token; else None."""
         with self.session() as s:
             found = s.execute(
@@ -355,7 +338,8 @@ class AdminQueries(Database):
             ).first()
             if found is None:
                 return None
-            return {"id": found[0].id, "username": found[0].username, "role": found[0].role, "csrf": found[1]}
+            user = found[0]
+            return SessionUser(user.id, user.username, user.role, found[1])
 
     def end_session(self, token_hash: str) -> None:
         with self.session() as s:
@@ -367,7 +351,7 @@ class AdminQueries(Database):
         now = utcnow()
         with self.session() as s:
             until = [
-                _aware(t)
+                aware(t)
                 for t in s.scalars(
                     select(LoginThrottle.locked_until).where(LoginThrottle.key.in_(list(keys)))
                 )
@@ -385,7 +369,7 @@ class AdminQueries(Database):
                 if row is None:
                     row = LoginThrottle(key=key, failures=0, window_start=now, locked_until=None)
                     s.add(row)
-                start = _aware(row.window_start)
+                start = aware(row.window_start)
                 if start is None or (now - start).total_seconds() > window_s:
                     row.failures, row.window_start = 0, now
                 row.failures += 1
@@ -402,23 +386,18 @@ class _LastAdminError(Exception):
     pass
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; every time stored here is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+def _aware_time(value: datetime) -> datetime:
+    found = aware(value)
+    assert found is not None
+    return found
 
 
-def _row(row: Any) -> dict[str, Any]:
-    return {c.name: getattr(row, c.name) for c in row.__table__.columns}
-
-
-def _case(item: QueueItem, decision: Decision) -> dict[str, Any]:
-    out = {f"decision_{k}": v for k, v in _row(decision).items()}
-    out.update(_row(item))
-    for key in ("created_at", "updated_at", "resolved_at", "decision_created_at"):
-        out[key] = _aware(out[key])
-    return out
+def _case(item: QueueItem, decision: Decision) -> Case:
+    row = decision_row(decision)
+    return Case(
+        from_orm(QueueItemRow, item, *QUEUE_ITEM_TIMES),
+        replace(row, created_at=_aware_time(row.created_at)),
+    )
 
 
 def _audit(

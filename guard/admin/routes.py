@@ -43,10 +43,10 @@ class Admin(SessionViews, CaseViews, PolicyViews, UserViews):
         if token is None:
             return None
         digest = auth.token_hash(token)
-        found = await self.db(self.rt.store.session_user, digest)
+        found = await self.db(self.queries.session_user, digest)
         if found is None:
             return None
-        return CurrentUser(found["id"], found["username"], found["role"], found["csrf"], digest)
+        return CurrentUser(found.id, found.username, found.role, found.csrf, digest)
 
     def guarded(
         self, area: str, handler: Handler, *, upload: bool = False
@@ -124,9 +124,9 @@ class Admin(SessionViews, CaseViews, PolicyViews, UserViews):
                 Route("/", g("any", self.home)),
                 Route("/dashboard", g("any", self.dashboard)),
                 Route("/queue", g("queue", self.queue)),
-                Route("/cases/{item_id}", g("queue", self.case)),
-                Route("/cases/{item_id}/photo", g("queue", self.photo)),
-                Route("/cases/{item_id}/act", g("queue", self.act), methods=["POST"]),
+                Route("/cases/{queue_item_id}", g("queue", self.case)),
+                Route("/cases/{queue_item_id}/photo", g("queue", self.photo)),
+                Route("/cases/{queue_item_id}/act", g("queue", self.act), methods=["POST"]),
                 Route(
                     "/playground",
                     g("playground", self.playground.page, upload=True),

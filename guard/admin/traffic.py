@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
+from guard.admin.records import OutcomeRow, ReplayRow, TrafficRow
 from guard.evaluation import percentile
 from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy, decide
 
@@ -75,7 +75,7 @@ class Replay:
     scores: list[float]
 
 
-def replay(rows: Sequence[Mapping[str, Any]], draft: Policy) -> Replay:
+def replay(rows: Sequence[ReplayRow], draft: Policy) -> Replay:
     """Decide each logged decision again under ``draft`` from its recorded score (no re-scoring).
 
     A decision whose score was unusable (degraded) takes the draft's ``on_error`` action."""
@@ -86,17 +86,16 @@ def replay(rows: Sequence[Mapping[str, Any]], draft: Policy) -> Replay:
     new_pairs: list[tuple[str, str | None]] = []
     scores: list[float] = []
     for row in rows:
-        score = row["score"]
-        usable = isinstance(score, float | int) and math.isfinite(score)
-        verdict = decide(draft, float(score) if usable else None)
-        old[row["action"]] += 1
+        score = float(row.score) if row.score is not None and math.isfinite(row.score) else None
+        verdict = decide(draft, score)
+        old[row.action] += 1
         new[verdict.action] += 1
-        if verdict.action != row["action"]:
-            moves[(row["action"], verdict.action)] += 1
-        old_pairs.append((row["action"], row.get("outcome")))
-        new_pairs.append((verdict.action, row.get("outcome")))
-        if usable:
-            scores.append(float(score))
+        if verdict.action != row.action:
+            moves[(row.action, verdict.action)] += 1
+        old_pairs.append((row.action, row.outcome))
+        new_pairs.append((verdict.action, row.outcome))
+        if score is not None:
+            scores.append(score)
     return Replay(
         total=len(rows),
         old_counts={a: old.get(a, 0) for a in ACTIONS},
@@ -118,22 +117,22 @@ class BandOutcomes:
     agreement: Agreement
 
 
-def band_outcomes(rows: Iterable[Mapping[str, Any]]) -> list[BandOutcomes]:
+def band_outcomes(rows: Iterable[OutcomeRow]) -> list[BandOutcomes]:
     """Per (channel, band, action): what supervisors did with those decisions and how often it agreed."""
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[OutcomeRow]] = {}
     for row in rows:
-        key = (row["channel"], row["band"] or "degraded (no score)", row["action"])
+        key = (row.channel, row.band or "degraded (no score)", row.action)
         groups.setdefault(key, []).append(row)
     out = []
     for (channel, band, action), items in sorted(groups.items()):
-        counts = Counter(r["outcome"] for r in items)
+        counts = Counter(r.outcome for r in items)
         out.append(
             BandOutcomes(
                 channel,
                 band,
                 action,
                 {k: counts.get(k, 0) for k in ("approved", "edited", "taken_over", "dismissed")},
-                agreement((r["action"], r["outcome"]) for r in items),
+                agreement((r.action, r.outcome) for r in items),
             )
         )
     return out
@@ -152,7 +151,7 @@ class Dashboard:
     scorer_p95: float | None
 
 
-def dashboard(rows: Sequence[Mapping[str, Any]], now: datetime, span: timedelta) -> Dashboard:
+def dashboard(rows: Sequence[TrafficRow], now: datetime, span: timedelta) -> Dashboard:
     step = _bucket_step(span)
     n = max(1, math.ceil(span / step))
     start = now - n * step
@@ -163,17 +162,17 @@ def dashboard(rows: Sequence[Mapping[str, Any]], now: datetime, span: timedelta)
     cached = 0
     scores: list[float] = []
     for row in rows:
-        per_action[row["action"]] += 1
-        i = int((row["created_at"] - start) / step)
+        per_action[row.action] += 1
+        i = int((row.created_at - start) / step)
         if 0 <= i < n:
-            buckets[i][row["action"]] += 1
-        cached += bool(row["cached"])
-        total_ms.append(float(row["latency_ms"]))
-        score_ms = (row["timings_ms"] or {}).get("score")
-        if not row["cached"] and isinstance(score_ms, int | float):
+            buckets[i][row.action] += 1
+        cached += bool(row.cached)
+        total_ms.append(float(row.latency_ms))
+        score_ms = (row.timings_ms or {}).get("score")
+        if not row.cached and isinstance(score_ms, int | float):
             scorer_ms.append(float(score_ms))
-        if isinstance(row["score"], float | int) and math.isfinite(row["score"]):
-            scores.append(float(row["score"]))
+        if isinstance(row.score, float | int) and math.isfinite(row.score):
+            scores.append(float(row.score))
     fmt = "%H:%M" if step < timedelta(days=1) else "%m-%d"
     if span > timedelta(days=1) and step < timedelta(days=1):
         fmt = "%m-%d %H:%M"

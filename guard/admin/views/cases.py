@@ -30,20 +30,16 @@ class CaseViews(Pages):
         state = q.get("state") or "pending"
         states = list(STATE_LABELS) if state == "all" else [state] if state in STATE_LABELS else ["pending"]
         newest = q.get("sort") == "newest"
-        store = self.rt.store
         items = await self.db(
-            store.queue_page, states=states, channel=channel, kind=kind, newest_first=newest
+            self.queries.queue_page, states=states, channel=channel, kind=kind, newest_first=newest
         )
-        channels = await self.db(store.queue_channels)
-        now = utcnow()
-        for item in items:
-            end = item["resolved_at"] or now
-            item["waiting_s"] = (end - item["created_at"]).total_seconds()
+        channels = await self.db(self.queries.queue_channels)
         return self.render(
             ctx.request,
             "queue.html",
             ctx.user,
             items=items,
+            now=utcnow(),
             channels=channels,
             filters={
                 "channel": channel or "",
@@ -54,23 +50,23 @@ class CaseViews(Pages):
         )
 
     async def _case_view(
-        self, ctx: Ctx, item_id: str, status: int = 200, message: str | None = None
+        self, ctx: Ctx, queue_item_id: str, status: int = 200, message: str | None = None
     ) -> Response:
-        store = self.rt.store
-        case = await self.db(store.case, item_id)
+        case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
-        policy = await self._policy_of(case["decision_policy_channel"], case["decision_policy_version"])
-        locale = case["decision_locale"] if case["decision_locale"] in ("zh", "en") else "en"
+        decision = case.decision
+        policy = await self._policy_of(decision.policy_channel, decision.policy_version)
+        locale = decision.locale if decision.locale in ("zh", "en") else "en"
         settings = self.rt.settings
         ctx_msg = MessageContext(
             locale,
-            case["decision_issue_phrase"],
-            case_ref(case["decision_id"]),
+            decision.issue_phrase,
+            case_ref(decision.id),
             settings.response_time(locale),
         )
         follow_up = self.messages().follow_up(ctx_msg, policy.templates)
-        deliveries = await self.db(store.deliveries, case["decision_id"])
+        deliveries = await self.db(self.rt.store.deliveries, decision.id)
         return self.render(
             ctx.request,
             "case.html",
@@ -78,21 +74,21 @@ class CaseViews(Pages):
             status,
             case=case,
             policy=policy,
-            bar=charts.score_bar(policy, case["decision_score"], case["decision_band"]),
+            bar=charts.score_bar(policy, decision.score, decision.band),
             follow_up=follow_up,
             deliveries=deliveries,
-            case_ref=case_ref(case["decision_id"]),
-            waiting_s=((case["resolved_at"] or utcnow()) - case["created_at"]).total_seconds(),
+            case_ref=case_ref(decision.id),
+            waiting_s=case.waiting_s(utcnow()),
             message=message,
             csrf=ctx.user.csrf,
         )
 
     async def case(self, ctx: Ctx) -> Response:
-        return await self._case_view(ctx, ctx.request.path_params["item_id"])
+        return await self._case_view(ctx, ctx.request.path_params["queue_item_id"])
 
     async def photo(self, ctx: Ctx) -> Response:
-        case = await self.db(self.rt.store.case, ctx.request.path_params["item_id"])
-        sha = case["decision_image_sha256"] if case else None
+        case = await self.db(self.queries.case, ctx.request.path_params["queue_item_id"])
+        sha = case.decision.image_sha256 if case else None
         found = await self.db(self.rt.store.get_image, sha) if sha else None
         if found is None:
             return Response("no photo", status_code=404, media_type="text/plain")
@@ -108,35 +104,35 @@ class CaseViews(Pages):
         )
 
     async def act(self, ctx: Ctx) -> Response:
-        item_id = ctx.request.path_params["item_id"]
+        queue_item_id = ctx.request.path_params["queue_item_id"]
         op = str(ctx.form.get("op") or "")
         state = CASE_OPS.get(op)
         if state is None:
-            return await self._case_view(ctx, item_id, 422, f"Unknown action {op!r}.")
-        case = await self.db(self.rt.store.case, item_id)
+            return await self._case_view(ctx, queue_item_id, 422, f"Unknown action {op!r}.")
+        case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
         reply = str(ctx.form.get("reply") or "").replace("\r\n", "\n").strip()
         reason = str(ctx.form.get("reason") or "").strip()[:2000]
         final: str | None = None
         if op == "approve":
-            final = case["decision_reply"]
+            final = case.decision.draft
         elif op == "edit":
             if not reply:
-                return await self._case_view(ctx, item_id, 422, "Write the reply to send.")
+                return await self._case_view(ctx, queue_item_id, 422, "Write the reply to send.")
             if len(reply) > self.rt.settings.max_reply_chars:
                 return await self._case_view(
                     ctx,
-                    item_id,
+                    queue_item_id,
                     422,
                     f"The reply is longer than {self.rt.settings.max_reply_chars} characters.",
                 )
             final = reply
         elif op == "dismiss" and not reason:
-            return await self._case_view(ctx, item_id, 422, "Give a reason for dismissing the case.")
+            return await self._case_view(ctx, queue_item_id, 422, "Give a reason for dismissing the case.")
         done = await self.db(
-            self.rt.store.resolve_case,
-            item_id,
+            self.queries.resolve_case,
+            queue_item_id,
             state,
             ctx.user.username,
             final_reply=final,
@@ -144,10 +140,13 @@ class CaseViews(Pages):
         )
         if done is None:
             return await self._case_view(
-                ctx, item_id, 409, "Another supervisor has already acted on this case; nothing was changed."
+                ctx,
+                queue_item_id,
+                409,
+                "Another supervisor has already acted on this case; nothing was changed.",
             )
-        task = BackgroundTask(self._deliver, self.rt.on_outcome, done["decision_id"])
-        query = urlencode({"notice": "case_done", "done": item_id})
+        task = BackgroundTask(self._deliver, self.rt.on_outcome, done.decision_id)
+        query = urlencode({"notice": "case_done", "done": queue_item_id})
         return RedirectResponse(f"{PREFIX}/queue?{query}", status_code=303, background=task)
 
     @staticmethod

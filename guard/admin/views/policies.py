@@ -43,11 +43,10 @@ class PolicyViews(Pages):
             if valid_channel(wanted):
                 return RedirectResponse(f"{PREFIX}/policies/{wanted}", status_code=303)
             return self.error(ctx.request, ctx.user, 422, "A channel name is 1-100 letters, digits or _ . -")
-        store = self.rt.store
-        channels = await self.db(store.policy_channels)
+        channels = await self.db(self.queries.policy_channels)
         rows = []
         for channel in channels:
-            history = await self.db(store.policy_history, channel)
+            history = await self.db(self.rt.store.policy_versions, channel, newest_first=True)
             rows.append({"channel": channel, "latest": history[0] if history else None})
         return self.render(ctx.request, "policies.html", ctx.user, rows=rows, csrf=ctx.user.csrf)
 
@@ -63,7 +62,7 @@ class PolicyViews(Pages):
             if op == "publish" and form.policy is not None:
                 if own and policy_document(form.policy) == policy_document(current):
                     return self._redirect_policy(channel, "unchanged")
-                await self.db(self.rt.store.publish_policy_audited, form.policy, ctx.user.username)
+                await self.db(self.queries.publish_policy_audited, form.policy, ctx.user.username)
                 self._invalidate()
                 return self._redirect_policy(channel, "published")
         status = 422 if form.problems else 200
@@ -80,10 +79,11 @@ class PolicyViews(Pages):
     ) -> Response:
         key = str(ctx.form.get("window") or ctx.request.query_params.get("window") or "24h")
         preview = await self._preview(channel, form, current, key)
-        history = await self.db(self.rt.store.policy_history, channel)
-        for i, entry in enumerate(history):
-            older = history[i + 1]["document"] if i + 1 < len(history) else None
-            entry["diff"] = policy_diff(older, entry["document"])
+        versions = await self.db(self.rt.store.policy_versions, channel, newest_first=True)
+        history = [
+            (entry, policy_diff(versions[i + 1].document if i + 1 < len(versions) else None, entry.document))
+            for i, entry in enumerate(versions)
+        ]
         bands = list(form.bands) + [("", "", "")] * (MAX_BANDS - len(form.bands))
         settings = self.rt.settings
         samples = render_samples(
@@ -113,7 +113,7 @@ class PolicyViews(Pages):
 
     async def _preview(self, channel: str, form: PolicyForm, current: Policy, key: str) -> dict[str, Any]:
         key, span = traffic.window(key)
-        rows = await self.db(self.rt.store.replay_rows, channel, utcnow() - span)
+        rows = await self.db(self.queries.replay_rows, channel, utcnow() - span)
         draft = form.policy
         result = traffic.replay(rows, draft if draft is not None else current)
         old = traffic.replay(rows, current)  # the recorded actions may predate the policy in force
@@ -161,16 +161,16 @@ class PolicyViews(Pages):
             version = int(str(ctx.form.get("version")))
         except ValueError:
             version = 0
-        old = await self.db(self.rt.store.policy_at, channel, version) if valid_channel(channel) else None
+        old = await self.db(self.queries.policy_at, channel, version) if valid_channel(channel) else None
         if old is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such policy version.")
-        await self.db(self.rt.store.publish_policy_audited, old, ctx.user.username, "policy.rollback")
+        await self.db(self.queries.publish_policy_audited, old, ctx.user.username, "policy.rollback")
         self._invalidate()
         return self._redirect_policy(channel, "rolled_back")
 
     async def outcomes(self, ctx: Ctx) -> Response:
         key, span = traffic.window(ctx.request.query_params.get("window"), "30d")
-        rows = await self.db(self.rt.store.outcome_rows, None, utcnow() - span)
+        rows = await self.db(self.queries.outcome_rows, None, utcnow() - span)
         return self.render(
             ctx.request,
             "outcomes.html",

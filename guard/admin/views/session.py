@@ -59,34 +59,34 @@ class SessionViews(Pages):
         password = str(form.get("password") or "")[:1000]
         ip = request.client.host if request.client else "unknown"
         keys = [f"user:{username.lower()}", f"ip:{ip}"]
-        store = self.rt.store
-        locked = await self.db(store.login_locked_until, keys)
+        queries = self.queries
+        locked = await self.db(queries.login_locked_until, keys)
         if locked is not None:
             wait = fmt_duration((locked - utcnow()).total_seconds() + 59)
             return self._login_form(request, f"Too many failed sign-ins. Try again in {wait}.", 429)
-        user = await self.db(store.user_by_name, username)
-        ok = await self.db(auth.verify_password, user["password_hash"] if user else None, password)
-        if not ok or user is None or not user["active"]:
+        user = await self.db(queries.user_by_name, username)
+        ok = await self.db(auth.verify_password, user.password_hash if user else None, password)
+        if not ok or user is None or not user.active:
             await self.db(
-                store.login_failed,
+                queries.login_failed,
                 [keys[0]],
                 limit=auth.USER_FAILURE_LIMIT,
                 window_s=auth.FAILURE_WINDOW_S,
                 lock_s=auth.LOCK_S,
             )
             await self.db(
-                store.login_failed,
+                queries.login_failed,
                 [keys[1]],
                 limit=auth.IP_FAILURE_LIMIT,
                 window_s=auth.FAILURE_WINDOW_S,
                 lock_s=auth.LOCK_S,
             )
             return self._login_form(request, "Wrong username or password.", 401)
-        await self.db(store.login_succeeded, [keys[0]])
+        await self.db(queries.login_succeeded, [keys[0]])
         token, csrf = auth.new_token(), auth.new_token()
         ttl = self.rt.settings.session_ttl_s
-        await self.db(store.create_session, auth.token_hash(token), user["id"], csrf, ttl)
-        await self.db(store.record_login, user["id"])
+        await self.db(queries.create_session, auth.token_hash(token), user.id, csrf, ttl)
+        await self.db(queries.record_login, user.id)
         response = RedirectResponse(safe_next(str(form.get("next") or "")), status_code=303)
         response.set_cookie(
             auth.SESSION_COOKIE,
@@ -101,7 +101,7 @@ class SessionViews(Pages):
         return response
 
     async def logout(self, ctx: Ctx) -> Response:
-        await self.db(self.rt.store.end_session, ctx.user.token_hash)
+        await self.db(self.queries.end_session, ctx.user.token_hash)
         response = RedirectResponse(f"{PREFIX}/login", status_code=303)
         response.delete_cookie(auth.SESSION_COOKIE, path=PREFIX, httponly=True, samesite="lax")
         return response
@@ -115,10 +115,9 @@ class SessionViews(Pages):
     async def dashboard(self, ctx: Ctx) -> Response:
         key, span = traffic.window(ctx.request.query_params.get("window"))
         now = utcnow()
-        store = self.rt.store
-        rows = await self.db(store.traffic_rows, now - span)
+        rows = await self.db(self.queries.traffic_rows, now - span)
         data = traffic.dashboard(rows, now, span)
-        queue_len, oldest = await self.db(store.queue_summary)
+        queue_len, oldest = await self.db(self.queries.queue_summary)
         health = await self.health()
         return self.render(
             ctx.request,

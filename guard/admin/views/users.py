@@ -15,7 +15,7 @@ class UserViews(Pages):
     async def users(self, ctx: Ctx) -> Response:
         message = None
         status = 200
-        store = self.rt.store
+        queries = self.queries
         if ctx.request.method == "POST":
             username = str(ctx.form.get("username") or "").strip()
             role = str(ctx.form.get("role") or "")
@@ -23,14 +23,14 @@ class UserViews(Pages):
             message = (
                 auth.username_problem(username) or auth.role_problem(role) or auth.password_problem(password)
             )
-            if message is None and await self.db(store.user_by_name, username) is not None:
+            if message is None and await self.db(queries.user_by_name, username) is not None:
                 message = f"There is already a user {username!r}."
             if message is None:
                 pw_hash = await self.db(auth.hash_password, password)
-                await self.db(store.create_user, username, pw_hash, role, ctx.user.username)
+                await self.db(queries.create_user, username, pw_hash, role, ctx.user.username)
                 return RedirectResponse(f"{PREFIX}/users?notice=user_created", status_code=303)
             status = 422
-        users = await self.db(store.users)
+        users = await self.db(queries.users)
         return self.render(
             ctx.request,
             "users.html",
@@ -54,7 +54,7 @@ class UserViews(Pages):
             return self.error(ctx.request, ctx.user, 422, problem)
         pw_hash = await self.db(auth.hash_password, password) if password else None
         ok = await self.db(
-            self.rt.store.update_user,
+            self.queries.update_user,
             user_id,
             ctx.user.username,
             role=role,
@@ -69,5 +69,5 @@ class UserViews(Pages):
             page = max(int(ctx.request.query_params.get("page", "0")), 0)
         except ValueError:
             page = 0
-        entries = await self.db(self.rt.store.audit_entries, 100, page * 100)
+        entries = await self.db(self.queries.audit_entries, 100, page * 100)
         return self.render(ctx.request, "audit.html", ctx.user, entries=entries, page=page)

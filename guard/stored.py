@@ -1,0 +1,114 @@
+"""The typed, frozen records the store reads back: queue items, a decision with its queue item,
+policy versions, API keys and webhook deliveries.
+
+Each record's fields are its table's columns by name; :func:`from_orm` fills one from a row.
+Times come back as the database hands them (SQLite: naive UTC); :func:`aware` marks them UTC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import Field, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from guard.records import DecisionRow
+from guard.tables import Decision
+
+
+class _Record(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+
+R = TypeVar("R", bound=_Record)
+
+
+def from_orm(cls: type[R], row: object, *times: str) -> R:
+    """The record ``cls`` of an ORM row, its fields taken by name; the fields in ``times`` made aware."""
+    values = {f.name: getattr(row, f.name) for f in fields(cls)}
+    for name in times:
+        values[name] = aware(values[name])
+    return cls(**values)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time stored here is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def decision_row(row: Decision) -> DecisionRow:
+    """The :class:`DecisionRow` of a ``decisions`` ORM row."""
+    table = Decision.__table__
+    return DecisionRow.from_columns({c.name: getattr(row, c.name) for c in table.columns})
+
+
+@dataclass(frozen=True, slots=True)
+class QueueItemRow:
+    """A held decision's queue item (the API's ``escalation_id`` is its ``id``)."""
+
+    id: str
+    decision_id: str
+    kind: str
+    state: str
+    channel: str
+    created_at: datetime
+    updated_at: datetime
+    claimed_by: str | None
+    resolved_by: str | None
+    resolved_at: datetime | None
+    final_reply: str | None
+    note: str | None
+
+
+QUEUE_ITEM_TIMES = ("created_at", "updated_at", "resolved_at")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """A decision as stored, with its queue item when it was held."""
+
+    row: DecisionRow
+    queue_item: QueueItemRow | None
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersionRow:
+    """One published version of a channel's policy."""
+
+    channel: str
+    version: int
+    author: str
+    created_at: datetime
+    document: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    """An API key as listed (never its hash)."""
+
+    id: str
+    channel: str
+    name: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One handoff webhook delivery and its state."""
+
+    id: str
+    decision_id: str
+    event: str
+    url: str
+    body: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
