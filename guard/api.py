@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from guard.body import read_body, replay
+from guard.body import parse_json, read_body, replay
 from guard.errors import BadRequest, Forbidden, InvalidField, NotFound, Unavailable
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.pipeline import CheckRequest
@@ -34,12 +33,7 @@ async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, 
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _parse_multipart(request, body, settings)
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(
-            "invalid_json", f"the body is not valid JSON ({exc}); send JSON or multipart/form-data"
-        ) from None
+    doc = parse_json(body, "the body (send JSON or multipart/form-data)")
     if not isinstance(doc, dict):
         raise BadRequest("invalid_json", "the body must be a JSON object")
     return doc, None

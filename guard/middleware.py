@@ -242,7 +242,7 @@ async def _request_data(scope: Scope, body: bytes) -> RequestData:
             await form.close()
     try:
         return RequestData(scope, body, json=json.loads(body))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return RequestData(scope, body)
 
 
@@ -384,7 +384,7 @@ class _Exchange:
 def _json_reply(body: bytes, path: Path) -> tuple[Any, str] | None:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
     draft = get_path(doc, path)
     if not isinstance(draft, str) or not draft.strip():
@@ -398,7 +398,7 @@ def _sse_texts(events: list[Event], path: Path) -> Iterable[str]:
             continue
         try:
             value = get_path(json.loads(event.data), path)
-        except ValueError:
+        except (ValueError, RecursionError):
             yield event.data
             continue
         if isinstance(value, str):
@@ -418,7 +418,7 @@ def _sse_rewrite(events: list[Event], path: Path, verdict: Verdict, decision_fie
         if template is None:
             try:
                 template = json.loads(event.data)
-            except ValueError:
+            except (ValueError, RecursionError):
                 template = event.data
     out: list[str] = []
     if isinstance(template, dict | list) and get_path(template, path) is not MISSING:

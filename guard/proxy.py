@@ -26,7 +26,7 @@ import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from guard.body import read_body
+from guard.body import parse_json, read_body
 from guard.errors import (
     BadRequest,
     FetchError,
@@ -146,10 +146,7 @@ class Proxy:
         if not s.upstream_url:
             raise Unavailable("upstream_not_configured", "the proxy has no upstream: set GUARD_UPSTREAM_URL")
         body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("invalid_json", f"the body is not valid JSON ({exc})") from None
+        doc = parse_json(body)
         if not isinstance(doc, dict):
             raise BadRequest("invalid_json", "the body must be a JSON object")
         if doc.get("n", 1) != 1:
@@ -241,7 +238,7 @@ class Proxy:
         if 400 <= response.status_code < 500:
             try:
                 return JSONResponse(json.loads(raw), status_code=response.status_code)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         detail = raw[:300].decode("utf-8", "replace")
         raise UpstreamError("upstream_error", f"the upstream answered HTTP {response.status_code}: {detail}")
@@ -280,7 +277,7 @@ class Proxy:
             draft = message.get("content")
             if draft is not None and not isinstance(draft, str):
                 raise TypeError("content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        except (ValueError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
             raise UpstreamError(
                 "upstream_malformed", "the upstream answer is not a chat completion"
             ) from None
@@ -375,7 +372,7 @@ class Proxy:
             choices = doc["choices"]
             if not isinstance(choices, list):
                 raise TypeError
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, RecursionError, KeyError, TypeError):
             raise UpstreamError(
                 "upstream_malformed",
                 "the upstream stream has a chunk that is not a chat completion chunk",
