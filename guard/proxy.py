@@ -82,7 +82,8 @@ def last_user_turn(doc: dict[str, Any]) -> UserTurn:
 
 
 def guard_summary(result: CheckResult) -> dict[str, Any]:
-    """The ``guard`` field added to the completion."""
+    """The ``guard`` field added to the completion. Never the draft: a held draft stays in the queue
+    and in ``GET /v1/decisions/{id}`` for the key's own channel."""
     return {
         "decision_id": result.decision_id,
         "action": result.action,
@@ -91,7 +92,6 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "escalation_id": result.escalation_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
-        "draft": result.draft,
     }
 
 
