@@ -4,10 +4,13 @@ The request goes to the upstream model server (``GUARD_UPSTREAM_URL``) unchanged
 photo of the last user message is fetched and decoded at the same time. The assistant message
 that comes back is guarded against that user message (its text parts and its first image), and
 the client gets a normal chat completion whose content is what the customer should see: the
-draft, the draft plus follow-up, or the holding message. The decision is in the headers
-``X-Guard-Action`` / ``X-Guard-Decision`` and in an extra ``guard`` field that OpenAI SDKs
-ignore. With ``stream: true`` the upstream stream is read to the end, guarded, and streamed back
-in the same chunk format (the ``guard`` field rides on the chunk with the finish reason).
+draft, the draft plus follow-up, or the holding message. Every choice's customer-visible text
+(content and refusal) is guarded, each choice on its own; tool calls pass through beside it, and
+an answer with no visible text at all is marked ``X-Guard-Action: unguarded``
+(guard/completions.py). The decision is in the headers ``X-Guard-Action`` / ``X-Guard-Decision``
+and in an extra ``guard`` field that OpenAI SDKs ignore (never the draft). With ``stream: true``
+the upstream stream is read to the end, guarded, and streamed back in the same chunk format (the
+``guard`` field rides on the last chunk, the one with the finish reason).
 
 Upstream failures are JSON errors, never hangs: unreachable -> 502 ``upstream_unavailable``,
 too slow -> 504 ``upstream_timeout``, 5xx or a malformed answer -> 502, 4xx -> passed through.
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
@@ -27,6 +30,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from guard.body import parse_json, read_body
+from guard.completions import (
+    StreamRead,
+    Visible,
+    malformed,
+    plain_choices,
+    plain_visible,
+    rewrite_plain,
+    rewrite_stream,
+)
 from guard.errors import (
     BadRequest,
     FetchError,
@@ -95,26 +107,18 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
     }
 
 
+NO_TEXT = "no_text_to_guard"
+UNGUARDED = {"x-guard-action": "unguarded", "x-guard-reason": NO_TEXT}
+NO_TEXT_SUMMARY: dict[str, Any] = {"action": None, "reason": NO_TEXT}
+"""The headers and the ``guard`` field of an answer with no customer-visible text (tool calls only)."""
+
+
 def guard_headers(result: CheckResult) -> dict[str, str]:
     return {"x-guard-action": result.action, "x-guard-decision": result.decision_id}
 
 
 def customer_text(result: CheckResult) -> str:
     return result.reply if result.reply is not None else result.holding_message or ""
-
-
-@dataclass
-class _Stream:
-    """What was read from an upstream stream."""
-
-    first: dict[str, Any] | None = None
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage_chunk: dict[str, Any] | None = None
-    other_output: bool = False
-    """Tool calls or other choices: nothing this proxy can rewrite."""
-    raw: list[bytes] = field(default_factory=list)
-    done: bool = False
 
 
 class Proxy:
@@ -256,6 +260,14 @@ class Proxy:
         )
         return await self.guard.check(req)
 
+    async def _guard_choices(
+        self, check: CheckRequest, visible: dict[int, Visible], image_task: asyncio.Task[DecodedImage] | None
+    ) -> dict[int, CheckResult]:
+        """One decision per choice that has customer-visible text, taken concurrently."""
+        texts = {index: v.text for index, v in visible.items() if v.text.strip()}
+        results = await asyncio.gather(*(self._decide(check, text, image_task) for text in texts.values()))
+        return dict(zip(texts, results, strict=True))
+
     async def _complete(
         self,
         url: str,
@@ -273,21 +285,22 @@ class Proxy:
             await response.aclose()
         try:
             doc = json.loads(raw)
-            message = doc["choices"][0]["message"]
-            draft = message.get("content")
-            if draft is not None and not isinstance(draft, str):
-                raise TypeError("content is not a string")
-        except (ValueError, RecursionError, KeyError, IndexError, TypeError, AttributeError):
-            raise UpstreamError(
-                "upstream_malformed", "the upstream answer is not a chat completion"
-            ) from None
-        if not draft or not draft.strip():  # a tool call: nothing to guard
-            doc["guard"] = {"action": None, "reason": "no_text_to_guard"}
-            return JSONResponse(doc, headers={"x-guard-action": "unguarded"})
-        result = await self._decide(check, draft, image_task)
-        message["content"] = customer_text(result)
-        doc["guard"] = guard_summary(result)
-        return JSONResponse(doc, headers=guard_headers(result))
+        except (ValueError, RecursionError):
+            raise malformed("not JSON") from None
+        choices = plain_choices(doc)
+        visible = {i: plain_visible(choice) for i, choice in enumerate(choices)}
+        results = await self._guard_choices(check, visible, image_task)
+        for i, choice in enumerate(choices):
+            result = results.get(i)
+            rewrite_plain(choice, visible[i], None if result is None else customer_text(result))
+            if result is not None and len(results) > 1:
+                choice["guard"] = guard_summary(result)
+        if not results:  # tool calls only: nothing the customer reads
+            doc["guard"] = NO_TEXT_SUMMARY
+            return JSONResponse(doc, headers=UNGUARDED)
+        primary = results[min(results)]
+        doc["guard"] = guard_summary(primary)
+        return JSONResponse(doc, headers=guard_headers(primary))
 
     async def _streaming(
         self,
@@ -309,93 +322,38 @@ class Proxy:
             got = await self._read_stream(response)
         finally:
             await response.aclose()
-        if got.first is None or not (got.done or got.finish_reason):
+        if got.first is None or not got.finished:
             raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
-        draft = "".join(got.text)
         sse: dict[str, str] = {"cache-control": "no-cache"}
-        if got.other_output or not draft.strip():
-            return Response(
-                b"".join(got.raw),
-                media_type="text/event-stream",
-                headers={**sse, "x-guard-action": "unguarded"},
-            )
-        result = await self._decide(check, draft, image_task)
-        first = got.first
-        keep = ("id", "object", "created", "model", "system_fingerprint")
-        base: dict[str, Any] = {k: first[k] for k in keep if k in first}
-
-        def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-            doc: dict[str, Any] = {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra,
-            }
-            return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
-
-        out = [
-            chunk({"role": "assistant", "content": ""}, None),
-            chunk({"content": customer_text(result)}, None),
-            chunk({}, got.finish_reason or "stop", guard=guard_summary(result)),
-        ]
-        if got.usage_chunk is not None:
-            out.append(b"data: " + json.dumps(got.usage_chunk).encode() + b"\n\n")
-        out.append(b"data: [DONE]\n\n")
+        visible = {index: choice.visible for index, choice in got.choices.items()}
+        results = await self._guard_choices(check, visible, image_task)
+        guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
+        if not results:  # tool calls only: nothing the customer reads
+            body = rewrite_stream(got, guarded, NO_TEXT_SUMMARY)
+            return Response(body, media_type="text/event-stream", headers={**sse, **UNGUARDED})
+        primary = results[min(results)]
         return Response(
-            b"".join(out), media_type="text/event-stream", headers={**sse, **guard_headers(result)}
+            rewrite_stream(got, guarded, guard_summary(primary)),
+            media_type="text/event-stream",
+            headers={**sse, **guard_headers(primary)},
         )
 
-    async def _read_stream(self, response: httpx2.Response) -> _Stream:
+    async def _read_stream(self, response: httpx2.Response) -> StreamRead:
         limit = self.settings.upstream_max_bytes
-        got = _Stream()
+        got = StreamRead()
         size = 0
         try:
             async for line in response.aiter_lines():
                 size += len(line) + 1
                 if size > limit:
                     raise UpstreamError("upstream_too_large", f"the upstream stream is over {limit} bytes")
-                got.raw.append(line.encode() + b"\n")
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
                     got.done = True
                     break
-                self._take_chunk(got, data)
+                got.take(data)
         except httpx2.HTTPError as exc:
             raise UpstreamError("upstream_unavailable", f"the upstream stream broke off: {exc}") from None
         return got
-
-    @staticmethod
-    def _take_chunk(got: _Stream, data: str) -> None:
-        try:
-            doc = json.loads(data)
-            choices = doc["choices"]
-            if not isinstance(choices, list):
-                raise TypeError
-        except (ValueError, RecursionError, KeyError, TypeError):
-            raise UpstreamError(
-                "upstream_malformed",
-                "the upstream stream has a chunk that is not a chat completion chunk",
-            ) from None
-        if got.first is None:
-            got.first = doc
-        if not choices:
-            if doc.get("usage") is not None:
-                got.usage_chunk = doc
-            return
-        for choice in choices:
-            if not isinstance(choice, dict):
-                raise UpstreamError("upstream_malformed", "the upstream stream has a malformed choice")
-            if choice.get("index", 0) != 0:
-                got.other_output = True
-                continue
-            delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
-                raise UpstreamError("upstream_malformed", "the upstream stream has a malformed delta")
-            content = delta.get("content")
-            if isinstance(content, str):
-                got.text.append(content)
-            if delta.get("tool_calls"):
-                got.other_output = True
-            if choice.get("finish_reason"):
-                got.finish_reason = choice["finish_reason"]

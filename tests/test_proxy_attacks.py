@@ -5,6 +5,7 @@ must never see text the guard did not decide on."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -30,17 +31,56 @@ GOOD = "We are sending you a new pair today [score=0.95]"
 
 SEEN_BODIES: list[dict[str, Any]] = []
 
-# What the upstream answers, by model: a completion's choices (plain) or its chunks' choices (streams).
-PLAIN: dict[str, list[dict[str, Any]]] = {
-    "held": [{"index": 0, "message": {"role": "assistant", "content": HELD}, "finish_reason": "stop"}],
+TOOL_CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "open_ticket", "arguments": '{"order": "2024051366182"}'},
 }
-STREAMS: dict[str, list[list[dict[str, Any]]]] = {
-    "held": [
-        [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-        [{"index": 0, "delta": {"content": HELD}, "finish_reason": None}],
-        [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-    ],
+
+
+def _message(content: Any = None, **fields: Any) -> dict[str, Any]:
+    return {"role": "assistant", "content": content, **fields}
+
+
+# What the upstream answers, by model: the choices' messages; streams are made from them.
+ANSWERS: dict[str, list[dict[str, Any]]] = {
+    "held": [_message(HELD)],
+    "refusal": [_message(None, refusal=HELD)],
+    "text-and-tool-call": [_message(HELD, tool_calls=[TOOL_CALL])],
+    "good-text-and-tool-call": [_message(GOOD, tool_calls=[TOOL_CALL])],
+    "second-choice": [_message(GOOD), _message(HELD)],
+    "only-second-choice": [_message(None), _message(HELD)],
+    "text-parts": [_message([{"type": "text", "text": HELD}])],
+    "extra-fields": [_message(GOOD, reasoning_content=HELD, audio={"transcript": HELD})],
+    "tool-call-only": [_message(None, tool_calls=[TOOL_CALL])],
 }
+
+
+def _stream_chunks(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The choices of each chunk of a stream of ``messages``: word by word, choices interleaved,
+    tool calls as one delta, then each choice's finish reason."""
+    per_choice: list[list[dict[str, Any]]] = []
+    for message in messages:
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        for name in ("content", "refusal"):
+            value = message.get(name)
+            text = "".join(p["text"] for p in value) if isinstance(value, list) else value
+            deltas.extend({name: w} for w in re.findall(r"\S+\s*", text or ""))
+        deltas.extend(
+            {k: v} for k, v in message.items() if k not in ("role", "content", "refusal", "tool_calls")
+        )
+        if message.get("tool_calls"):
+            deltas.append({"tool_calls": [{"index": 0, **TOOL_CALL}]})
+        per_choice.append(deltas)
+    chunks = []
+    for step in range(max(len(d) for d in per_choice)):
+        for index, deltas in enumerate(per_choice):
+            if step < len(deltas):
+                chunks.append([{"index": index, "delta": deltas[step], "finish_reason": None}])
+    for index, message in enumerate(messages):
+        finish = "tool_calls" if message.get("tool_calls") else "stop"
+        chunks.append([{"index": index, "delta": {}, "finish_reason": finish}])
+    return chunks
 
 
 async def upstream_chat(request: Request) -> Response:
@@ -48,11 +88,16 @@ async def upstream_chat(request: Request) -> Response:
     SEEN_BODIES.append(body)
     model = body["model"]
     base = {"id": "chatcmpl-x", "created": 1700000000, "model": model}
+    messages = ANSWERS[model]
     if not body.get("stream"):
-        return JSONResponse({**base, "object": "chat.completion", "choices": PLAIN[model]})
+        choices = [
+            {"index": i, "message": m, "finish_reason": "tool_calls" if m.get("tool_calls") else "stop"}
+            for i, m in enumerate(messages)
+        ]
+        return JSONResponse({**base, "object": "chat.completion", "choices": choices})
 
     async def events() -> AsyncIterator[bytes]:
-        for choices in STREAMS[model]:
+        for choices in _stream_chunks(messages):
             doc = {**base, "object": "chat.completion.chunk", "choices": choices}
             yield b"data: " + json.dumps(doc).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
@@ -107,3 +152,49 @@ def test_the_held_draft_never_leaves_the_proxy(guard: tuple[str, Runtime]) -> No
     assert headers["x-guard-action"] == "escalate"
     assert "premium plan" not in text, "the held draft is not in the stream"
     assert "draft" not in (chunks[-1].model_extra or {})["guard"]
+
+
+def _visible(texts: list[str | None]) -> str:
+    return " ".join(t or "" for t in texts)
+
+
+@pytest.mark.parametrize("model", [m for m in ANSWERS if m != "tool-call-only"])
+def test_no_visible_text_passes_unguarded_in_any_shape(guard: tuple[str, Runtime], model: str) -> None:
+    """Refusals, text beside tool calls, every choice, text parts: the held draft never reaches the
+    customer, the answer is never ``unguarded``, and tool calls still come through."""
+    client = _client(guard[0])
+    headers, text, completion = _plain(client, model)
+    assert headers["x-guard-action"] != "unguarded", "an answer with visible text is guarded"
+    assert "premium plan" not in text, "the held draft is not in the plain response"
+    assert "x-guard-decision" in headers and completion.model_extra["guard"]["decision_id"]
+    shown = _visible(
+        [c.message.content for c in completion.choices] + [c.message.refusal for c in completion.choices]
+    )
+    assert shown.strip(), "the customer is shown something"
+    if "tool" in model:
+        calls = completion.choices[0].message.tool_calls
+        assert calls and calls[0].function.name == "open_ticket", "the tool call passes through"
+    if model in ("good-text-and-tool-call", "second-choice", "extra-fields"):
+        assert "new pair today" in shown, "a good draft is still sent"
+
+    headers, text, chunks = _stream(client, model)
+    assert headers["x-guard-action"] != "unguarded"
+    assert "premium plan" not in text, "the held draft is not in the stream"
+    streamed = _visible([d for c in chunks for ch in c.choices for d in (ch.delta.content, ch.delta.refusal)])
+    assert streamed.strip()
+    assert (chunks[-1].model_extra or {})["guard"]["decision_id"]
+    finishes = [ch.finish_reason for c in chunks for ch in c.choices if ch.finish_reason]
+    assert len(finishes) == len(ANSWERS[model]), "every choice ends with its finish reason"
+    if "tool" in model:
+        calls = [t for c in chunks for ch in c.choices for t in ch.delta.tool_calls or []]
+        assert calls and calls[0].function and calls[0].function.name == "open_ticket"
+
+
+def test_an_answer_with_only_tool_calls_is_marked_unguarded(guard: tuple[str, Runtime]) -> None:
+    client = _client(guard[0])
+    headers, _text, completion = _plain(client, "tool-call-only")
+    assert headers["x-guard-action"] == "unguarded" and headers["x-guard-reason"] == "no_text_to_guard"
+    assert completion.choices[0].message.tool_calls
+    headers, _text, chunks = _stream(client, "tool-call-only")
+    assert headers["x-guard-action"] == "unguarded" and headers["x-guard-reason"] == "no_text_to_guard"
+    assert [t for c in chunks for ch in c.choices for t in ch.delta.tool_calls or []]
