@@ -49,6 +49,7 @@ from guard.errors import (
     UpstreamTimeout,
 )
 from guard.images import DecodedImage, decode_base64, decode_image
+from guard.keys import request_channel
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
 from guard.ssrf import ImageFetcher
@@ -91,6 +92,18 @@ def last_user_turn(doc: dict[str, Any]) -> UserTurn:
                 image = url
         return UserTurn("\n".join(texts), image)
     raise InvalidField("missing_field", "there is no user message to guard the reply against")
+
+
+def _guard_field(name: str) -> bool:
+    """A field of the request that is the guard's, not the model's: ``channel``, ``guard*``."""
+    return name == "channel" or name.startswith("guard")
+
+
+def _asked_channel(doc: dict[str, Any]) -> str | None:
+    asked = doc.get("channel")
+    if asked is not None and (not isinstance(asked, str) or not 0 < len(asked) <= 100):
+        raise InvalidField("wrong_type", "'channel' must be a channel name (a string of 1-100 characters)")
+    return asked
 
 
 def guard_summary(result: CheckResult) -> dict[str, Any]:
@@ -159,6 +172,9 @@ class Proxy:
         if not isinstance(stream, bool):
             raise InvalidField("wrong_type", "'stream' must be true or false")
         turn = last_user_turn(doc)
+        channel = request_channel(request.scope, _asked_channel(doc))
+        if any(_guard_field(name) for name in doc):  # the guard's own fields never go upstream
+            body = json.dumps({k: v for k, v in doc.items() if not _guard_field(k)}).encode()
         image_task = asyncio.create_task(self._image(turn.image_url)) if turn.image_url else None
         try:
             state = request.scope.get("state", {})
@@ -167,7 +183,7 @@ class Proxy:
             check = CheckRequest(
                 question=turn.text[-s.max_question_chars :],
                 reply="",
-                channel=state.get("guard_channel") or request.headers.get("x-guard-channel") or "default",
+                channel=channel,
                 conversation_id=request.headers.get("x-guard-conversation-id"),
             )
             try:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx2
+import openai
 import pytest
 from openai import OpenAI
 from starlette.applications import Starlette
@@ -18,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from guard.app import create_app
+from guard.keys import create_key
 from guard.runtime import Runtime
 from guard.settings import Settings
 from guard.store import migrate
@@ -198,3 +201,47 @@ def test_an_answer_with_only_tool_calls_is_marked_unguarded(guard: tuple[str, Ru
     headers, _text, chunks = _stream(client, "tool-call-only")
     assert headers["x-guard-action"] == "unguarded" and headers["x-guard-reason"] == "no_text_to_guard"
     assert [t for c in chunks for ch in c.choices for t in ch.delta.tool_calls or []]
+
+
+def _decision(base: str, key: str, decision_id: str) -> httpx2.Response:
+    """GET /v1/decisions/{id}, waiting while the decision is on its way to SQL."""
+    deadline = time.monotonic() + 10
+    while True:
+        resp = httpx2.get(f"{base}/v1/decisions/{decision_id}", headers={"x-guard-key": key}, timeout=5)
+        if resp.status_code != 404 or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.05)
+
+
+def test_a_key_stays_in_its_channel_on_every_route(guard: tuple[str, Runtime]) -> None:
+    base, rt = guard
+    shop, other = create_key(rt.store, "shop"), create_key(rt.store, "other")
+    rt.keys._any = None  # the keys exist now: forget the "no key yet" answer
+    client = _client(base, shop)
+
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.chat.completions.create(model="held", messages=QUESTION, extra_body={"channel": "other"})
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "channel_forbidden"
+
+    SEEN_BODIES.clear()
+    raw = client.chat.completions.with_raw_response.create(
+        model="held",
+        messages=QUESTION,
+        extra_body={"channel": "shop", "guard_note": "x"},
+        extra_headers={"x-guard-channel": "other"},
+    )
+    assert SEEN_BODIES and not {"channel", "guard_note"} & set(SEEN_BODIES[-1]), "guard fields stay here"
+    assert SEEN_BODIES[-1]["messages"] == QUESTION, "the model's fields go upstream as they came"
+    decision_id = raw.headers["x-guard-decision"]
+    mine = _decision(base, shop, decision_id)
+    assert mine.status_code == 200 and mine.json()["channel"] == "shop", "X-Guard-Channel is not read"
+    assert _decision(base, other, decision_id).status_code == 404, "another channel's decision is not there"
+
+    check = httpx2.post(
+        f"{base}/v1/guard",
+        headers={"x-guard-key": shop},
+        json={"question": "my seam came open", "reply": GOOD},
+        timeout=10,
+    ).json()
+    assert _decision(base, other, check["decision_id"]).status_code == 404
+    assert _decision(base, shop, check["decision_id"]).status_code == 200
