@@ -1,5 +1,5 @@
 """JSON nested 100,000 levels deep, sent to every JSON-reading edge over real HTTP: a 400
-``invalid_json``, never a 500; the middleware passes such an answer on as it came."""
+``invalid_json``, never a 500; the middleware passes such an answer on, marked unguarded."""
 
 from __future__ import annotations
 
@@ -73,4 +73,6 @@ def test_the_middleware_survives_deep_json_in_the_request_and_the_response() -> 
             )
             assert resp.status_code == 200
             assert resp.content == deep_object(), "the app's answer is not lost"
+            assert resp.headers["x-guard-action"] == "unguarded"
+            assert resp.headers["x-guard-reason"] in ("question_not_found", "reply_not_found")
     assert spy.checked == 0
