@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from guard.body import read_body, replay
-from guard.errors import BadRequest, Forbidden, InvalidField, NotFound, Unavailable
+from guard.body import parse_json, read_body, replay
+from guard.errors import BadRequest, InvalidField, NotFound, Unavailable
 from guard.images import DecodedImage, decode_base64, decode_image
+from guard.keys import request_channel, sees_channel
 from guard.pipeline import CheckRequest
 from guard.runtime import Runtime, runtime
 from guard.settings import Settings
@@ -34,12 +34,7 @@ async def parse_fields(request: Request, settings: Settings) -> tuple[dict[str, 
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         return await _parse_multipart(request, body, settings)
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(
-            "invalid_json", f"the body is not valid JSON ({exc}); send JSON or multipart/form-data"
-        ) from None
+    doc = parse_json(body, "the body (send JSON or multipart/form-data)")
     if not isinstance(doc, dict):
         raise BadRequest("invalid_json", "the body must be a JSON object")
     return doc, None
@@ -81,13 +76,7 @@ async def _parse_multipart(
 
 def _channel(request: Request, fields: Mapping[str, Any]) -> str:
     """The request's channel: the API key's when a key was used (a key cannot act for another channel)."""
-    asked = _text(fields, "channel", limit=100, required=False)
-    bound = request.scope.get("state", {}).get("guard_channel")
-    if bound is None:
-        return asked or "default"
-    if asked is not None and asked != bound:
-        raise Forbidden("channel_forbidden", f"this API key is for channel {bound!r}, not {asked!r}")
-    return str(bound)
+    return request_channel(request.scope, _text(fields, "channel", limit=100, required=False))
 
 
 def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -> str | None:
@@ -206,7 +195,7 @@ async def decision_endpoint(request: Request) -> Response:
     rt = runtime(request)
     decision_id = request.path_params["decision_id"]
     found = await rt.find_decision(decision_id)
-    if found is None:
+    if found is None or not sees_channel(request.scope, found.row.channel):  # another channel's: not there
         raise NotFound("not_found", f"no decision {decision_id!r} (it may still be on its way to the log)")
     row, item = found.row, found.queue_item
     return JSONResponse(

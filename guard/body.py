@@ -4,6 +4,8 @@ the check API, the proxy and the middleware (a leaf: it imports only the error t
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
@@ -54,3 +56,14 @@ async def read_body(request: Request, limit: int, timeout_s: float | None) -> by
             "body_timeout", f"the request body did not arrive within {timeout_s}s (GUARD_BODY_TIMEOUT_S)"
         ) from None
     return b"".join(chunks)
+
+
+def parse_json(data: bytes | str, what: str = "the body") -> Any:
+    """``data`` as JSON, or BadRequest ``invalid_json`` for anything else: bad syntax, bad UTF-8,
+    or nesting deeper than Python's parser follows (``[[[[...]]]]`` 100,000 levels deep)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise BadRequest("invalid_json", f"{what} is nested too deeply to read") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("invalid_json", f"{what} is not valid JSON ({exc})") from None

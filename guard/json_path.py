@@ -39,3 +39,12 @@ def get_path(doc: Any, path: Path) -> Any:
 def set_path(doc: Any, path: Path, value: Any) -> None:
     parent = get_path(doc, path[:-1])
     parent[path[-1]] = value
+
+
+def make_path(path: Path, value: Any) -> Any:
+    """A new document holding ``value`` at ``path``: ``("choices", 0, "text")`` gives
+    ``{"choices": [{"text": value}]}``."""
+    doc: Any = value
+    for token in reversed(path):
+        doc = [*([{}] * token), doc] if isinstance(token, int) else {token: doc}
+    return doc

@@ -27,7 +27,7 @@ from typing import get_args
 
 from starlette.types import Scope
 
-from guard.errors import ConfigError, Unavailable
+from guard.errors import ConfigError, Forbidden, Unavailable
 from guard.settings import AuthMode, Settings
 from guard.store import Store, bounded
 
@@ -163,3 +163,21 @@ def presented_key(scope: Scope) -> str | None:
             if scheme.lower() == "bearer" and token.strip():
                 bearer = token.strip()
     return bearer
+
+
+def request_channel(scope: Scope, asked: str | None) -> str:
+    """The channel a request acts in: its API key's, when a key was used (asking for another one is
+    a 403 ``channel_forbidden``); without a key (an open loopback guard), the one asked for, else
+    ``default``."""
+    bound = scope.get("state", {}).get("guard_channel")
+    if bound is None:
+        return asked or "default"
+    if asked is not None and asked != bound:
+        raise Forbidden("channel_forbidden", f"this API key is for channel {bound!r}, not {asked!r}")
+    return str(bound)
+
+
+def sees_channel(scope: Scope, channel: str) -> bool:
+    """Whether the request may see what was decided in ``channel``: a key sees only its own."""
+    bound = scope.get("state", {}).get("guard_channel")
+    return bound is None or bound == channel

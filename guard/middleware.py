@@ -13,11 +13,13 @@ on the middleware; each guarded request gets its own :class:`_Exchange`. For a g
    in a JSON field (``decision_field``), the status and other headers kept and
    ``Content-Length`` corrected.
 
-Other routes, websockets and lifespan pass straight through. A guarded response that is not of
-the expected shape (an error status, not JSON, a body over ``max_response_bytes``, no reply at
-the path) passes through unguarded and is counted in ``metrics``
-(``guard_middleware_unguarded_total{reason=...}``). ``text/event-stream`` responses are buffered
-and guarded (``streaming="guard"``) or passed through (``streaming="pass"``).
+A gzip or deflate answer is decoded, guarded and sent uncompressed. Every response that is not
+guarded (other routes, websockets, and on a guarded route an error status, not JSON, a body over
+``max_response_bytes``, no reply at the path, ...) is marked ``X-Guard-Action: unguarded`` with an
+``X-Guard-Reason`` and counted in ``metrics`` (``guard_middleware_unguarded_total{reason=...}``);
+with ``unguarded="hold"`` a guarded route sends the fallback message instead. ``text/event-stream``
+responses are buffered and guarded (``streaming="guard"``) or passed through (``streaming="pass"``).
+Lifespan passes straight through.
 
 The guard is reached through a :class:`Checker`: :class:`LocalGuard` runs it in-process (the
 same resources as ``guard serve``), :class:`HttpChecker` calls a guard server.
@@ -30,6 +32,7 @@ import contextlib
 import inspect
 import json
 import logging
+import zlib
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -50,7 +53,7 @@ from guard.checkers import (
 )
 from guard.errors import ImageError
 from guard.images import decode_base64
-from guard.json_path import MISSING, Path, get_path, parse_path, set_path
+from guard.json_path import MISSING, Path, get_path, make_path, parse_path, set_path
 from guard.metrics import Metrics
 from guard.sse import Event, parse_events
 
@@ -101,6 +104,8 @@ class GuardMiddleware:
         max_request_bytes: int = 10 * 1024 * 1024,
         max_response_bytes: int = 1024 * 1024,
         on_error: Literal["hold", "pass"] = "hold",
+        unguarded: Literal["pass", "hold"] = "pass",
+        stream_decision: Literal["field", "event"] = "field",
         fallback_message: str = DEFAULT_FALLBACK,
         metrics: Metrics | None = None,
     ) -> None:
@@ -109,9 +114,16 @@ class GuardMiddleware:
         field). ``reply``: JSON path of the draft in the response; ``stream_reply``: the same inside
         each ``data:`` event of a ``text/event-stream`` response. ``extract`` replaces the request
         paths with a callable. ``on_error``: when the guard cannot be asked, ``hold`` sends
-        ``fallback_message`` (action ``escalate``), ``pass`` sends the draft unguarded."""
+        ``fallback_message`` (action ``escalate``), ``pass`` sends the draft unguarded. ``unguarded``:
+        a response on a guarded route that cannot be guarded (an error status, not JSON, no reply at
+        the path, ...) is passed on marked ``X-Guard-Action: unguarded`` (``pass``) or replaced by
+        ``fallback_message`` (``hold``). ``stream_decision``: the decision of a guarded stream rides as
+        ``decision_field`` on its last JSON event (``field``, safe for OpenAI-style stream consumers)
+        or comes as an ``event: <decision_field>`` of its own (``event``)."""
         if streaming not in ("guard", "pass") or on_error not in ("hold", "pass"):
             raise ValueError("streaming must be 'guard' or 'pass'; on_error must be 'hold' or 'pass'")
+        if unguarded not in ("pass", "hold") or stream_decision not in ("field", "event"):
+            raise ValueError("unguarded must be 'pass' or 'hold'; stream_decision must be 'field' or 'event'")
         self.app = app
         self.checker = checker
         self.exact = frozenset(r for r in routes if not r.endswith("*"))
@@ -129,12 +141,23 @@ class GuardMiddleware:
         self.max_request_bytes = max_request_bytes
         self.max_response_bytes = max_response_bytes
         self.on_error = on_error
+        self.unguarded_policy = unguarded
+        self.stream_decision = stream_decision
         self.fallback_message = fallback_message
         self.metrics = metrics or Metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in self.methods or not self._guarded(scope["path"]):
+        if scope["type"] not in ("http", "websocket"):  # lifespan
             await self.app(scope, receive, send)
+            return
+        if (
+            scope["type"] == "websocket"
+            or scope["method"] not in self.methods
+            or not self._guarded(scope["path"])
+        ):
+            reason = "websocket" if scope["type"] == "websocket" else "route_not_guarded"
+            self.unguarded(reason)
+            await self.app(scope, receive, _marking(send, reason))
             return
         exchange = _Exchange(self, scope, receive, send)
         try:
@@ -203,6 +226,48 @@ class GuardMiddleware:
             )
 
 
+_GUARD_HEADERS = (b"x-guard-action", b"x-guard-decision", b"x-guard-reason")
+
+
+def _headers(message: Message, *, drop: tuple[bytes, ...] = ()) -> list[tuple[bytes, bytes]]:
+    """The message's headers without the guard's own (an app cannot set them) and without ``drop``."""
+    return [
+        (bytes(k), bytes(v))
+        for k, v in message.get("headers", ())
+        if bytes(k).lower() not in _GUARD_HEADERS + drop
+    ]
+
+
+def _unguarded_headers(message: Message, reason: str) -> list[tuple[bytes, bytes]]:
+    return [*_headers(message), (b"x-guard-action", b"unguarded"), (b"x-guard-reason", reason.encode())]
+
+
+def _marking(send: Send, reason: str) -> Send:
+    """``send`` with the response (or the websocket's accept) marked as passed unguarded."""
+
+    async def marked(message: Message) -> None:
+        if message["type"] in ("http.response.start", "websocket.accept"):
+            message = {**message, "headers": _unguarded_headers(message, reason)}
+        await send(message)
+
+    return marked
+
+
+def _decompress(body: bytes, encoding: str, limit: int) -> bytes | None:
+    """A gzip or deflate body decoded, or None when it is not one or would be over ``limit`` bytes."""
+    wbits = 47 if encoding in ("gzip", "x-gzip") else 15  # 47: gzip or zlib header; deflate: zlib
+    for bits in (wbits, -15):  # some servers send raw deflate
+        decoder = zlib.decompressobj(bits)
+        try:
+            out = decoder.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(out) > limit or decoder.unconsumed_tail or not decoder.eof:
+            return None
+        return out
+    return None
+
+
 def _name(path: Path) -> str:
     return ".".join(str(t) for t in path)
 
@@ -242,7 +307,7 @@ async def _request_data(scope: Scope, body: bytes) -> RequestData:
             await form.close()
     try:
         return RequestData(scope, body, json=json.loads(body))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return RequestData(scope, body)
 
 
@@ -259,7 +324,11 @@ class _Exchange:
         self.request_skipped: str | None = None
         self.prepared: asyncio.Task[tuple[RequestParts, object | None] | None] | None = None
         self.start: Message | None = None
-        self.mode: Literal["hold", "json", "sse", "pass"] = "hold"
+        self.mode: Literal["hold", "json", "sse", "pass", "drop"] = "hold"
+        """hold: waiting for the start; json/sse: buffering to guard; pass: passing unguarded;
+        drop: reading the rest of a response that will be replaced by the fallback message."""
+        self.encoding: str | None = None
+        self.held_reason = ""
         self.chunks: list[bytes] = []
         self.size = 0
 
@@ -288,11 +357,18 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if self.mode == "pass":
             await self._send(message)
+        elif self.mode == "drop":
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                await self._hold(self.held_reason)
         elif message["type"] == "http.response.start":
             self.start = message
-            self.mode = self._mode(message)
-            if self.mode == "pass":
-                await self._send(message)
+            mode = self._mode(message)
+            if mode == "json":
+                self.mode = "json"
+            elif mode == "sse":
+                self.mode = "sse"
+            else:
+                await self._pass(mode, more_body=True, started=False)
         elif message["type"] == "http.response.body":
             self.chunks.append(message.get("body", b""))
             self.size += len(self.chunks[-1])
@@ -304,38 +380,82 @@ class _Exchange:
             await self._pass("unsupported_message", more_body=True)
             await self._send(message)
 
-    def _mode(self, start: Message) -> Literal["json", "sse", "pass"]:
+    def _mode(self, start: Message) -> str:
+        """``json`` or ``sse`` to guard the response, else why it cannot be guarded."""
         status = start["status"]
-        ctype = ""
+        found: dict[bytes, str] = {}
         for name, value in start.get("headers", ()):
-            if bytes(name).lower() == b"content-type":
-                ctype = bytes(value).decode("latin-1").split(";")[0].strip().lower()
+            if bytes(name).lower() in (b"content-type", b"content-encoding"):
+                found[bytes(name).lower()] = bytes(value).decode("latin-1").split(";")[0].strip().lower()
+        ctype, encoding = found.get(b"content-type", ""), found.get(b"content-encoding", "identity")
         if not 200 <= status < 300:
-            self.mw.unguarded("error_status")
-            return "pass"
+            return "error_status"
+        if encoding not in ("identity", "gzip", "x-gzip", "deflate"):
+            return "compressed"
+        self.encoding = None if encoding == "identity" else encoding
         if ctype == "application/json" or ctype.endswith("+json"):
             return "json"
         if ctype == "text/event-stream":
-            if self.mw.streaming == "guard":
-                return "sse"
-            self.mw.unguarded("streaming_passed")
-            return "pass"
-        self.mw.unguarded("not_json")
-        return "pass"
+            return "sse" if self.mw.streaming == "guard" else "streaming_passed"
+        return "not_json"
 
-    async def _pass(self, reason: str, *, more_body: bool) -> None:
-        """Send what is held as it was, and let the rest through."""
+    async def _pass(self, reason: str, *, more_body: bool, started: bool = True) -> None:
+        """Send what is held as it was, marked unguarded, and let the rest through; or, with
+        ``unguarded="hold"``, replace the response by the fallback message."""
         self.mw.unguarded(reason)
-        self.mode = "pass"
         assert self.start is not None
-        await self._send(self.start)
-        await self._send(
-            {"type": "http.response.body", "body": b"".join(self.chunks), "more_body": more_body}
-        )
+        if self.mw.unguarded_policy == "hold" and self.start["status"] not in (204, 304):
+            self.chunks = []
+            if more_body:
+                self.mode, self.held_reason = "drop", reason
+                return
+            return await self._hold(reason)
+        self.mode = "pass"
+        await self._send({**self.start, "headers": _unguarded_headers(self.start, reason)})
+        if started:
+            await self._send(
+                {"type": "http.response.body", "body": b"".join(self.chunks), "more_body": more_body}
+            )
         self.chunks = []
+
+    async def _hold(self, reason: str) -> None:
+        """The fallback message instead of a response that could not be guarded."""
+        text = self.mw.fallback_message
+        doc = make_path(self.mw.reply, text)
+        if self.mw.decision_field and isinstance(doc, dict):
+            verdict = Verdict(action="escalate", text=text, degraded=True, reason=f"unguarded_{reason}")
+            doc[self.mw.decision_field] = verdict.to_json()
+        await self._respond(json.dumps(doc, ensure_ascii=False).encode(), "escalate", None, reason=reason)
+
+    async def _respond(
+        self,
+        body: bytes,
+        action: str,
+        decision_id: str | None,
+        *,
+        reason: str | None = None,
+    ) -> None:
+        """Send ``body`` (uncompressed) with the start's status and headers, marked with the decision;
+        with ``reason``, ``body`` is the fallback message's JSON held in place of the response."""
+        assert self.start is not None
+        drop: tuple[bytes, ...] = (b"content-length", b"content-encoding")
+        headers = _headers(self.start, drop=drop if reason is None else (*drop, b"content-type"))
+        if reason is not None:
+            headers += [(b"content-type", b"application/json"), (b"x-guard-reason", reason.encode())]
+        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"x-guard-action", action.encode()))
+        if decision_id:
+            headers.append((b"x-guard-decision", decision_id.encode()))
+        await self._send({**self.start, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
     async def _finish(self) -> None:
         body = b"".join(self.chunks)
+        if self.encoding is not None:
+            decoded = _decompress(body, self.encoding, self.mw.max_response_bytes)
+            if decoded is None:
+                return await self._pass("undecodable_body", more_body=False)
+            body = decoded
         if self.mode == "json":
             found = _json_reply(body, self.mw.reply)
             if found is None:
@@ -366,25 +486,16 @@ class _Exchange:
                 doc[self.mw.decision_field] = verdict.to_json()
             new_body = json.dumps(doc, ensure_ascii=False).encode()
         else:
-            new_body = _sse_rewrite(events, self.mw.stream_reply, verdict, self.mw.decision_field)
-        assert self.start is not None
-        headers = [
-            (k, v)
-            for k, v in self.start.get("headers", ())
-            if bytes(k).lower() not in (b"content-length", b"x-guard-action", b"x-guard-decision")
-        ]
-        headers.append((b"content-length", str(len(new_body)).encode()))
-        headers.append((b"x-guard-action", verdict.action.encode()))
-        if verdict.decision_id:
-            headers.append((b"x-guard-decision", verdict.decision_id.encode()))
-        await self._send({**self.start, "headers": headers})
-        await self._send({"type": "http.response.body", "body": new_body, "more_body": False})
+            new_body = _sse_rewrite(
+                events, self.mw.stream_reply, verdict, self.mw.decision_field, self.mw.stream_decision
+            )
+        await self._respond(new_body, verdict.action, verdict.decision_id)
 
 
 def _json_reply(body: bytes, path: Path) -> tuple[Any, str] | None:
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return None
     draft = get_path(doc, path)
     if not isinstance(draft, str) or not draft.strip():
@@ -398,16 +509,28 @@ def _sse_texts(events: list[Event], path: Path) -> Iterable[str]:
             continue
         try:
             value = get_path(json.loads(event.data), path)
-        except ValueError:
+        except (ValueError, RecursionError):
             yield event.data
             continue
         if isinstance(value, str):
             yield value
 
 
-def _sse_rewrite(events: list[Event], path: Path, verdict: Verdict, decision_field: str | None) -> bytes:
-    """One event with the guarded text (in the shape of the first one), the decision, then [DONE]."""
+def _finishes(doc: Any) -> bool:
+    """An OpenAI-style chunk that carries a ``finish_reason``."""
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    return isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices)
+
+
+def _sse_rewrite(
+    events: list[Event], path: Path, verdict: Verdict, decision_field: str | None, how: str = "field"
+) -> bytes:
+    """The guarded text as one event in the shape of the first; then the JSON events that carried no
+    text (a chunk with the ``finish_reason``, the usage, ...; one that carried text and a finish
+    reason comes with its text emptied); the decision (a field on the last JSON event, or an event
+    of its own); and ``[DONE]`` if the stream had it."""
     template: Any = None
+    rest: list[Any] = []
     done = False
     for event in events:
         if event.data is None:
@@ -415,18 +538,38 @@ def _sse_rewrite(events: list[Event], path: Path, verdict: Verdict, decision_fie
         if event.data.strip() == "[DONE]":
             done = True
             continue
+        try:
+            doc: Any = json.loads(event.data)
+        except (ValueError, RecursionError):
+            doc = event.data
         if template is None:
-            try:
-                template = json.loads(event.data)
-            except ValueError:
-                template = event.data
+            template = doc
+        elif isinstance(doc, dict | list):
+            text = get_path(doc, path)
+            if isinstance(text, str) and text and not _finishes(doc):
+                continue  # its text is in the guarded text
+            if isinstance(text, str):
+                set_path(doc, path, "")
+            rest.append(doc)
+    first: Any = None
+    if isinstance(template, dict | list):
+        parent = get_path(template, path[:-1]) if path[:-1] else template
+        if (isinstance(parent, dict) and isinstance(path[-1], str)) or get_path(
+            template, path
+        ) is not MISSING:
+            set_path(template, path, verdict.text)
+            first = template
+    carrier = next((d for d in reversed([first, *rest]) if isinstance(d, dict)), None)
+    as_event = decision_field is not None and (how == "event" or carrier is None)
+    if decision_field is not None and not as_event and carrier is not None:
+        carrier[decision_field] = verdict.to_json()
     out: list[str] = []
-    if isinstance(template, dict | list) and get_path(template, path) is not MISSING:
-        set_path(template, path, verdict.text)
-        out.append("data: " + json.dumps(template, ensure_ascii=False))
+    if first is not None:
+        out.append("data: " + json.dumps(first, ensure_ascii=False))
     else:
         out.append("\n".join("data: " + line for line in verdict.text.split("\n")))
-    if decision_field:
+    out.extend("data: " + json.dumps(doc, ensure_ascii=False) for doc in rest)
+    if as_event:
         out.append(f"event: {decision_field}\ndata: " + json.dumps(verdict.to_json(), ensure_ascii=False))
     if done:
         out.append("data: [DONE]")

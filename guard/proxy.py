@@ -4,10 +4,13 @@ The request goes to the upstream model server (``GUARD_UPSTREAM_URL``) unchanged
 photo of the last user message is fetched and decoded at the same time. The assistant message
 that comes back is guarded against that user message (its text parts and its first image), and
 the client gets a normal chat completion whose content is what the customer should see: the
-draft, the draft plus follow-up, or the holding message. The decision is in the headers
-``X-Guard-Action`` / ``X-Guard-Decision`` and in an extra ``guard`` field that OpenAI SDKs
-ignore. With ``stream: true`` the upstream stream is read to the end, guarded, and streamed back
-in the same chunk format (the ``guard`` field rides on the chunk with the finish reason).
+draft, the draft plus follow-up, or the holding message. Every choice's customer-visible text
+(content and refusal) is guarded, each choice on its own; tool calls pass through beside it, and
+an answer with no visible text at all is marked ``X-Guard-Action: unguarded``
+(guard/completions.py). The decision is in the headers ``X-Guard-Action`` / ``X-Guard-Decision``
+and in an extra ``guard`` field that OpenAI SDKs ignore (never the draft). With ``stream: true``
+the upstream stream is read to the end, guarded, and streamed back in the same chunk format (the
+``guard`` field rides on the last chunk, the one with the finish reason).
 
 Upstream failures are JSON errors, never hangs: unreachable -> 502 ``upstream_unavailable``,
 too slow -> 504 ``upstream_timeout``, 5xx or a malformed answer -> 502, 4xx -> passed through.
@@ -19,14 +22,23 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from guard.body import read_body
+from guard.body import parse_json, read_body
+from guard.completions import (
+    StreamRead,
+    Visible,
+    malformed,
+    plain_choices,
+    plain_visible,
+    rewrite_plain,
+    rewrite_stream,
+)
 from guard.errors import (
     BadRequest,
     FetchError,
@@ -37,6 +49,7 @@ from guard.errors import (
     UpstreamTimeout,
 )
 from guard.images import DecodedImage, decode_base64, decode_image
+from guard.keys import request_channel
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
 from guard.ssrf import ImageFetcher
@@ -81,8 +94,21 @@ def last_user_turn(doc: dict[str, Any]) -> UserTurn:
     raise InvalidField("missing_field", "there is no user message to guard the reply against")
 
 
+def _guard_field(name: str) -> bool:
+    """A field of the request that is the guard's, not the model's: ``channel``, ``guard*``."""
+    return name == "channel" or name.startswith("guard")
+
+
+def _asked_channel(doc: dict[str, Any]) -> str | None:
+    asked = doc.get("channel")
+    if asked is not None and (not isinstance(asked, str) or not 0 < len(asked) <= 100):
+        raise InvalidField("wrong_type", "'channel' must be a channel name (a string of 1-100 characters)")
+    return asked
+
+
 def guard_summary(result: CheckResult) -> dict[str, Any]:
-    """The ``guard`` field added to the completion."""
+    """The ``guard`` field added to the completion. Never the draft: a held draft stays in the queue
+    and in ``GET /v1/decisions/{id}`` for the key's own channel."""
     return {
         "decision_id": result.decision_id,
         "action": result.action,
@@ -91,8 +117,13 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "escalation_id": result.queue_item_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
-        "draft": result.draft,
     }
+
+
+NO_TEXT = "no_text_to_guard"
+UNGUARDED = {"x-guard-action": "unguarded", "x-guard-reason": NO_TEXT}
+NO_TEXT_SUMMARY: dict[str, Any] = {"action": None, "reason": NO_TEXT}
+"""The headers and the ``guard`` field of an answer with no customer-visible text (tool calls only)."""
 
 
 def guard_headers(result: CheckResult) -> dict[str, str]:
@@ -101,20 +132,6 @@ def guard_headers(result: CheckResult) -> dict[str, str]:
 
 def customer_text(result: CheckResult) -> str:
     return result.reply if result.reply is not None else result.holding_message or ""
-
-
-@dataclass
-class _Stream:
-    """What was read from an upstream stream."""
-
-    first: dict[str, Any] | None = None
-    text: list[str] = field(default_factory=list)
-    finish_reason: str | None = None
-    usage_chunk: dict[str, Any] | None = None
-    other_output: bool = False
-    """Tool calls or other choices: nothing this proxy can rewrite."""
-    raw: list[bytes] = field(default_factory=list)
-    done: bool = False
 
 
 class Proxy:
@@ -146,10 +163,7 @@ class Proxy:
         if not s.upstream_url:
             raise Unavailable("upstream_not_configured", "the proxy has no upstream: set GUARD_UPSTREAM_URL")
         body = await read_body(request, s.max_body_bytes, s.body_timeout_s)
-        try:
-            doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequest("invalid_json", f"the body is not valid JSON ({exc})") from None
+        doc = parse_json(body)
         if not isinstance(doc, dict):
             raise BadRequest("invalid_json", "the body must be a JSON object")
         if doc.get("n", 1) != 1:
@@ -158,6 +172,9 @@ class Proxy:
         if not isinstance(stream, bool):
             raise InvalidField("wrong_type", "'stream' must be true or false")
         turn = last_user_turn(doc)
+        channel = request_channel(request.scope, _asked_channel(doc))
+        if any(_guard_field(name) for name in doc):  # the guard's own fields never go upstream
+            body = json.dumps({k: v for k, v in doc.items() if not _guard_field(k)}).encode()
         image_task = asyncio.create_task(self._image(turn.image_url)) if turn.image_url else None
         try:
             state = request.scope.get("state", {})
@@ -166,7 +183,7 @@ class Proxy:
             check = CheckRequest(
                 question=turn.text[-s.max_question_chars :],
                 reply="",
-                channel=state.get("guard_channel") or request.headers.get("x-guard-channel") or "default",
+                channel=channel,
                 conversation_id=request.headers.get("x-guard-conversation-id"),
             )
             try:
@@ -241,7 +258,7 @@ class Proxy:
         if 400 <= response.status_code < 500:
             try:
                 return JSONResponse(json.loads(raw), status_code=response.status_code)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         detail = raw[:300].decode("utf-8", "replace")
         raise UpstreamError("upstream_error", f"the upstream answered HTTP {response.status_code}: {detail}")
@@ -258,6 +275,14 @@ class Proxy:
             image=image,
         )
         return await self.guard.check(req)
+
+    async def _guard_choices(
+        self, check: CheckRequest, visible: dict[int, Visible], image_task: asyncio.Task[DecodedImage] | None
+    ) -> dict[int, CheckResult]:
+        """One decision per choice that has customer-visible text, taken concurrently."""
+        texts = {index: v.text for index, v in visible.items() if v.text.strip()}
+        results = await asyncio.gather(*(self._decide(check, text, image_task) for text in texts.values()))
+        return dict(zip(texts, results, strict=True))
 
     async def _complete(
         self,
@@ -276,21 +301,22 @@ class Proxy:
             await response.aclose()
         try:
             doc = json.loads(raw)
-            message = doc["choices"][0]["message"]
-            draft = message.get("content")
-            if draft is not None and not isinstance(draft, str):
-                raise TypeError("content is not a string")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise UpstreamError(
-                "upstream_malformed", "the upstream answer is not a chat completion"
-            ) from None
-        if not draft or not draft.strip():  # a tool call: nothing to guard
-            doc["guard"] = {"action": None, "reason": "no_text_to_guard"}
-            return JSONResponse(doc, headers={"x-guard-action": "unguarded"})
-        result = await self._decide(check, draft, image_task)
-        message["content"] = customer_text(result)
-        doc["guard"] = guard_summary(result)
-        return JSONResponse(doc, headers=guard_headers(result))
+        except (ValueError, RecursionError):
+            raise malformed("not JSON") from None
+        choices = plain_choices(doc)
+        visible = {i: plain_visible(choice) for i, choice in enumerate(choices)}
+        results = await self._guard_choices(check, visible, image_task)
+        for i, choice in enumerate(choices):
+            result = results.get(i)
+            rewrite_plain(choice, visible[i], None if result is None else customer_text(result))
+            if result is not None and len(results) > 1:
+                choice["guard"] = guard_summary(result)
+        if not results:  # tool calls only: nothing the customer reads
+            doc["guard"] = NO_TEXT_SUMMARY
+            return JSONResponse(doc, headers=UNGUARDED)
+        primary = results[min(results)]
+        doc["guard"] = guard_summary(primary)
+        return JSONResponse(doc, headers=guard_headers(primary))
 
     async def _streaming(
         self,
@@ -312,93 +338,38 @@ class Proxy:
             got = await self._read_stream(response)
         finally:
             await response.aclose()
-        if got.first is None or not (got.done or got.finish_reason):
+        if got.first is None or not got.finished:
             raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
-        draft = "".join(got.text)
         sse: dict[str, str] = {"cache-control": "no-cache"}
-        if got.other_output or not draft.strip():
-            return Response(
-                b"".join(got.raw),
-                media_type="text/event-stream",
-                headers={**sse, "x-guard-action": "unguarded"},
-            )
-        result = await self._decide(check, draft, image_task)
-        first = got.first
-        keep = ("id", "object", "created", "model", "system_fingerprint")
-        base: dict[str, Any] = {k: first[k] for k in keep if k in first}
-
-        def chunk(delta: dict[str, Any], finish: str | None, **extra: Any) -> bytes:
-            doc: dict[str, Any] = {
-                **base,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra,
-            }
-            return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
-
-        out = [
-            chunk({"role": "assistant", "content": ""}, None),
-            chunk({"content": customer_text(result)}, None),
-            chunk({}, got.finish_reason or "stop", guard=guard_summary(result)),
-        ]
-        if got.usage_chunk is not None:
-            out.append(b"data: " + json.dumps(got.usage_chunk).encode() + b"\n\n")
-        out.append(b"data: [DONE]\n\n")
+        visible = {index: choice.visible for index, choice in got.choices.items()}
+        results = await self._guard_choices(check, visible, image_task)
+        guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
+        if not results:  # tool calls only: nothing the customer reads
+            body = rewrite_stream(got, guarded, NO_TEXT_SUMMARY)
+            return Response(body, media_type="text/event-stream", headers={**sse, **UNGUARDED})
+        primary = results[min(results)]
         return Response(
-            b"".join(out), media_type="text/event-stream", headers={**sse, **guard_headers(result)}
+            rewrite_stream(got, guarded, guard_summary(primary)),
+            media_type="text/event-stream",
+            headers={**sse, **guard_headers(primary)},
         )
 
-    async def _read_stream(self, response: httpx2.Response) -> _Stream:
+    async def _read_stream(self, response: httpx2.Response) -> StreamRead:
         limit = self.settings.upstream_max_bytes
-        got = _Stream()
+        got = StreamRead()
         size = 0
         try:
             async for line in response.aiter_lines():
                 size += len(line) + 1
                 if size > limit:
                     raise UpstreamError("upstream_too_large", f"the upstream stream is over {limit} bytes")
-                got.raw.append(line.encode() + b"\n")
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
                     got.done = True
                     break
-                self._take_chunk(got, data)
+                got.take(data)
         except httpx2.HTTPError as exc:
             raise UpstreamError("upstream_unavailable", f"the upstream stream broke off: {exc}") from None
         return got
-
-    @staticmethod
-    def _take_chunk(got: _Stream, data: str) -> None:
-        try:
-            doc = json.loads(data)
-            choices = doc["choices"]
-            if not isinstance(choices, list):
-                raise TypeError
-        except (ValueError, KeyError, TypeError):
-            raise UpstreamError(
-                "upstream_malformed",
-                "the upstream stream has a chunk that is not a chat completion chunk",
-            ) from None
-        if got.first is None:
-            got.first = doc
-        if not choices:
-            if doc.get("usage") is not None:
-                got.usage_chunk = doc
-            return
-        for choice in choices:
-            if not isinstance(choice, dict):
-                raise UpstreamError("upstream_malformed", "the upstream stream has a malformed choice")
-            if choice.get("index", 0) != 0:
-                got.other_output = True
-                continue
-            delta = choice.get("delta") or {}
-            if not isinstance(delta, dict):
-                raise UpstreamError("upstream_malformed", "the upstream stream has a malformed delta")
-            content = delta.get("content")
-            if isinstance(content, str):
-                got.text.append(content)
-            if delta.get("tool_calls"):
-                got.other_output = True
-            if choice.get("finish_reason"):
-                got.finish_reason = choice["finish_reason"]

@@ -196,12 +196,12 @@ def test_the_example_guards_multipart_and_streams(chatbot: tuple[TestClient, Loc
     first = json.loads(events[0].removeprefix("data: "))
     assert first["text"].startswith("We can replace the jeans for you.")
     assert "\n\n" in first["text"], "the follow-up is appended to the streamed draft"
-    assert events[1].startswith("event: guard\ndata: ")
-    assert json.loads(events[1].split("data: ", 1)[1])["action"] == "follow_up"
-    assert events[-1] == "data: [DONE]"
+    assert first["guard"]["action"] == "follow_up", "the decision rides on the event (no event of its own)"
+    assert events[1:] == ["data: [DONE]"]
 
     assert client.get("/health").json() == {"status": "ok"}
-    assert "x-guard-action" not in client.get("/health").headers
+    health = client.get("/health").headers
+    assert (health["x-guard-action"], health["x-guard-reason"]) == ("unguarded", "route_not_guarded")
 
 
 # Behaviour with an in-memory checker --------------------------------------------------------
@@ -304,7 +304,7 @@ def test_unexpected_responses_pass_through_and_are_counted(
     with TestClient(mw, raise_server_exceptions=False) as client:
         resp = client.post("/chat", json=body)
     assert resp.status_code == status
-    assert "x-guard-action" not in resp.headers
+    assert (resp.headers["x-guard-action"], resp.headers["x-guard-reason"]) == ("unguarded", reason)
     assert "colleague" not in resp.text, "nothing was rewritten"
     assert mw.metrics.counters[("guard_middleware_unguarded_total", (("reason", reason),))] == 1
     assert spy.checks == []
@@ -333,7 +333,7 @@ def test_event_streams_are_guarded_or_passed_by_configuration(streaming: str) ->
     if streaming == "guard":
         assert spy.checks[0][1] == "the draft"
         assert resp.headers["x-guard-action"] == "escalate"
-        assert resp.text.startswith('data: {"text": "A colleague will reply shortly."}\n\n')
+        assert resp.text.startswith('data: {"text": "A colleague will reply shortly.", "guard": {')
         assert resp.headers["content-length"] == str(len(resp.content))
     else:
         assert spy.checks == []
@@ -379,7 +379,8 @@ def test_a_guard_that_cannot_be_asked_holds_or_passes_by_configuration(on_error:
         assert resp.json()["reply"] == "Please hold on."
         assert resp.headers["x-guard-action"] == "escalate"
     else:
-        assert resp.json()["reply"] == "the draft" and "x-guard-action" not in resp.headers
+        assert resp.json()["reply"] == "the draft" and resp.headers["x-guard-action"] == "unguarded"
+        assert resp.headers["x-guard-reason"] == "guard_unavailable"
 
 
 # Over HTTP against a real guard server ----------------------------------------------------
