@@ -19,8 +19,8 @@ from guard.errors import ConfigError, SettingsError
 ScorerName = Literal["bundled", "reranker", "clip", "remote"]
 AuthMode = Literal["auto", "required"]
 RerankerTemplate = Literal["auto", "lychee", "qwen3-vl"]
-RemoteQuery = Literal["text", "multimodal"]
-RemoteApi = Literal["rerank", "tei"]
+RemoteQuery = Literal["text", "document", "multimodal"]
+RemoteApi = Literal["rerank", "score", "tei"]
 
 
 @dataclass(frozen=True)
@@ -58,9 +58,12 @@ class Settings:
     remote_retries: int = 2
     """Retries of a rerank request after a connection error, timeout, 429 or 5xx."""
     remote_query: RemoteQuery = "text"
-    """Rerank query: "text" (question + photo text) or "multimodal" (vLLM's form, with the photo)."""
+    """Where the question and photo go (guard/scoring/remote.py): "text" (question + photo text as the
+    query), "document" (photo + question as the document, the draft as the query) or "multimodal"
+    (``score`` only: photo + question as the query, as the in-process reranker)."""
     remote_api: RemoteApi = "rerank"
-    """Request shape: "rerank" (vLLM, Infinity, Jina, Cohere) or "tei" (text-embeddings-inference)."""
+    """Request shape: "rerank" (vLLM, Infinity, Jina, Cohere), "score" (vLLM's /score) or "tei"
+    (text-embeddings-inference)."""
     score_timeout_s: float = 10.0
     """Deadline for one scoring call; past it the policy's on_error action applies."""
     score_batch_size: int = 32
