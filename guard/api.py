@@ -225,6 +225,8 @@ async def decision_endpoint(request: Request) -> Response:
             "draft": row["reply"],
             "follow_up": row["follow_up"],
             "holding_message": row["holding_message"],
+            "issue_phrase": row["issue_phrase"],
+            "issue_kind": row["issue_kind"],
             "escalation_id": None if item is None else item["id"],
             "policy": {"channel": row["policy_channel"], "version": row["policy_version"]},
             "scorer": {"name": row["scorer_name"], "version": row["scorer_version"]},

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard.issue_phrase import detect_locale
+from guard.issue_text import detect_locale
 from guard.policies import Policy, decide, default_policy
 from guard.scoring.base import ScoreInput, Scorer
 

@@ -21,7 +21,7 @@ from guard.cache import CachedScore, ScoreCache, score_key
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
-from guard.issue_phrase import detect_locale, issue_phrase
+from guard.issues import read_issue
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
 from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_policy
@@ -75,6 +75,8 @@ class CheckResult:
     inputs_used: tuple[str, ...]
     locale: str
     issue_phrase: str | None
+    issue_kind: str
+    """The kind of the customer's issue (guard.issue_lexicon.KINDS, or "other")."""
     ranked: tuple[Scored, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
     image_text_status: str | None = None
@@ -101,6 +103,7 @@ class CheckResult:
             "inputs_used": list(self.inputs_used),
             "locale": self.locale,
             "issue_phrase": self.issue_phrase,
+            "issue_kind": self.issue_kind,
             "timings_ms": self.timings_ms,
             "image_text_status": self.image_text_status,
         }
@@ -272,12 +275,13 @@ class Pipeline:
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
         policy = await self.policies.get(req.channel)
-        locale = detect_locale(req.question, req.locale)
         drafts = (req.reply, *req.candidates)
         photo = await self.photo_text(req.image)
         if photo is not None and photo.status != "off":
             timings["ocr"] = photo.ms
         image_text = photo.text if photo is not None else None
+        issue = read_issue(req.question, image_text, req.locale, has_photo=req.image is not None)
+        locale = issue.locale
 
         t = time.perf_counter()
         scored, error = await self.score_texts(
@@ -287,11 +291,8 @@ class Pipeline:
 
         best = max(scored, key=lambda s: -1.0 if s.score is None else s.score) if not error else scored[0]
         verdict = decide(policy, None if error else best.score)
-        phrase = issue_phrase(req.question, locale) or (
-            issue_phrase(image_text, locale) if image_text else None
-        )
         decision_id = new_id()
-        ctx = MessageContext(locale, phrase, case_ref(decision_id), self.settings.response_time(locale))
+        ctx = MessageContext(locale, issue.phrase, case_ref(decision_id), self.settings.response_time(locale))
         shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
         escalation_id = new_id() if verdict.action in QUEUED_ACTIONS else None
         timings["total"] = _ms(started)
@@ -314,7 +315,8 @@ class Pipeline:
             reason=verdict.reason or _photo_reason(photo),
             inputs_used=best.inputs_used,
             locale=locale,
-            issue_phrase=phrase,
+            issue_phrase=issue.phrase,
+            issue_kind=issue.kind,
             ranked=tuple(sorted(scored, key=lambda s: -1.0 if s.score is None else s.score, reverse=True)),
             timings_ms=timings,
             image_text_status=None if photo is None else photo.status,
@@ -434,6 +436,7 @@ class Pipeline:
                 follow_up=result.follow_up,
                 holding_message=result.holding_message,
                 issue_phrase=result.issue_phrase,
+                issue_kind=result.issue_kind,
                 image_text=result.image_text,
                 policy_channel=result.policy.channel,
                 policy_version=result.policy.version,

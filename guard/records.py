@@ -46,6 +46,8 @@ class DecisionRow:
     follow_up: str | None
     holding_message: str | None
     issue_phrase: str | None
+    issue_kind: str | None
+    """The kind of the customer's issue; None in rows written before it was recorded."""
     image_text: str | None
     policy_channel: str
     policy_version: int

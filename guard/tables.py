@@ -61,6 +61,8 @@ class Decision(Base):
     follow_up: Mapped[str | None] = mapped_column(Text)
     holding_message: Mapped[str | None] = mapped_column(Text)
     issue_phrase: Mapped[str | None] = mapped_column(String(200))
+    issue_kind: Mapped[str | None] = mapped_column(String(32))
+    """The kind of the customer's issue (guard.issue_lexicon.KINDS or "other"); None in old rows."""
     image_text: Mapped[str | None] = mapped_column(Text)
     """The text read from the photo (OCR), when there was any and it was read in time."""
     policy_channel: Mapped[str] = mapped_column(String(100))

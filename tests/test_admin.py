@@ -344,6 +344,7 @@ def test_case_page_shows_the_case(client: TestClient) -> None:
     assert f"/admin/cases/{item}/photo" in page
     assert 'class="a-review marked"' in page, "the decision's band is marked on the score bar"
     assert "已为您登记" in page, "the follow-up it would append"
+    assert '<code class="issue-kind">open_seam</code>' in page, "the kind of issue the guard read"
 
 
 def test_queue_filters_and_order(client: TestClient) -> None:

@@ -88,6 +88,9 @@ def test_follow_up_appends_an_issue_specific_follow_up_zh(client: TestClient) ->
     (row,) = rows(client)
     assert row.follow_up == follow_up and row.final_reply == body["reply"]
     assert row.issue_phrase == "右边口袋开线"
+    assert body["issue_kind"] == row.issue_kind == "open_seam"
+    state = client.get(f"/v1/decisions/{body['decision_id']}").json()
+    assert (state["issue_kind"], state["issue_phrase"]) == ("open_seam", "右边口袋开线")
 
 
 def test_follow_up_in_english(client: TestClient) -> None:

@@ -39,7 +39,10 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
     assert record.row.candidates == (Candidate("a", 0.5), Candidate("b", None))
     assert record.row.inputs_used == ("question", "image_text", "reply")
     assert record.queue_item_id == "1e" * 16 and record.image is not None
-    assert encode_record(record) == OLD_LINE, "the typed record writes the same line"
+    new_columns = b'"issue_kind":null,'
+    assert encode_record(record) == OLD_LINE.replace(b'"image_text"', new_columns + b'"image_text"', 1), (
+        "the typed record writes the same line, with the columns added since (as null)"
+    )
     migrate(sqlite_url)
     store = Store.open(sqlite_url)
     try:
@@ -57,6 +60,7 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
 def test_a_line_missing_a_column_reads_it_as_none() -> None:
     line = OLD_LINE.replace(b'"image_text":"ORDER 123",', b"")
     assert decode_record(line).row.image_text is None
+    assert decode_record(OLD_LINE).row.issue_kind is None, "a line from before issue_kind was recorded"
 
 
 text = st.text(max_size=40)
@@ -115,6 +119,7 @@ def _row(**changes: object) -> DecisionRow:
         "follow_up": None,
         "holding_message": "held",
         "issue_phrase": None,
+        "issue_kind": None,
         "image_text": None,
         "policy_channel": "default",
         "policy_version": 1,

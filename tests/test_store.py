@@ -38,6 +38,7 @@ def decision(decision_id: str, action: str = "escalate") -> dict[str, object]:
         "follow_up": None,
         "holding_message": "held",
         "issue_phrase": None,
+        "issue_kind": None,
         "policy_channel": "default",
         "policy_version": 1,
         "scorer_name": "fake",

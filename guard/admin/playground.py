@@ -35,7 +35,7 @@ from guard.admin.headers import CSP
 from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
 from guard.images import DecodedImage, decode_base64, decode_image
-from guard.issue_phrase import detect_locale, issue_phrase
+from guard.issues import read_issue
 from guard.pipeline import Pipeline, Scored, Shown, compose
 from guard.policies import TEMPLATE_KEYS, Policy, PolicyError, Verdict, decide, parse_policy, policy_document
 
@@ -197,9 +197,9 @@ class Run:
 def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapping[str, str]) -> Result:
     """Rows in ranking order with their verdicts and messages. Pure apart from template rendering."""
     policy = trial.policy
-    locale = detect_locale(trial.question, trial.locale)
-    phrase = issue_phrase(trial.question, locale)
-    ctx = MessageContext(locale, phrase, SAMPLE_CASE_REF, response_time[locale])
+    issue = read_issue(trial.question, None, trial.locale, has_photo=trial.image is not None)
+    locale = issue.locale
+    ctx = MessageContext(locale, issue.phrase, SAMPLE_CASE_REF, response_time[locale])
     main = run.scored[0]
     base = run.scored[1] if trial.compare else None
     scores = [s.score for s in main]
@@ -243,7 +243,7 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
         policy=policy,
         draft=trial.draft,
         locale=locale,
-        issue=phrase,
+        issue=issue.phrase,
         failed=run.failed,
         inputs_used=tuple(used),
         had_photo=trial.image is not None,
