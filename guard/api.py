@@ -227,6 +227,8 @@ async def decision_endpoint(request: Request) -> Response:
             "holding_message": row["holding_message"],
             "issue_phrase": row["issue_phrase"],
             "issue_kind": row["issue_kind"],
+            "uncertain": row["uncertain"],
+            "uncertain_reason": row["uncertain_reason"],
             "escalation_id": None if item is None else item["id"],
             "policy": {"channel": row["policy_channel"], "version": row["policy_version"]},
             "scorer": {"name": row["scorer_name"], "version": row["scorer_version"]},

@@ -9,7 +9,8 @@ on the middleware; each guarded request gets its own :class:`_Exchange`. For a g
 2. lets the app run, holds back ``http.response.start`` and buffers the body;
 3. finds the draft reply, asks the guard, and sends the response rewritten per the decision: the
    draft (``send``), the draft plus follow-up (``follow_up``), or the holding message
-   (``review``/``escalate``), with ``X-Guard-Action`` / ``X-Guard-Decision`` headers, the decision
+   (``review``/``escalate``), with ``X-Guard-Action`` / ``X-Guard-Decision`` headers (and
+   ``X-Guard-Uncertain``: its reason, when the guard could not judge the case), the decision
    in a JSON field (``decision_field``), the status and other headers kept and
    ``Content-Length`` corrected.
 
@@ -368,17 +369,19 @@ class _Exchange:
         else:
             new_body = _sse_rewrite(events, self.mw.stream_reply, verdict, self.mw.decision_field)
         assert self.start is not None
-        headers = [
-            (k, v)
-            for k, v in self.start.get("headers", ())
-            if bytes(k).lower() not in (b"content-length", b"x-guard-action", b"x-guard-decision")
-        ]
+        headers = [(k, v) for k, v in self.start.get("headers", ()) if bytes(k).lower() not in _OWN_HEADERS]
         headers.append((b"content-length", str(len(new_body)).encode()))
         headers.append((b"x-guard-action", verdict.action.encode()))
         if verdict.decision_id:
             headers.append((b"x-guard-decision", verdict.decision_id.encode()))
+        if verdict.uncertain_reason:
+            headers.append((b"x-guard-uncertain", verdict.uncertain_reason.encode()))
         await self._send({**self.start, "headers": headers})
         await self._send({"type": "http.response.body", "body": new_body, "more_body": False})
+
+
+_OWN_HEADERS = (b"content-length", b"x-guard-action", b"x-guard-decision", b"x-guard-uncertain")
+"""Headers the middleware sets itself; the app's own are dropped."""
 
 
 def _json_reply(body: bytes, path: Path) -> tuple[Any, str] | None:

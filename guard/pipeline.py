@@ -21,10 +21,10 @@ from guard.cache import CachedScore, ScoreCache, score_key
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
-from guard.issues import read_issue
+from guard.issues import IssueReading, read_issue
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
-from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_policy
+from guard.policies import QUEUED_ACTIONS, Action, Policy, Verdict, decide, default_policy
 from guard.records import Candidate, DecisionRecord, DecisionRow
 from guard.scoring.base import ScoreInput, Scorer
 from guard.scoring.batching import MicroBatcher
@@ -77,12 +77,18 @@ class CheckResult:
     issue_phrase: str | None
     issue_kind: str
     """The kind of the customer's issue (guard.issue_lexicon.KINDS, or "other")."""
+    uncertain_reason: str | None
+    """Why the guard cannot judge this case (e.g. "issue_not_stated"); None when it can."""
     ranked: tuple[Scored, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
     image_text_status: str | None = None
     """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
     image_text: str | None = None
     """The text read from the photo, when it was read in time (recorded; not in the API response)."""
+
+    @property
+    def uncertain(self) -> bool:
+        return self.uncertain_reason is not None
 
     def to_json(self) -> dict[str, Any]:
         """The check API's response body (docs/api.md)."""
@@ -104,6 +110,8 @@ class CheckResult:
             "locale": self.locale,
             "issue_phrase": self.issue_phrase,
             "issue_kind": self.issue_kind,
+            "uncertain": self.uncertain,
+            "uncertain_reason": self.uncertain_reason,
             "timings_ms": self.timings_ms,
             "image_text_status": self.image_text_status,
         }
@@ -205,6 +213,22 @@ def compose(action: Action, draft: str, ctx: MessageContext, messages: Messages,
     return Shown(None, None, messages.holding(action, ctx, policy.templates))
 
 
+UNCERTAIN_NOT_STATED = "issue_not_stated"
+
+
+def uncertainty(issue: IssueReading, *, has_photo: bool, inputs_used: Sequence[str]) -> str | None:
+    """Why the score cannot be trusted to send, or None: the photo carries the issue (no text states
+    one) and the scorer did not see the photo."""
+    if has_photo and not issue.stated and "image" not in inputs_used:
+        return UNCERTAIN_NOT_STATED
+    return None
+
+
+def decide_case(policy: Policy, score: float | None, doubt: str | None) -> Verdict:
+    """The policy's verdict on ``score``, at least its uncertain_action when ``doubt`` names a reason."""
+    return decide(policy, score, uncertain=doubt is not None, uncertain_reason=doubt or UNCERTAIN_NOT_STATED)
+
+
 class ScoringService:
     """Runs the blocking scorer in its own worker thread, under a deadline.
 
@@ -290,7 +314,8 @@ class Pipeline:
         timings["score"] = _ms(t)
 
         best = max(scored, key=lambda s: -1.0 if s.score is None else s.score) if not error else scored[0]
-        verdict = decide(policy, None if error else best.score)
+        doubt = uncertainty(issue, has_photo=req.image is not None, inputs_used=best.inputs_used)
+        verdict = decide_case(policy, None if error else best.score, doubt)
         decision_id = new_id()
         ctx = MessageContext(locale, issue.phrase, case_ref(decision_id), self.settings.response_time(locale))
         shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
@@ -317,6 +342,7 @@ class Pipeline:
             locale=locale,
             issue_phrase=issue.phrase,
             issue_kind=issue.kind,
+            uncertain_reason=doubt,
             ranked=tuple(sorted(scored, key=lambda s: -1.0 if s.score is None else s.score, reverse=True)),
             timings_ms=timings,
             image_text_status=None if photo is None else photo.status,
@@ -437,6 +463,8 @@ class Pipeline:
                 holding_message=result.holding_message,
                 issue_phrase=result.issue_phrase,
                 issue_kind=result.issue_kind,
+                uncertain=result.uncertain,
+                uncertain_reason=result.uncertain_reason,
                 image_text=result.image_text,
                 policy_channel=result.policy.channel,
                 policy_version=result.policy.version,

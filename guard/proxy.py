@@ -91,12 +91,17 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "escalation_id": result.escalation_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
+        "uncertain": result.uncertain,
+        "uncertain_reason": result.uncertain_reason,
         "draft": result.draft,
     }
 
 
 def guard_headers(result: CheckResult) -> dict[str, str]:
-    return {"x-guard-action": result.action, "x-guard-decision": result.decision_id}
+    headers = {"x-guard-action": result.action, "x-guard-decision": result.decision_id}
+    if result.uncertain_reason is not None:
+        headers["x-guard-uncertain"] = result.uncertain_reason
+    return headers
 
 
 def customer_text(result: CheckResult) -> str:

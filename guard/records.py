@@ -48,6 +48,9 @@ class DecisionRow:
     issue_phrase: str | None
     issue_kind: str | None
     """The kind of the customer's issue; None in rows written before it was recorded."""
+    uncertain: bool | None
+    """The guard could not judge the case (the photo carries the issue); None in older rows."""
+    uncertain_reason: str | None
     image_text: str | None
     policy_channel: str
     policy_version: int

@@ -63,6 +63,10 @@ class Decision(Base):
     issue_phrase: Mapped[str | None] = mapped_column(String(200))
     issue_kind: Mapped[str | None] = mapped_column(String(32))
     """The kind of the customer's issue (guard.issue_lexicon.KINDS or "other"); None in old rows."""
+    uncertain: Mapped[bool | None] = mapped_column(Boolean)
+    """The guard could not judge the case: no text states the issue and the scorer did not see
+    the photo (the policy's uncertain_action applied); None in rows recorded before."""
+    uncertain_reason: Mapped[str | None] = mapped_column(String(64))
     image_text: Mapped[str | None] = mapped_column(Text)
     """The text read from the photo (OCR), when there was any and it was read in time."""
     policy_channel: Mapped[str] = mapped_column(String(100))

@@ -253,6 +253,70 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     assert "guard_decision_latency_ms_count 1" in text
 
 
+# -- cases the guard cannot judge --------------------------------------------------------------------
+
+VAGUE = ["这啥", "Look at this, what now?", "这个怎么办？"]
+
+
+@pytest.mark.parametrize("question", VAGUE)
+@pytest.mark.parametrize(
+    ("score", "action"),
+    [(0.95, "review"), (0.75, "review"), (0.65, "review"), (0.45, "review"), (0.1, "escalate")],
+)
+def test_a_photo_carrying_an_unstated_issue_is_uncertain_and_never_sent(
+    client: TestClient, question: str, score: float, action: str
+) -> None:
+    body = post(client, f"ok [score={score}]", question=question, image={"data": b64(png_bytes())})
+    assert (body["action"], body["uncertain"], body["uncertain_reason"]) == (action, True, "issue_not_stated")
+    assert body["score"] == score, "the score is kept as it came"
+    assert body["reason"] == ("issue_not_stated" if score >= 0.5 else None), (
+        "set when the band's action was replaced"
+    )
+    assert isinstance(body["escalation_id"], str) and body["reply"] is None
+    (row,) = rows(client)
+    assert (row.uncertain, row.uncertain_reason, row.action) == (True, "issue_not_stated", action)
+    state = client.get(f"/v1/decisions/{body['decision_id']}").json()
+    assert (state["uncertain"], state["uncertain_reason"]) == (True, "issue_not_stated")
+
+
+@pytest.mark.parametrize(
+    ("question", "reply", "photo"),
+    [
+        (QUESTION_ZH, "ok [score=0.9]", True),  # the question states the issue
+        ("这啥", "ok [score=0.9] [sees-image]", True),  # the scorer saw the photo
+        ("这啥", "ok [score=0.9]", False),  # no photo carries anything
+    ],
+)
+def test_a_case_is_certain_when_a_text_states_the_issue_or_the_scorer_sees_the_photo(
+    client: TestClient, question: str, reply: str, photo: bool
+) -> None:
+    extra = {"image": {"data": b64(png_bytes())}} if photo else {}
+    body = post(client, reply, question=question, **extra)
+    assert (body["action"], body["uncertain"], body["uncertain_reason"]) == ("send", False, None)
+    (row,) = rows(client)
+    assert (row.uncertain, row.uncertain_reason) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("uncertain_action", "score", "action"),
+    [("follow_up", 0.9, "follow_up"), ("follow_up", 0.45, "review"), ("escalate", 0.9, "escalate")],
+)
+def test_the_channels_uncertain_action_applies(
+    client: TestClient, uncertain_action: str, score: float, action: str
+) -> None:
+    from guard.policies import default_policy, parse_policy, policy_document
+
+    doc = policy_document(default_policy("shop")) | {"uncertain_action": uncertain_action}
+    runtime_of(client).store.publish_policy(parse_policy(doc), author="test")
+    runtime_of(client).pipeline.policies.invalidate()
+    body = post(
+        client, f"ok [score={score}]", question="这啥", channel="shop", image={"data": b64(png_bytes())}
+    )
+    assert (body["action"], body["uncertain"]) == (action, True)
+    if action == "follow_up":
+        assert body["reply"] == f"ok [score={score}]\n\n{body['follow_up']}" and body["follow_up"]
+
+
 # -- bad input: one test per case, each a clear 4xx, never a 500 ------------------------------------
 
 

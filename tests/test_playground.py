@@ -180,6 +180,22 @@ def test_score_one_reply_shows_bar_action_band_follow_up_and_inputs(client: Test
     assert re.search(r'id="inputs-used">question, reply', page)
 
 
+@pytest.mark.parametrize(("question", "uncertain"), [("这啥", True), ("The pocket seam came open", False)])
+def test_a_photo_carrying_an_unstated_issue_is_uncertain_as_in_the_pipeline(
+    client: TestClient, question: str, uncertain: bool
+) -> None:
+    token = signed_in(client, "sup")
+    photo = {"photo": ("p.png", png_bytes(), "image/png")}
+    page = post(client, token, "score", question=question, replies="ok [score=0.9]", files=photo).text
+    assert ('data-action="review"' if uncertain else 'data-action="send"') in page
+    assert ('id="uncertain"' in page) is uncertain
+    api = client.post(
+        "/v1/guard",
+        json={"question": question, "reply": "ok [score=0.9]", "image": {"data": b64(png_bytes())}},
+    ).json()
+    assert api["uncertain"] is uncertain and f'id="verdict" data-action="{api["action"]}"' in page
+
+
 def test_held_reply_shows_the_holding_message(client: TestClient) -> None:
     token = signed_in(client, "sup")
     page = post(client, token, "score", replies="Thanks [score=0.1]").text
@@ -238,6 +254,7 @@ def test_score_compares_the_channels_instruction_with_the_edited_one(client: Tes
     editor = page.split('id="to-editor"')[1].split("</form>")[0]
     assert 'action="/admin/policies/default"' in page
     assert f'name="instruction" value="{STRICT}"' in editor and 'name="band_hi_0" value="0.4"' in editor
+    assert 'name="uncertain_action" value="review"' in editor
     fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', editor))
     opened = client.post("/admin/policies/default", data={k: html.unescape(v) for k, v in fields.items()})
     assert opened.status_code == 200 and f">{STRICT}</textarea>" in opened.text

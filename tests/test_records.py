@@ -39,7 +39,7 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
     assert record.row.candidates == (Candidate("a", 0.5), Candidate("b", None))
     assert record.row.inputs_used == ("question", "image_text", "reply")
     assert record.queue_item_id == "1e" * 16 and record.image is not None
-    new_columns = b'"issue_kind":null,'
+    new_columns = b'"issue_kind":null,"uncertain":null,"uncertain_reason":null,'
     assert encode_record(record) == OLD_LINE.replace(b'"image_text"', new_columns + b'"image_text"', 1), (
         "the typed record writes the same line, with the columns added since (as null)"
     )
@@ -60,7 +60,8 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
 def test_a_line_missing_a_column_reads_it_as_none() -> None:
     line = OLD_LINE.replace(b'"image_text":"ORDER 123",', b"")
     assert decode_record(line).row.image_text is None
-    assert decode_record(OLD_LINE).row.issue_kind is None, "a line from before issue_kind was recorded"
+    old = decode_record(OLD_LINE).row
+    assert (old.issue_kind, old.uncertain, old.uncertain_reason) == (None, None, None), "columns added since"
 
 
 text = st.text(max_size=40)
@@ -120,6 +121,8 @@ def _row(**changes: object) -> DecisionRow:
         "holding_message": "held",
         "issue_phrase": None,
         "issue_kind": None,
+        "uncertain": False,
+        "uncertain_reason": None,
         "image_text": None,
         "policy_channel": "default",
         "policy_version": 1,

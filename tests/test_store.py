@@ -39,6 +39,8 @@ def decision(decision_id: str, action: str = "escalate") -> dict[str, object]:
         "holding_message": "held",
         "issue_phrase": None,
         "issue_kind": None,
+        "uncertain": False,
+        "uncertain_reason": None,
         "policy_channel": "default",
         "policy_version": 1,
         "scorer_name": "fake",

@@ -150,10 +150,17 @@ class AdminQueries(Database):
             ]
 
     def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[dict[str, Any]]:
-        """Decisions made for ``channel`` since ``since``: score, recorded action and outcome, if any."""
+        """Decisions made for ``channel`` since ``since``: score, recorded action, outcome (if any) and
+        why the guard could not judge it (if it could not)."""
         with self.session() as s:
             q = (
-                select(Decision.score, Decision.action, Decision.degraded, QueueItem.state)
+                select(
+                    Decision.score,
+                    Decision.action,
+                    Decision.degraded,
+                    QueueItem.state,
+                    Decision.uncertain_reason,
+                )
                 .outerjoin(QueueItem, QueueItem.decision_id == Decision.id)
                 .where(
                     or_(Decision.policy_channel == channel, Decision.channel == channel),
@@ -162,7 +169,10 @@ class AdminQueries(Database):
                 .order_by(Decision.created_at.desc())
                 .limit(limit)
             )
-            return [{"score": r[0], "action": r[1], "degraded": r[2], "outcome": r[3]} for r in s.execute(q)]
+            return [
+                {"score": r[0], "action": r[1], "degraded": r[2], "outcome": r[3], "uncertain_reason": r[4]}
+                for r in s.execute(q)
+            ]
 
     def traffic_rows(self, since: datetime, limit: int = 100_000) -> list[dict[str, Any]]:
         """What the dashboard draws: one row per decision since ``since``."""

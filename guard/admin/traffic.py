@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from guard.evaluation import percentile
-from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy, decide
+from guard.pipeline import decide_case
+from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy
 
 OUTCOME_NEEDS_HUMAN: dict[str, bool] = {"approved": False, "edited": True, "taken_over": True}
 
@@ -78,7 +79,8 @@ class Replay:
 def replay(rows: Sequence[Mapping[str, Any]], draft: Policy) -> Replay:
     """Decide each logged decision again under ``draft`` from its recorded score (no re-scoring).
 
-    A decision whose score was unusable (degraded) takes the draft's ``on_error`` action."""
+    A decision whose score was unusable (degraded) takes the draft's ``on_error`` action; one the
+    guard could not judge (``uncertain_reason``) takes at least the draft's ``uncertain_action``."""
     old: Counter[str] = Counter()
     new: Counter[str] = Counter()
     moves: Counter[tuple[str, str]] = Counter()
@@ -88,7 +90,7 @@ def replay(rows: Sequence[Mapping[str, Any]], draft: Policy) -> Replay:
     for row in rows:
         score = row["score"]
         usable = isinstance(score, float | int) and math.isfinite(score)
-        verdict = decide(draft, float(score) if usable else None)
+        verdict = decide_case(draft, float(score) if usable else None, row.get("uncertain_reason"))
         old[row["action"]] += 1
         new[verdict.action] += 1
         if verdict.action != row["action"]:
