@@ -233,6 +233,7 @@ async def decision_endpoint(request: Request) -> Response:
             "policy": {"channel": row["policy_channel"], "version": row["policy_version"]},
             "scorer": {"name": row["scorer_name"], "version": row["scorer_version"]},
             "inputs_used": row["inputs_used"],
+            "instruction_used": row["instruction_used"],
             "cached": row["cached"],
             "degraded": row["degraded"],
         }

@@ -26,7 +26,7 @@ from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
 from guard.policies import QUEUED_ACTIONS, Action, Policy, Verdict, decide, default_policy
 from guard.records import Candidate, DecisionRecord, DecisionRow
-from guard.scoring.base import ScoreInput, Scorer
+from guard.scoring.base import ScoreInput, Scorer, ScoreResult
 from guard.scoring.batching import MicroBatcher
 from guard.settings import Settings
 from guard.store import Store, bounded
@@ -53,6 +53,8 @@ class Scored:
     score: float | None
     inputs_used: tuple[str, ...]
     cached: bool
+    instruction_used: bool = False
+    """The scorer read the scoring instruction for this score."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class CheckResult:
     degraded: bool
     reason: str | None
     inputs_used: tuple[str, ...]
+    instruction_used: bool
+    """The scorer read the policy's scoring instruction (the bundled scorer does not)."""
     locale: str
     issue_phrase: str | None
     issue_kind: str
@@ -107,6 +111,7 @@ class CheckResult:
             "degraded": self.degraded,
             "reason": self.reason,
             "inputs_used": list(self.inputs_used),
+            "instruction_used": self.instruction_used,
             "locale": self.locale,
             "issue_phrase": self.issue_phrase,
             "issue_kind": self.issue_kind,
@@ -254,14 +259,14 @@ class ScoringService:
             scorer, self._executor, max_items=batch_max_items, max_wait_s=batch_wait_s
         )
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[tuple[float | None, tuple[str, ...]]]:
-        """A (score, inputs used) per item; score is None when the scorer failed or gave no number."""
+    async def score(self, items: Sequence[ScoreInput]) -> list[CachedScore | None]:
+        """A score with what it used per item; None when the scorer failed or gave no number."""
         with self.breaker.attempt() as attempt:
             results = await asyncio.wait_for(self.batcher.score(list(items)), self._timeout)
             if len(results) != len(items):
                 raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
-            scores = [(_finite(r.score), r.inputs_used) for r in results]
-            attempt.ok = all(score is not None for score, _ in scores)
+            scores = [_usable(r) for r in results]
+            attempt.ok = all(score is not None for score in scores)
             return scores
 
     def close(self) -> None:
@@ -339,6 +344,7 @@ class Pipeline:
             degraded=verdict.degraded,
             reason=verdict.reason or _photo_reason(photo),
             inputs_used=best.inputs_used,
+            instruction_used=best.instruction_used,
             locale=locale,
             issue_phrase=issue.phrase,
             issue_kind=issue.kind,
@@ -384,7 +390,7 @@ class Pipeline:
         self.metrics.inc("guard_cache_hits_total", sum(h is not None for h in hits))
         self.metrics.inc("guard_cache_misses_total", sum(h is None for h in hits))
         misses = [i for i, h in enumerate(hits) if h is None]
-        fresh: dict[int, tuple[float | None, tuple[str, ...]]] = {}
+        fresh: dict[int, CachedScore | None] = {}
         failed = False
         if misses:
             items = [
@@ -405,23 +411,22 @@ class Pipeline:
             except Exception as exc:
                 self.metrics.inc("guard_scorer_errors_total", kind=type(exc).__name__)
                 log.warning("scorer failed: %r", exc)
-                results = [(None, ()) for _ in misses]
+                results = [None for _ in misses]
             self.metrics.observe_ms("guard_scorer_latency_ms", _ms(t))
             for i, res in zip(misses, results, strict=True):
                 fresh[i] = res
-                score, inputs = res
-                if score is None or not 0.0 <= score <= 1.0:
+                if res is None:
                     failed = True
                     continue
-                await self.cache.set(keys[i], CachedScore(score, inputs))
+                await self.cache.set(keys[i], res)
         scored = []
         for i, reply in enumerate(replies):
             hit = hits[i]
-            if hit is not None:
-                scored.append(Scored(reply, hit.score, hit.inputs_used, cached=True))
+            got, cached = (hit, True) if hit is not None else (fresh[i], False)
+            if got is None:
+                scored.append(Scored(reply, None, (), cached=False))
             else:
-                score, inputs = fresh[i]
-                scored.append(Scored(reply, score, inputs, cached=False))
+                scored.append(Scored(reply, got.score, got.inputs_used, cached, got.instruction_used))
         return scored, failed
 
     def start_reading(self, image: DecodedImage) -> None:
@@ -471,6 +476,7 @@ class Pipeline:
                 scorer_name=result.scorer_name,
                 scorer_version=result.scorer_version,
                 inputs_used=tuple(result.inputs_used),
+                instruction_used=result.instruction_used,
                 cached=result.cached,
                 degraded=result.degraded,
                 reason=result.reason,
@@ -493,8 +499,12 @@ def _photo_reason(photo: PhotoText | None) -> str | None:
     return f"image_text_{photo.status}"
 
 
-def _finite(score: object) -> float | None:
-    return float(score) if isinstance(score, float | int) and math.isfinite(score) else None
+def _usable(result: ScoreResult) -> CachedScore | None:
+    """The result as it is cached, or None when its score is not a number in [0, 1]."""
+    score = result.score
+    if not isinstance(score, float | int) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        return None
+    return CachedScore(float(score), result.inputs_used, result.instruction_used)
 
 
 def _ms(since: float) -> float:

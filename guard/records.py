@@ -57,6 +57,8 @@ class DecisionRow:
     scorer_name: str
     scorer_version: str
     inputs_used: tuple[str, ...]
+    instruction_used: bool | None
+    """The scorer read the scoring instruction; None in rows recorded before this was."""
     cached: bool
     degraded: bool
     reason: str | None

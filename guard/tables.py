@@ -74,6 +74,8 @@ class Decision(Base):
     scorer_name: Mapped[str] = mapped_column(String(100))
     scorer_version: Mapped[str] = mapped_column(String(200))
     inputs_used: Mapped[list[str]] = mapped_column(JSON)
+    instruction_used: Mapped[bool | None] = mapped_column(Boolean)
+    """The scorer read the scoring instruction (the bundled scorer does not); None in old rows."""
     cached: Mapped[bool] = mapped_column(Boolean)
     degraded: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(String(100))

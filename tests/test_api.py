@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from guard.scoring.base import ScoreInput, ScoreResult
 from guard.tables import Decision, QueueItem
 from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
@@ -251,6 +252,28 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'guard_decisions_total{action="send"} 1' in text
     assert "guard_decision_latency_ms_count 1" in text
+
+
+# -- whether the instruction was read ----------------------------------------------------------------
+
+
+class ReadsInstruction(FakeScorer):
+    """FakeScorer that says it read the instruction (as the reranker does)."""
+
+    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
+        return [ScoreResult(r.score, r.inputs_used, True) for r in super().score_batch(items)]
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_every_decision_says_whether_the_instruction_was_used(sqlite_url: str, reads: bool) -> None:
+    scorer = ReadsInstruction() if reads else FakeScorer()
+    with guard_client(sqlite_url, scorer, score_timeout_s=1.0) as c:
+        first, again = (post(c, "ok [score=0.8]") for _ in range(2))
+        assert (first["cached"], again["cached"]) == (False, True)
+        assert first["instruction_used"] is again["instruction_used"] is reads, "a cached score says it too"
+        assert [r.instruction_used for r in rows(c)] == [reads, reads]
+        state = c.get(f"/v1/decisions/{first['decision_id']}").json()
+        assert state["instruction_used"] is reads
 
 
 # -- cases the guard cannot judge --------------------------------------------------------------------

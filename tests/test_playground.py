@@ -32,12 +32,14 @@ STRICT = "Be strict."
 
 
 class InstructionScorer(FakeScorer):
-    """FakeScorer, but an instruction containing "Be strict." takes 0.3 off every score."""
+    """FakeScorer, but it reads the instruction: one containing "Be strict." takes 0.3 off every score."""
 
     def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
         out = super().score_batch(items)
         return [
-            ScoreResult(max(r.score - 0.3, 0.0), r.inputs_used) if STRICT in item.instruction else r
+            ScoreResult(
+                max(r.score - 0.3, 0.0) if STRICT in item.instruction else r.score, r.inputs_used, True
+            )
             for item, r in zip(items, out, strict=True)
         ]
 
@@ -259,6 +261,23 @@ def test_score_compares_the_channels_instruction_with_the_edited_one(client: Tes
     opened = client.post("/admin/policies/default", data={k: html.unescape(v) for k, v in fields.items()})
     assert opened.status_code == 200 and f">{STRICT}</textarea>" in opened.text
     assert len(store_of(client).policy_history("default")) == 1  # nothing published
+
+
+def test_a_scorer_that_does_not_read_the_instruction_says_so_when_comparing(
+    client: TestClient, sqlite_url: str
+) -> None:
+    token = signed_in(client, "owner")
+    reads = post(client, token, "score", replies="Fixed [score=0.8]", instruction=STRICT).text
+    assert 'id="compare"' in reads and 'id="instruction-unused"' not in reads
+    with guard_client(sqlite_url, scorer=FakeScorer(), secret_key="test-secret-key") as plain:
+        token = signed_in(plain, "owner")
+        page = post(plain, token, "score", replies="Fixed [score=0.8]", instruction=STRICT).text
+        assert 'id="compare"' in page and 'id="instruction-unused"' in page
+        assert "This scorer does not read the instruction" in page
+        unedited = post(plain, token, "score", replies="Fixed [score=0.8]").text
+        assert 'id="instruction-unused"' not in unedited, "shown only when an instruction comparison is made"
+        body = plain.post("/v1/guard", json={"question": "q", "reply": "Fixed [score=0.8]"}).json()
+        assert body["instruction_used"] is False
 
 
 def test_unedited_instruction_follows_the_channel(client: TestClient) -> None:

@@ -40,7 +40,9 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
     assert record.row.inputs_used == ("question", "image_text", "reply")
     assert record.queue_item_id == "1e" * 16 and record.image is not None
     new_columns = b'"issue_kind":null,"uncertain":null,"uncertain_reason":null,'
-    assert encode_record(record) == OLD_LINE.replace(b'"image_text"', new_columns + b'"image_text"', 1), (
+    line = OLD_LINE.replace(b'"image_text"', new_columns + b'"image_text"', 1)
+    line = line.replace(b'"cached"', b'"instruction_used":null,"cached"', 1)
+    assert encode_record(record) == line, (
         "the typed record writes the same line, with the columns added since (as null)"
     )
     migrate(sqlite_url)
@@ -61,7 +63,8 @@ def test_a_line_missing_a_column_reads_it_as_none() -> None:
     line = OLD_LINE.replace(b'"image_text":"ORDER 123",', b"")
     assert decode_record(line).row.image_text is None
     old = decode_record(OLD_LINE).row
-    assert (old.issue_kind, old.uncertain, old.uncertain_reason) == (None, None, None), "columns added since"
+    added = (old.issue_kind, old.uncertain, old.uncertain_reason, old.instruction_used)
+    assert added == (None, None, None, None), "columns added since"
 
 
 text = st.text(max_size=40)
@@ -129,6 +132,7 @@ def _row(**changes: object) -> DecisionRow:
         "scorer_name": "fake",
         "scorer_version": "1",
         "inputs_used": ("question", "reply"),
+        "instruction_used": False,
         "cached": False,
         "degraded": False,
         "reason": None,

@@ -46,6 +46,7 @@ def decision(decision_id: str, action: str = "escalate") -> dict[str, object]:
         "scorer_name": "fake",
         "scorer_version": "1",
         "inputs_used": ["question", "reply"],
+        "instruction_used": False,
         "cached": False,
         "degraded": False,
         "reason": None,

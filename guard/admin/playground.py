@@ -158,6 +158,8 @@ class Result:
     issue: str | None
     failed: bool
     inputs_used: tuple[str, ...]
+    instruction_used: bool
+    """The scorer read the instruction for some reply; when False, no instruction can change a score."""
     had_photo: bool
     bar: charts.Chart | None
     """The full score bar of a single reply (Score)."""
@@ -254,6 +256,7 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
         issue=issue.phrase,
         failed=run.failed,
         inputs_used=tuple(used),
+        instruction_used=any(s.instruction_used for s in main),
         had_photo=trial.image is not None,
         bar=charts.score_bar(policy, top.score, top.verdict.band) if trial.op == "score" else None,
         customer_reply=customer_reply,

@@ -56,6 +56,8 @@ class ScoreResult:
     """Calibrated score in [0, 1] (NaN is treated as an error by the pipeline)."""
     inputs_used: tuple[str, ...]
     """Which inputs the score was computed from: "question", "image_text", "image", "reply"."""
+    instruction_used: bool = False
+    """The backend read the scoring instruction (a different instruction can change the score)."""
 
 
 class Scorer(Protocol):
@@ -82,6 +84,8 @@ class ModelScorer(ABC):
 
     sees_image: ClassVar[bool] = False
     """The backend can read the photo's pixels (``uses_image`` decides per item)."""
+    reads_instruction: ClassVar[bool] = False
+    """The backend puts the scoring instruction in what the model reads."""
     image_text_with_image: ClassVar[bool] = True
     """The text read from the photo is still read when the pixels are (False: the pixels replace it)."""
 
@@ -133,7 +137,7 @@ class ModelScorer(ABC):
         if len(scores) != len(items):
             raise ScorerError(f"{self.name} scorer gave {len(scores)} scores for {len(items)} items")
         return [
-            ScoreResult(score=s, inputs_used=self.inputs_used(it))
+            ScoreResult(score=s, inputs_used=self.inputs_used(it), instruction_used=self.reads_instruction)
             for s, it in zip(scores, items, strict=True)
         ]
 
