@@ -31,6 +31,7 @@ _KNOWN_INPUTS = frozenset({"question", "reply", "image_text", "image"})
 class CachedScore:
     score: float
     inputs_used: tuple[str, ...]
+    instruction_used: bool = False
 
 
 def score_key(
@@ -58,25 +59,26 @@ def score_key(
 
 
 def encode(value: CachedScore) -> bytes:
-    return json.dumps({"s": value.score, "i": list(value.inputs_used)}).encode()
+    return json.dumps({"s": value.score, "i": list(value.inputs_used), "u": value.instruction_used}).encode()
 
 
 def decode(raw: bytes | str | None) -> CachedScore | None:
-    """The cached value, or None when it is missing or malformed."""
+    """The cached value, or None when it is missing or malformed (an entry that does not say whether
+    the instruction was used, written before that was recorded, is scored again)."""
     if raw is None:
         return None
     try:
         doc = json.loads(raw)
-        score, inputs = doc["s"], doc["i"]
+        score, inputs, instruction_used = doc["s"], doc["i"], doc["u"]
     except (ValueError, TypeError, KeyError):
         return None
     if not isinstance(score, float | int) or isinstance(score, bool):
         return None
-    if not math.isfinite(score) or not 0.0 <= score <= 1.0:
+    if not math.isfinite(score) or not 0.0 <= score <= 1.0 or not isinstance(instruction_used, bool):
         return None
     if not isinstance(inputs, list) or not all(isinstance(i, str) and i in _KNOWN_INPUTS for i in inputs):
         return None
-    return CachedScore(float(score), tuple(inputs))
+    return CachedScore(float(score), tuple(inputs), instruction_used)
 
 
 MAX_TEXT_BYTES = 64 * 1024

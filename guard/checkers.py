@@ -64,6 +64,8 @@ class Verdict:
     follow_up: str | None = None
     degraded: bool = False
     reason: str | None = None
+    uncertain_reason: str | None = None
+    """Why the guard could not judge the case (the photo carries the issue), or None."""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Verdict:
@@ -77,6 +79,7 @@ class Verdict:
             follow_up=body.get("follow_up"),
             degraded=bool(body.get("degraded")),
             reason=body.get("reason"),
+            uncertain_reason=body.get("uncertain_reason") if body.get("uncertain") else None,
         )
 
     @classmethod
@@ -92,6 +95,8 @@ class Verdict:
             "follow_up": self.follow_up,
             "degraded": self.degraded,
             "reason": self.reason,
+            "uncertain": self.uncertain_reason is not None,
+            "uncertain_reason": self.uncertain_reason,
         }
 
 

@@ -9,7 +9,8 @@ on the middleware; each guarded request gets its own :class:`_Exchange`. For a g
 2. lets the app run, holds back ``http.response.start`` and buffers the body;
 3. finds the draft reply, asks the guard, and sends the response rewritten per the decision: the
    draft (``send``), the draft plus follow-up (``follow_up``), or the holding message
-   (``review``/``escalate``), with ``X-Guard-Action`` / ``X-Guard-Decision`` headers, the decision
+   (``review``/``escalate``), with ``X-Guard-Action`` / ``X-Guard-Decision`` headers (and
+   ``X-Guard-Uncertain``: its reason, when the guard could not judge the case), the decision
    in a JSON field (``decision_field``), the status and other headers kept and
    ``Content-Length`` corrected.
 
@@ -226,7 +227,7 @@ class GuardMiddleware:
             )
 
 
-_GUARD_HEADERS = (b"x-guard-action", b"x-guard-decision", b"x-guard-reason")
+_GUARD_HEADERS = (b"x-guard-action", b"x-guard-decision", b"x-guard-reason", b"x-guard-uncertain")
 
 
 def _headers(message: Message, *, drop: tuple[bytes, ...] = ()) -> list[tuple[bytes, bytes]]:
@@ -434,9 +435,11 @@ class _Exchange:
         decision_id: str | None,
         *,
         reason: str | None = None,
+        uncertain: str | None = None,
     ) -> None:
-        """Send ``body`` (uncompressed) with the start's status and headers, marked with the decision;
-        with ``reason``, ``body`` is the fallback message's JSON held in place of the response."""
+        """Send ``body`` (uncompressed) with the start's status and headers, marked with the decision
+        (``uncertain``: why the guard could not judge the draft); with ``reason``, ``body`` is the
+        fallback message's JSON held in place of the response."""
         assert self.start is not None
         drop: tuple[bytes, ...] = (b"content-length", b"content-encoding")
         headers = _headers(self.start, drop=drop if reason is None else (*drop, b"content-type"))
@@ -446,6 +449,8 @@ class _Exchange:
         headers.append((b"x-guard-action", action.encode()))
         if decision_id:
             headers.append((b"x-guard-decision", decision_id.encode()))
+        if uncertain:
+            headers.append((b"x-guard-uncertain", uncertain.encode()))
         await self._send({**self.start, "headers": headers})
         await self._send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -489,7 +494,7 @@ class _Exchange:
             new_body = _sse_rewrite(
                 events, self.mw.stream_reply, verdict, self.mw.decision_field, self.mw.stream_decision
             )
-        await self._respond(new_body, verdict.action, verdict.decision_id)
+        await self._respond(new_body, verdict.action, verdict.decision_id, uncertain=verdict.uncertain_reason)
 
 
 def _json_reply(body: bytes, path: Path) -> tuple[Any, str] | None:

@@ -21,12 +21,12 @@ from guard.cache import CachedScore, ScoreCache, score_key
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
-from guard.issue_phrase import detect_locale, issue_phrase
+from guard.issues import IssueReading, read_issue
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
-from guard.policies import QUEUED_ACTIONS, Action, Policy, decide, default_policy
+from guard.policies import QUEUED_ACTIONS, Action, Policy, PolicyDecision, decide, default_policy
 from guard.records import Candidate, DecisionRecord, DecisionRow
-from guard.scoring.base import ScoreInput, Scorer
+from guard.scoring.base import ScoreInput, Scorer, ScoreResult
 from guard.scoring.batching import MicroBatcher
 from guard.settings import Settings
 from guard.store import Store, bounded
@@ -53,6 +53,8 @@ class Scored:
     score: float | None
     inputs_used: tuple[str, ...]
     cached: bool
+    instruction_used: bool = False
+    """The scorer read the scoring instruction for this score."""
 
 
 @dataclass(frozen=True)
@@ -73,14 +75,24 @@ class CheckResult:
     degraded: bool
     reason: str | None
     inputs_used: tuple[str, ...]
+    instruction_used: bool
+    """The scorer read the policy's scoring instruction (the bundled scorer does not)."""
     locale: str
     issue_phrase: str | None
+    issue_kind: str
+    """The kind of the customer's issue (guard.issue_lexicon.KINDS, or "other")."""
+    uncertain_reason: str | None
+    """Why the guard cannot judge this case (e.g. "issue_not_stated"); None when it can."""
     ranked: tuple[Scored, ...]
     timings_ms: dict[str, float] = field(default_factory=dict)
     image_text_status: str | None = None
     """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
     image_text: str | None = None
     """The text read from the photo, when it was read in time (recorded; not in the API response)."""
+
+    @property
+    def uncertain(self) -> bool:
+        return self.uncertain_reason is not None
 
     def to_json(self) -> dict[str, Any]:
         """The check API's response body (docs/api.md)."""
@@ -99,8 +111,12 @@ class CheckResult:
             "degraded": self.degraded,
             "reason": self.reason,
             "inputs_used": list(self.inputs_used),
+            "instruction_used": self.instruction_used,
             "locale": self.locale,
             "issue_phrase": self.issue_phrase,
+            "issue_kind": self.issue_kind,
+            "uncertain": self.uncertain,
+            "uncertain_reason": self.uncertain_reason,
             "timings_ms": self.timings_ms,
             "image_text_status": self.image_text_status,
         }
@@ -202,6 +218,22 @@ def compose(action: Action, draft: str, ctx: MessageContext, messages: Messages,
     return Shown(None, None, messages.holding(action, ctx, policy.templates))
 
 
+UNCERTAIN_NOT_STATED = "issue_not_stated"
+
+
+def uncertainty(issue: IssueReading, *, has_photo: bool, inputs_used: Sequence[str]) -> str | None:
+    """Why the score cannot be trusted to send, or None: the photo carries the issue (no text states
+    one) and the scorer did not see the photo."""
+    if has_photo and not issue.stated and "image" not in inputs_used:
+        return UNCERTAIN_NOT_STATED
+    return None
+
+
+def decide_case(policy: Policy, score: float | None, doubt: str | None) -> PolicyDecision:
+    """The policy's verdict on ``score``, at least its uncertain_action when ``doubt`` names a reason."""
+    return decide(policy, score, uncertain=doubt is not None, uncertain_reason=doubt or UNCERTAIN_NOT_STATED)
+
+
 class ScoringService:
     """Runs the blocking scorer in its own worker thread, under a deadline.
 
@@ -227,14 +259,14 @@ class ScoringService:
             scorer, self._executor, max_items=batch_max_items, max_wait_s=batch_wait_s
         )
 
-    async def score(self, items: Sequence[ScoreInput]) -> list[tuple[float | None, tuple[str, ...]]]:
-        """A (score, inputs used) per item; score is None when the scorer failed or gave no number."""
+    async def score(self, items: Sequence[ScoreInput]) -> list[CachedScore | None]:
+        """A score with what it used per item; None when the scorer failed or gave no number."""
         with self.breaker.attempt() as attempt:
             results = await asyncio.wait_for(self.batcher.score(list(items)), self._timeout)
             if len(results) != len(items):
                 raise RuntimeError(f"scorer returned {len(results)} results for {len(items)} items")
-            scores = [(_finite(r.score), r.inputs_used) for r in results]
-            attempt.ok = all(score is not None for score, _ in scores)
+            scores = [_usable(r) for r in results]
+            attempt.ok = all(score is not None for score in scores)
             return scores
 
     def close(self) -> None:
@@ -272,12 +304,13 @@ class Pipeline:
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
         policy = await self.policies.get(req.channel)
-        locale = detect_locale(req.question, req.locale)
         drafts = (req.reply, *req.candidates)
         photo = await self.photo_text(req.image)
         if photo is not None and photo.status != "off":
             timings["ocr"] = photo.ms
         image_text = photo.text if photo is not None else None
+        issue = read_issue(req.question, image_text, req.locale, has_photo=req.image is not None)
+        locale = issue.locale
 
         t = time.perf_counter()
         scored, error = await self.score_texts(
@@ -286,12 +319,10 @@ class Pipeline:
         timings["score"] = _ms(t)
 
         best = max(scored, key=lambda s: -1.0 if s.score is None else s.score) if not error else scored[0]
-        verdict = decide(policy, None if error else best.score)
-        phrase = issue_phrase(req.question, locale) or (
-            issue_phrase(image_text, locale) if image_text else None
-        )
+        doubt = uncertainty(issue, has_photo=req.image is not None, inputs_used=best.inputs_used)
+        verdict = decide_case(policy, None if error else best.score, doubt)
         decision_id = new_id()
-        ctx = MessageContext(locale, phrase, case_ref(decision_id), self.settings.response_time(locale))
+        ctx = MessageContext(locale, issue.phrase, case_ref(decision_id), self.settings.response_time(locale))
         shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
         queue_item_id = new_id() if verdict.action in QUEUED_ACTIONS else None
         timings["total"] = _ms(started)
@@ -313,8 +344,11 @@ class Pipeline:
             degraded=verdict.degraded,
             reason=verdict.reason or _photo_reason(photo),
             inputs_used=best.inputs_used,
+            instruction_used=best.instruction_used,
             locale=locale,
-            issue_phrase=phrase,
+            issue_phrase=issue.phrase,
+            issue_kind=issue.kind,
+            uncertain_reason=doubt,
             ranked=tuple(sorted(scored, key=lambda s: -1.0 if s.score is None else s.score, reverse=True)),
             timings_ms=timings,
             image_text_status=None if photo is None else photo.status,
@@ -356,7 +390,7 @@ class Pipeline:
         self.metrics.inc("guard_cache_hits_total", sum(h is not None for h in hits))
         self.metrics.inc("guard_cache_misses_total", sum(h is None for h in hits))
         misses = [i for i, h in enumerate(hits) if h is None]
-        fresh: dict[int, tuple[float | None, tuple[str, ...]]] = {}
+        fresh: dict[int, CachedScore | None] = {}
         failed = False
         if misses:
             items = [
@@ -377,23 +411,22 @@ class Pipeline:
             except Exception as exc:
                 self.metrics.inc("guard_scorer_errors_total", kind=type(exc).__name__)
                 log.warning("scorer failed: %r", exc)
-                results = [(None, ()) for _ in misses]
+                results = [None for _ in misses]
             self.metrics.observe_ms("guard_scorer_latency_ms", _ms(t))
             for i, res in zip(misses, results, strict=True):
                 fresh[i] = res
-                score, inputs = res
-                if score is None or not 0.0 <= score <= 1.0:
+                if res is None:
                     failed = True
                     continue
-                await self.cache.set(keys[i], CachedScore(score, inputs))
+                await self.cache.set(keys[i], res)
         scored = []
         for i, reply in enumerate(replies):
             hit = hits[i]
-            if hit is not None:
-                scored.append(Scored(reply, hit.score, hit.inputs_used, cached=True))
+            got, cached = (hit, True) if hit is not None else (fresh[i], False)
+            if got is None:
+                scored.append(Scored(reply, None, (), cached=False))
             else:
-                score, inputs = fresh[i]
-                scored.append(Scored(reply, score, inputs, cached=False))
+                scored.append(Scored(reply, got.score, got.inputs_used, cached, got.instruction_used))
         return scored, failed
 
     def start_reading(self, image: DecodedImage) -> None:
@@ -434,12 +467,16 @@ class Pipeline:
                 follow_up=result.follow_up,
                 holding_message=result.holding_message,
                 issue_phrase=result.issue_phrase,
+                issue_kind=result.issue_kind,
+                uncertain=result.uncertain,
+                uncertain_reason=result.uncertain_reason,
                 image_text=result.image_text,
                 policy_channel=result.policy.channel,
                 policy_version=result.policy.version,
                 scorer_name=result.scorer_name,
                 scorer_version=result.scorer_version,
                 inputs_used=tuple(result.inputs_used),
+                instruction_used=result.instruction_used,
                 cached=result.cached,
                 degraded=result.degraded,
                 reason=result.reason,
@@ -462,8 +499,12 @@ def _photo_reason(photo: PhotoText | None) -> str | None:
     return f"image_text_{photo.status}"
 
 
-def _finite(score: object) -> float | None:
-    return float(score) if isinstance(score, float | int) and math.isfinite(score) else None
+def _usable(result: ScoreResult) -> CachedScore | None:
+    """The result as it is cached, or None when its score is not a number in [0, 1]."""
+    score = result.score
+    if not isinstance(score, float | int) or not math.isfinite(score) or not 0.0 <= score <= 1.0:
+        return None
+    return CachedScore(float(score), result.inputs_used, result.instruction_used)
 
 
 def _ms(since: float) -> float:

@@ -117,6 +117,8 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "escalation_id": result.queue_item_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
+        "uncertain": result.uncertain,
+        "uncertain_reason": result.uncertain_reason,
     }
 
 
@@ -127,7 +129,10 @@ NO_TEXT_SUMMARY: dict[str, Any] = {"action": None, "reason": NO_TEXT}
 
 
 def guard_headers(result: CheckResult) -> dict[str, str]:
-    return {"x-guard-action": result.action, "x-guard-decision": result.decision_id}
+    headers = {"x-guard-action": result.action, "x-guard-decision": result.decision_id}
+    if result.uncertain_reason is not None:
+        headers["x-guard-uncertain"] = result.uncertain_reason
+    return headers
 
 
 def customer_text(result: CheckResult) -> str:

@@ -46,12 +46,19 @@ class DecisionRow:
     follow_up: str | None
     holding_message: str | None
     issue_phrase: str | None
+    issue_kind: str | None
+    """The kind of the customer's issue; None in rows written before it was recorded."""
+    uncertain: bool | None
+    """The guard could not judge the case (the photo carries the issue); None in older rows."""
+    uncertain_reason: str | None
     image_text: str | None
     policy_channel: str
     policy_version: int
     scorer_name: str
     scorer_version: str
     inputs_used: tuple[str, ...]
+    instruction_used: bool | None
+    """The scorer read the scoring instruction; None in rows recorded before this was."""
     cached: bool
     degraded: bool
     reason: str | None

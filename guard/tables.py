@@ -61,6 +61,12 @@ class Decision(Base):
     follow_up: Mapped[str | None] = mapped_column(Text)
     holding_message: Mapped[str | None] = mapped_column(Text)
     issue_phrase: Mapped[str | None] = mapped_column(String(200))
+    issue_kind: Mapped[str | None] = mapped_column(String(32))
+    """The kind of the customer's issue (guard.issue_lexicon.KINDS or "other"); None in old rows."""
+    uncertain: Mapped[bool | None] = mapped_column(Boolean)
+    """The guard could not judge the case: no text states the issue and the scorer did not see
+    the photo (the policy's uncertain_action applied); None in rows recorded before."""
+    uncertain_reason: Mapped[str | None] = mapped_column(String(64))
     image_text: Mapped[str | None] = mapped_column(Text)
     """The text read from the photo (OCR), when there was any and it was read in time."""
     policy_channel: Mapped[str] = mapped_column(String(100))
@@ -68,6 +74,8 @@ class Decision(Base):
     scorer_name: Mapped[str] = mapped_column(String(100))
     scorer_version: Mapped[str] = mapped_column(String(200))
     inputs_used: Mapped[list[str]] = mapped_column(JSON)
+    instruction_used: Mapped[bool | None] = mapped_column(Boolean)
+    """The scorer read the scoring instruction (the bundled scorer does not); None in old rows."""
     cached: Mapped[bool] = mapped_column(Boolean)
     degraded: Mapped[bool] = mapped_column(Boolean)
     reason: Mapped[str | None] = mapped_column(String(100))

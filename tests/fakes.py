@@ -14,7 +14,8 @@ _MARK = re.compile(r"\[score=([0-9.]+|nan|inf)\]")
 class FakeScorer:
     """Scores a reply by a marker in it: "[score=0.55]" -> 0.55, "[raise]" raises, "[hang]" sleeps.
 
-    Replies without a marker score 0.9. Counts the items it scored, so tests can see cache hits.
+    "[sees-image]" makes it say it used the photo (when one came).
+    Replies without a score marker score 0.9. Counts the items it scored, so tests can see cache hits.
     """
 
     name = "fake"
@@ -35,5 +36,7 @@ class FakeScorer:
             m = _MARK.search(item.reply)
             score = float(m.group(1)) if m else 0.9
             used = ("question", "reply", "image_text") if item.image_text else ("question", "reply")
+            if "[sees-image]" in item.reply and item.image is not None:
+                used += ("image",)
             out.append(ScoreResult(score, used))
         return out

@@ -344,6 +344,16 @@ def test_case_page_shows_the_case(client: TestClient) -> None:
     assert f"/admin/cases/{item}/photo" in page
     assert 'class="a-review marked"' in page, "the decision's band is marked on the score bar"
     assert "已为您登记" in page, "the follow-up it would append"
+    assert '<code class="issue-kind">open_seam</code>' in page, "the kind of issue the guard read"
+    assert 'class="uncertain"' not in page
+
+
+def test_case_page_says_when_the_guard_could_not_judge_the_case(client: TestClient) -> None:
+    case = held_case(client, question="这啥", score="0.9")
+    signed_in(client, "sup")
+    page = client.get(f"/admin/cases/{case['escalation_id']}").text
+    assert '<dd class="uncertain"><b>the guard could not judge this draft</b>' in page
+    assert "neither the question nor the text in the photo states the issue" in page
 
 
 def test_queue_filters_and_order(client: TestClient) -> None:
@@ -429,7 +439,13 @@ def test_dismiss_needs_a_reason_and_edit_needs_text(client: TestClient) -> None:
 def band_form(
     bands: list[tuple[str, str, str]], *, csrf: str, op: str = "preview", **extra: str
 ) -> dict[str, str]:
-    data = {"csrf_token": csrf, "op": op, "on_error": "escalate", "instruction": "Judge the reply."}
+    data = {
+        "csrf_token": csrf,
+        "op": op,
+        "on_error": "escalate",
+        "uncertain_action": "review",
+        "instruction": "Judge the reply.",
+    }
     for i, (lo, hi, action) in enumerate(bands):
         data[f"band_lo_{i}"], data[f"band_hi_{i}"], data[f"band_action_{i}"] = lo, hi, action
     data.update(extra)
@@ -453,6 +469,8 @@ DEFAULT_FORM = [
         ([("0", "x", "escalate"), ("0.5", "1", "send")], {}, "is not a number"),
         (DEFAULT_FORM, {"tpl_followup_en": "We logged {{ issue"}, "does not render"),
         (DEFAULT_FORM, {"tpl_followup_zh": "{{ issue.__class__ }}"}, "template 'followup.zh'"),
+        (DEFAULT_FORM, {"uncertain_action": "send"}, "'send' is not one of follow_up, review, escalate"),
+        (DEFAULT_FORM, {"uncertain_action": ""}, "'(nothing chosen)' is not one of"),
     ],
 )
 def test_invalid_policy_is_explained_and_nothing_is_saved(
@@ -510,6 +528,39 @@ def test_publish_then_the_next_check_uses_the_new_version_and_rollback(client: T
     assert actions[:2] == ["policy.rollback", "policy.publish"]
     before = queries_of(client).audit_entries()[1].before
     assert before is not None and before["version"] == 1
+
+
+@pytest.mark.parametrize("uncertain_action", ["follow_up", "escalate", "review"])
+def test_the_editor_shows_sets_and_keeps_the_uncertain_action(
+    client: TestClient, uncertain_action: str
+) -> None:
+    token = signed_in(client, "owner")
+    page = client.get("/admin/policies/default").text
+    assert "When the guard cannot judge a case" in page
+    assert (
+        '<option value="review" selected>' in page.split('name="uncertain_action"')[1].split("</select>")[0]
+    )
+    assert '<option value="send"' not in page.split('name="uncertain_action"')[1].split("</select>")[0]
+    form = band_form(DEFAULT_FORM, csrf=token, op="publish", uncertain_action=uncertain_action)
+    assert client.post("/admin/policies/default", data=form).status_code == 200
+    store = runtime_of(client).store
+    policy = store.active_policy("default")
+    assert policy is not None and policy.uncertain_action == uncertain_action
+    select = (
+        client.get("/admin/policies/default").text.split('name="uncertain_action"')[1].split("</select>")[0]
+    )
+    assert f'<option value="{uncertain_action}" selected>' in select, "the editor shows what is in force"
+    r = client.post(
+        "/admin/policies/default",
+        data=band_form(
+            DEFAULT_FORM, csrf=token, op="publish", on_error="review", uncertain_action=uncertain_action
+        ),
+    )
+    assert r.status_code == 200
+    again = store.active_policy("default")
+    assert again is not None and (again.on_error, again.uncertain_action) == ("review", uncertain_action), (
+        "saving another change keeps the uncertain action"
+    )
 
 
 def test_a_new_channel_gets_its_first_version(client: TestClient) -> None:

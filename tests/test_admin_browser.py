@@ -189,7 +189,7 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
     expect(review_new).to_have_text("0")  # the preview updated in place, without a reload
     expect(follow_new).to_have_text("4")
     expect(page.locator("#changed-count")).to_have_text("3")
-    page.fill("textarea[name=tpl_followup_en]", "We logged {{ issue }} as {{ case_ref }}.")
+    page.fill("textarea[name=tpl_followup_en]", "We logged {{ issue or 'your request' }} as {{ case_ref }}.")
     expect(page.locator("[data-sample='followup.en']")).to_have_text(
         "We logged open seam on the pocket as RG-SAMPLE1."
     )

@@ -3,6 +3,7 @@ the policy form and cookie signing. Table-driven."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 import pytest
@@ -50,6 +51,26 @@ def test_replay_decides_from_recorded_scores_and_degraded_takes_on_error() -> No
     assert (result.old_agreement.labelled, result.old_agreement.agreed) == (2, 1)
     assert (result.new_agreement.labelled, result.new_agreement.agreed) == (2, 2)
     assert sorted(result.scores) == [0.1, 0.45, 0.95]
+
+
+@pytest.mark.parametrize("uncertain_action", ["follow_up", "review", "escalate"])
+@pytest.mark.parametrize("score", [0.0, 0.2, 0.39, 0.4, 0.45, 0.5, 0.65, 0.7, 0.95, 1.0, None])
+def test_replay_keeps_an_uncertain_decision_uncertain_under_the_drafts_action(
+    uncertain_action: str, score: float | None
+) -> None:
+    draft = dataclasses.replace(default_policy(), uncertain_action=uncertain_action)
+
+    def replayed(reason: str | None) -> str:
+        row = {"score": score, "action": "review", "outcome": None, "uncertain_reason": reason}
+        (action,) = [a for a, n in traffic.replay([row], draft).new_counts.items() if n]
+        return action
+
+    certain, uncertain = replayed(None), replayed("issue_not_stated")
+    caution = ("send", "follow_up", "review", "escalate")
+    assert uncertain != "send"
+    assert caution.index(uncertain) == max(caution.index(certain), caution.index(uncertain_action)) or (
+        score is None and uncertain == draft.on_error
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,14 +135,18 @@ def test_histogram_counts_and_edges() -> None:
 
 def test_policy_form_round_trip_and_problems() -> None:
     messages = Messages()
-    form = PolicyForm.from_policy("default", default_policy())
-    data = {"on_error": form.on_error, "instruction": form.instruction}
+    policy = dataclasses.replace(default_policy(), uncertain_action="escalate")
+    form = PolicyForm.from_policy("default", policy)
+    assert form.policy == policy and form.uncertain_action == "escalate"
+    data = {
+        "on_error": form.on_error,
+        "uncertain_action": form.uncertain_action,
+        "instruction": form.instruction,
+    }
     for i, (lo, hi, action) in enumerate(form.bands):
         data |= {f"band_lo_{i}": lo, f"band_hi_{i}": hi, f"band_action_{i}": action}
     parsed = PolicyForm.from_form("default", data, messages)
-    assert (
-        parsed.problems == [] and parsed.policy is not None and parsed.policy.bands == default_policy().bands
-    )
+    assert parsed.problems == [] and parsed.policy == policy
     data["band_lo_1"] = "0.41"
     broken = PolicyForm.from_form("default", data, messages)
     assert broken.policy is None and any("gap" in p for p in broken.problems)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 from PIL import Image
 from sqlalchemy import select
 from starlette.testclient import TestClient
 
+from guard.scoring.base import ScoreInput, ScoreResult
 from guard.tables import Decision, QueueItem
 from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
@@ -88,6 +89,9 @@ def test_follow_up_appends_an_issue_specific_follow_up_zh(client: TestClient) ->
     (row,) = rows(client)
     assert row.follow_up == follow_up and row.final_reply == body["reply"]
     assert row.issue_phrase == "右边口袋开线"
+    assert body["issue_kind"] == row.issue_kind == "open_seam"
+    state = client.get(f"/v1/decisions/{body['decision_id']}").json()
+    assert (state["issue_kind"], state["issue_phrase"]) == ("open_seam", "右边口袋开线")
 
 
 def test_follow_up_in_english(client: TestClient) -> None:
@@ -248,6 +252,92 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     text = client.get("/metrics").text
     assert 'guard_decisions_total{action="send"} 1' in text
     assert "guard_decision_latency_ms_count 1" in text
+
+
+# -- whether the instruction was read ----------------------------------------------------------------
+
+
+class ReadsInstruction(FakeScorer):
+    """FakeScorer that says it read the instruction (as the reranker does)."""
+
+    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
+        return [ScoreResult(r.score, r.inputs_used, True) for r in super().score_batch(items)]
+
+
+@pytest.mark.parametrize("reads", [False, True])
+def test_every_decision_says_whether_the_instruction_was_used(sqlite_url: str, reads: bool) -> None:
+    scorer = ReadsInstruction() if reads else FakeScorer()
+    with guard_client(sqlite_url, scorer, score_timeout_s=1.0) as c:
+        first, again = (post(c, "ok [score=0.8]") for _ in range(2))
+        assert (first["cached"], again["cached"]) == (False, True)
+        assert first["instruction_used"] is again["instruction_used"] is reads, "a cached score says it too"
+        assert [r.instruction_used for r in rows(c)] == [reads, reads]
+        state = c.get(f"/v1/decisions/{first['decision_id']}").json()
+        assert state["instruction_used"] is reads
+
+
+# -- cases the guard cannot judge --------------------------------------------------------------------
+
+VAGUE = ["这啥", "Look at this, what now?", "这个怎么办？"]
+
+
+@pytest.mark.parametrize("question", VAGUE)
+@pytest.mark.parametrize(
+    ("score", "action"),
+    [(0.95, "review"), (0.75, "review"), (0.65, "review"), (0.45, "review"), (0.1, "escalate")],
+)
+def test_a_photo_carrying_an_unstated_issue_is_uncertain_and_never_sent(
+    client: TestClient, question: str, score: float, action: str
+) -> None:
+    body = post(client, f"ok [score={score}]", question=question, image={"data": b64(png_bytes())})
+    assert (body["action"], body["uncertain"], body["uncertain_reason"]) == (action, True, "issue_not_stated")
+    assert body["score"] == score, "the score is kept as it came"
+    assert body["reason"] == ("issue_not_stated" if score >= 0.5 else None), (
+        "set when the band's action was replaced"
+    )
+    assert isinstance(body["escalation_id"], str) and body["reply"] is None
+    (row,) = rows(client)
+    assert (row.uncertain, row.uncertain_reason, row.action) == (True, "issue_not_stated", action)
+    state = client.get(f"/v1/decisions/{body['decision_id']}").json()
+    assert (state["uncertain"], state["uncertain_reason"]) == (True, "issue_not_stated")
+
+
+@pytest.mark.parametrize(
+    ("question", "reply", "photo"),
+    [
+        (QUESTION_ZH, "ok [score=0.9]", True),  # the question states the issue
+        ("这啥", "ok [score=0.9] [sees-image]", True),  # the scorer saw the photo
+        ("这啥", "ok [score=0.9]", False),  # no photo carries anything
+    ],
+)
+def test_a_case_is_certain_when_a_text_states_the_issue_or_the_scorer_sees_the_photo(
+    client: TestClient, question: str, reply: str, photo: bool
+) -> None:
+    extra = {"image": {"data": b64(png_bytes())}} if photo else {}
+    body = post(client, reply, question=question, **extra)
+    assert (body["action"], body["uncertain"], body["uncertain_reason"]) == ("send", False, None)
+    (row,) = rows(client)
+    assert (row.uncertain, row.uncertain_reason) == (False, None)
+
+
+@pytest.mark.parametrize(
+    ("uncertain_action", "score", "action"),
+    [("follow_up", 0.9, "follow_up"), ("follow_up", 0.45, "review"), ("escalate", 0.9, "escalate")],
+)
+def test_the_channels_uncertain_action_applies(
+    client: TestClient, uncertain_action: str, score: float, action: str
+) -> None:
+    from guard.policies import default_policy, parse_policy, policy_document
+
+    doc = policy_document(default_policy("shop")) | {"uncertain_action": uncertain_action}
+    runtime_of(client).store.publish_policy(parse_policy(doc), author="test")
+    runtime_of(client).pipeline.policies.invalidate()
+    body = post(
+        client, f"ok [score={score}]", question="这啥", channel="shop", image={"data": b64(png_bytes())}
+    )
+    assert (body["action"], body["uncertain"]) == (action, True)
+    if action == "follow_up":
+        assert body["reply"] == f"ok [score={score}]\n\n{body['follow_up']}" and body["follow_up"]
 
 
 # -- bad input: one test per case, each a clear 4xx, never a 500 ------------------------------------

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from guard.cache import CachedScore
 from guard.pipeline import ScoringService
 from guard.scoring.base import ScoreInput, ScoreResult
 from guard.scoring.batching import MicroBatcher
@@ -159,8 +160,8 @@ def test_scoring_service_keeps_its_deadline_and_recovers() -> None:
             await service.score([item(1)])
         scorer.gate.set()
         assert await service.score([item(2), item(3)]) == [
-            (0.02, ("question", "reply")),
-            (0.03, ("question", "reply")),
+            CachedScore(0.02, ("question", "reply")),
+            CachedScore(0.03, ("question", "reply")),
         ]
         service.close()
 

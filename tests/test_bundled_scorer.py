@@ -55,6 +55,7 @@ def test_scores_in_unit_interval(scorer: BundledScorer) -> None:
         assert math.isfinite(res.score)
         assert 0.0 <= res.score <= 1.0
         assert res.inputs_used == ("question", "reply")
+        assert res.instruction_used is False, "USE does not read the instruction"
 
 
 def test_empty_batch_and_empty_reply(scorer: BundledScorer) -> None:

@@ -50,6 +50,8 @@ def test_key_parts_cannot_run_into_each_other() -> None:
         b'{"s": true, "i": []}',
         b'{"s": 0.5, "i": ["question", "password"]}',
         b'{"s": 0.5, "i": "question"}',
+        b'{"s": 0.5, "i": ["reply"]}',  # written before instruction_used was: scored again
+        b'{"s": 0.5, "i": ["reply"], "u": "yes"}',
         b"[1, 2]",
     ],
 )
@@ -58,8 +60,9 @@ def test_malformed_values_are_misses(raw: bytes) -> None:
 
 
 def test_round_trip() -> None:
-    value = CachedScore(0.73, ("question", "reply"))
-    assert decode(encode(value)) == value
+    for used in (False, True):
+        value = CachedScore(0.73, ("question", "reply"), instruction_used=used)
+        assert decode(encode(value)) == value
 
 
 def test_memory_cache_is_an_lru_with_a_ttl() -> None:
@@ -105,11 +108,11 @@ def test_the_in_process_layer_in_front_of_redis_skips_the_round_trip(redis_url: 
         assert raw.get(keys[0]) is not None, "written through to Redis, for the other replicas"
         raw.delete(keys[0])
         assert await cache.get(keys[0]) == CachedScore(0.66, ("question",)), "served in process"
-        raw.set(keys[1], b'{"s": 0.2, "i": ["reply"]}')  # another replica's score
+        raw.set(keys[1], b'{"s": 0.2, "i": ["reply"], "u": false}')  # another replica's score
         assert await cache.get(keys[1]) == CachedScore(0.2, ("reply",))
         raw.delete(keys[1])
         assert await cache.get(keys[1]) == CachedScore(0.2, ("reply",)), "a Redis hit is kept in process"
-        raw.set(keys[2], b'{"s": 0.9, "i": []}')
+        raw.set(keys[2], b'{"s": 0.9, "i": [], "u": false}')
         assert await cache.get(keys[2]) == CachedScore(0.9, ())  # the LRU holds 2: keys[0] goes
         assert await cache.get(keys[0]) is None
         raw.close()

@@ -49,6 +49,7 @@ def test_loads_from_settings_and_scores(checkpoints: dict[str, Path], family: st
         ("question", "image", "reply"),
         ("question", "image_text", "reply"),
     ]
+    assert not any(r.instruction_used for r in results)
     assert s.version.startswith(f"clip:{family}@") and ":cal-prior-1-" in s.version
 
 

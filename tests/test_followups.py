@@ -17,7 +17,8 @@ from guard.followups import (
     case_ref,
     template_problems,
 )
-from guard.issue_phrase import detect_locale, issue_phrase
+from guard.issue_text import detect_locale
+from guard.issues import read_issue
 from guard.policies import TEMPLATE_KEYS
 
 MESSAGES = Messages()
@@ -225,4 +226,4 @@ def test_detect_locale(text: str, requested: str | None, expected: str) -> None:
     ],
 )
 def test_issue_phrase(question: str, locale: str, expected: str | None) -> None:
-    assert issue_phrase(question, locale) == expected
+    assert read_issue(question, None, locale).phrase == expected

@@ -20,7 +20,6 @@ from guard.issue_eval import (
 )
 from guard.issue_lexicon import KINDS
 from guard.issue_model import bundled_model, parse_model
-from guard.issue_phrase import issue_phrase
 from guard.issue_text import plain_text
 from guard.issues import MAX_PHRASE_CHARS, OTHER, read_issue
 
@@ -143,11 +142,6 @@ def test_a_pointer_at_the_photo_states_the_issue_with_the_photos_text() -> None:
     with_text = read_issue("Check the tag. I ordered a large.", "S\nS/P/CH\n60% cotton 40% poly", "en")
     assert not without.stated and without.phrase is None
     assert with_text.stated and with_text.kind == "wrong_item" and with_text.phrase == "wrong size sent"
-
-
-def test_issue_phrase_wrapper_is_read_issue_without_photo_text() -> None:
-    for case in OWN_CASES[:20]:
-        assert issue_phrase(case.question, case.lang) == read_issue(case.question, None, case.lang).phrase
 
 
 @given(

@@ -280,9 +280,12 @@ def test_held_replies_are_replaced_and_the_rest_of_the_response_kept() -> None:
             "follow_up": None,
             "degraded": False,
             "reason": None,
+            "uncertain": False,
+            "uncertain_reason": None,
         },
     }
     assert resp.headers["x-guard-decision"] == "d-1"
+    assert "x-guard-uncertain" not in resp.headers, "only an uncertain decision carries it"
     assert resp.headers["content-length"] == str(len(resp.content))
 
 
@@ -401,6 +404,10 @@ def test_the_http_checker_against_a_guard_server(sqlite_url: str) -> None:
                 decision_id = resp.headers["x-guard-decision"]
                 (row,) = wait_for_rows(sqlite_url, select(Decision).where(Decision.id == decision_id), 1)
                 assert row.image_sha256, "the photo was registered with the guard"
+                assert "x-guard-uncertain" not in resp.headers
+            vague = client.post("/chat", json={"question": "这啥 [score=0.9]", "image": b64(png_bytes())})
+            assert vague.headers["x-guard-action"] == "review", "the photo carries an issue no text states"
+            assert vague.headers["x-guard-uncertain"] == "issue_not_stated"
 
 
 def test_the_http_checker_when_the_guard_server_is_down() -> None:

@@ -212,7 +212,11 @@ def test_a_photo_not_read_in_time_is_scored_without_its_text(client: TestClient,
     reader.release.clear()
     res = client.post(
         "/v1/guard",
-        json={"question": "what now?", "reply": "Sorry [score=0.9]", "image": {"data": b64(png_bytes())}},
+        json={
+            "question": "My pocket seam came open, what now?",
+            "reply": "Sorry [score=0.9]",
+            "image": {"data": b64(png_bytes())},
+        },
     )
     reader.release.set()
     body = res.json()
@@ -220,16 +224,36 @@ def test_a_photo_not_read_in_time_is_scored_without_its_text(client: TestClient,
     assert body["image_text_status"] == "timeout"
     assert body["reason"] == "image_text_timeout" and body["degraded"] is False
     assert body["inputs_used"] == ["question", "reply"]
-    assert body["action"] == "send"
+    assert body["action"] == "send" and body["uncertain"] is False
     flush(client)
     row = runtime_of(client).store.get_decision(body["decision_id"])
     assert row is not None and row.row.reason == "image_text_timeout"
 
 
+def test_a_vague_question_whose_photo_was_not_read_in_time_is_uncertain(
+    client: TestClient, reader: FakeReader
+) -> None:
+    reader.release.clear()
+    res = client.post(
+        "/v1/guard",
+        json={"question": "what now?", "reply": "Sorry [score=0.9]", "image": {"data": b64(png_bytes())}},
+    )
+    reader.release.set()
+    body = res.json()
+    assert body["image_text_status"] == "timeout" and body["inputs_used"] == ["question", "reply"]
+    assert (body["action"], body["uncertain"], body["uncertain_reason"]) == (
+        "review",
+        True,
+        "issue_not_stated",
+    )
+    assert body["reason"] == "issue_not_stated", "why the action was not the band's"
+
+
 def test_ocr_off_reads_nothing(sqlite_url: str, reader: FakeReader) -> None:
     with guard_client(sqlite_url, FakeScorer(), ocr="off") as c:
         body = c.post(
-            "/v1/guard", json={"question": "q", "reply": "r", "image": {"data": b64(png_bytes())}}
+            "/v1/guard",
+            json={"question": "The zip broke", "reply": "r", "image": {"data": b64(png_bytes())}},
         ).json()
     assert body["image_text_status"] == "off" and reader.reads == 0
     assert body["reason"] is None

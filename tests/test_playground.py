@@ -32,12 +32,14 @@ STRICT = "Be strict."
 
 
 class InstructionScorer(FakeScorer):
-    """FakeScorer, but an instruction containing "Be strict." takes 0.3 off every score."""
+    """FakeScorer, but it reads the instruction: one containing "Be strict." takes 0.3 off every score."""
 
     def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
         out = super().score_batch(items)
         return [
-            ScoreResult(max(r.score - 0.3, 0.0), r.inputs_used) if STRICT in item.instruction else r
+            ScoreResult(
+                max(r.score - 0.3, 0.0) if STRICT in item.instruction else r.score, r.inputs_used, True
+            )
             for item, r in zip(items, out, strict=True)
         ]
 
@@ -180,6 +182,22 @@ def test_score_one_reply_shows_bar_action_band_follow_up_and_inputs(client: Test
     assert re.search(r'id="inputs-used">question, reply', page)
 
 
+@pytest.mark.parametrize(("question", "uncertain"), [("这啥", True), ("The pocket seam came open", False)])
+def test_a_photo_carrying_an_unstated_issue_is_uncertain_as_in_the_pipeline(
+    client: TestClient, question: str, uncertain: bool
+) -> None:
+    token = signed_in(client, "sup")
+    photo = {"photo": ("p.png", png_bytes(), "image/png")}
+    page = post(client, token, "score", question=question, replies="ok [score=0.9]", files=photo).text
+    assert ('data-action="review"' if uncertain else 'data-action="send"') in page
+    assert ('id="uncertain"' in page) is uncertain
+    api = client.post(
+        "/v1/guard",
+        json={"question": question, "reply": "ok [score=0.9]", "image": {"data": b64(png_bytes())}},
+    ).json()
+    assert api["uncertain"] is uncertain and f'id="verdict" data-action="{api["action"]}"' in page
+
+
 def test_held_reply_shows_the_holding_message(client: TestClient) -> None:
     token = signed_in(client, "sup")
     page = post(client, token, "score", replies="Thanks [score=0.1]").text
@@ -238,10 +256,28 @@ def test_score_compares_the_channels_instruction_with_the_edited_one(client: Tes
     editor = page.split('id="to-editor"')[1].split("</form>")[0]
     assert 'action="/admin/policies/default"' in page
     assert f'name="instruction" value="{STRICT}"' in editor and 'name="band_hi_0" value="0.4"' in editor
+    assert 'name="uncertain_action" value="review"' in editor
     fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', editor))
     opened = client.post("/admin/policies/default", data={k: html.unescape(v) for k, v in fields.items()})
     assert opened.status_code == 200 and f">{STRICT}</textarea>" in opened.text
     assert len(store_of(client).policy_versions("default")) == 1  # nothing published
+
+
+def test_a_scorer_that_does_not_read_the_instruction_says_so_when_comparing(
+    client: TestClient, sqlite_url: str
+) -> None:
+    token = signed_in(client, "owner")
+    reads = post(client, token, "score", replies="Fixed [score=0.8]", instruction=STRICT).text
+    assert 'id="compare"' in reads and 'id="instruction-unused"' not in reads
+    with guard_client(sqlite_url, scorer=FakeScorer(), secret_key="test-secret-key") as plain:
+        token = signed_in(plain, "owner")
+        page = post(plain, token, "score", replies="Fixed [score=0.8]", instruction=STRICT).text
+        assert 'id="compare"' in page and 'id="instruction-unused"' in page
+        assert "This scorer does not read the instruction" in page
+        unedited = post(plain, token, "score", replies="Fixed [score=0.8]").text
+        assert 'id="instruction-unused"' not in unedited, "shown only when an instruction comparison is made"
+        body = plain.post("/v1/guard", json={"question": "q", "reply": "Fixed [score=0.8]"}).json()
+        assert body["instruction_used"] is False
 
 
 def test_unedited_instruction_follows_the_channel(client: TestClient) -> None:

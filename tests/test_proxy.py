@@ -122,8 +122,8 @@ def _client(base: str, key: str = "sk-client") -> OpenAI:
     return OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10)
 
 
-def _ask(score: float, image: str | None = None) -> list[Any]:
-    parts: list[dict[str, Any]] = [{"type": "text", "text": f"My pocket seam came open [score={score}]"}]
+def _ask(score: float, image: str | None = None, question: str = "My pocket seam came open") -> list[Any]:
+    parts: list[dict[str, Any]] = [{"type": "text", "text": f"{question} [score={score}]"}]
     if image is not None:
         parts.append({"type": "image_url", "image_url": {"url": image}})
     return [
@@ -151,6 +151,8 @@ def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, Ru
             extra["guard"]["action"] == action
             and extra["guard"]["decision_id"] == raw.headers["x-guard-decision"]
         )
+        assert (extra["guard"]["uncertain"], extra["guard"]["uncertain_reason"]) == (False, None)
+        assert "x-guard-uncertain" not in raw.headers
         content = completion.choices[0].message.content or ""
         seen[action] = content
         assert completion.choices[0].finish_reason == "stop" and completion.usage is not None
@@ -170,6 +172,14 @@ def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, Ru
     assert len(seen["follow_up"]) > len(seen["send"])
     assert DRAFT not in seen["review"] and DRAFT not in seen["escalate"]
     assert SEEN_AUTH[-1] == "Bearer sk-client", "with no guard key, the client's key goes upstream"
+    vague = client.chat.completions.with_raw_response.create(model="m", messages=_ask(0.9, DATA_URL, "这啥"))
+    guard = (vague.parse().model_extra or {})["guard"]
+    assert (guard["action"], guard["uncertain"], guard["uncertain_reason"]) == (
+        "review",
+        True,
+        "issue_not_stated",
+    )
+    assert vague.headers["x-guard-uncertain"] == "issue_not_stated"
 
     store = Store.open(pg_url)
     try:
@@ -177,12 +187,12 @@ def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, Ru
         while True:
             with store.session() as s:
                 rows = list(s.scalars(select(Decision)))
-            if len(rows) >= 8 or time.monotonic() > deadline:
+            if len(rows) >= 9 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
     finally:
         store.close()
-    assert len(rows) == 8 and all(r.image_sha256 for r in rows), "the data: URL photo was guarded with"
+    assert len(rows) == 9 and all(r.image_sha256 for r in rows), "the data: URL photo was guarded with"
     assert {r.conversation_id for r in rows} >= {"p-0.9", "p-0.2"}
 
 

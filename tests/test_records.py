@@ -39,7 +39,12 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
     assert record.row.candidates == (Candidate("a", 0.5), Candidate("b", None))
     assert record.row.inputs_used == ("question", "image_text", "reply")
     assert record.queue_item_id == "1e" * 16 and record.image is not None
-    assert encode_record(record) == OLD_LINE, "the typed record writes the same line"
+    new_columns = b'"issue_kind":null,"uncertain":null,"uncertain_reason":null,'
+    line = OLD_LINE.replace(b'"image_text"', new_columns + b'"image_text"', 1)
+    line = line.replace(b'"cached"', b'"instruction_used":null,"cached"', 1)
+    assert encode_record(record) == line, (
+        "the typed record writes the same line, with the columns added since (as null)"
+    )
     migrate(sqlite_url)
     store = Store.open(sqlite_url)
     try:
@@ -59,6 +64,9 @@ def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) 
 def test_a_line_missing_a_column_reads_it_as_none() -> None:
     line = OLD_LINE.replace(b'"image_text":"ORDER 123",', b"")
     assert decode_record(line).row.image_text is None
+    old = decode_record(OLD_LINE).row
+    added = (old.issue_kind, old.uncertain, old.uncertain_reason, old.instruction_used)
+    assert added == (None, None, None, None), "columns added since"
 
 
 text = st.text(max_size=40)
@@ -117,12 +125,16 @@ def _row(**changes: object) -> DecisionRow:
         "follow_up": None,
         "holding_message": "held",
         "issue_phrase": None,
+        "issue_kind": None,
+        "uncertain": False,
+        "uncertain_reason": None,
         "image_text": None,
         "policy_channel": "default",
         "policy_version": 1,
         "scorer_name": "fake",
         "scorer_version": "1",
         "inputs_used": ("question", "reply"),
+        "instruction_used": False,
         "cached": False,
         "degraded": False,
         "reason": None,

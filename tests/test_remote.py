@@ -228,6 +228,7 @@ def test_every_layout_is_a_valid_vllm_request_pairing_each_item_with_its_own_inp
         ocr = bool(it.image_text) and not sends_photo
         question = f"{it.question}\n{it.image_text}".strip() if ocr else it.question
         assert r.score == pytest.approx(_relevance(question, photo, it.reply))
+        assert r.instruction_used is False, "no layout sends the instruction"
         assert r.inputs_used == (
             "question",
             *(["image_text"] if ocr else []),

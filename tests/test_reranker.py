@@ -127,6 +127,7 @@ def test_the_photo_reaches_the_model(scorer: RerankerScorer) -> None:
         ("question", "reply"),
         ("question", "image_text", "reply"),
     ]
+    assert all(u.instruction_used for u in used), "the instruction is in the reranker's prompt"
 
 
 def test_the_prompt_follows_the_lychee_template(scorer: RerankerScorer) -> None:

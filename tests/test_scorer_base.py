@@ -66,6 +66,7 @@ def test_inputs_used_says_exactly_what_the_query_holds(
     assert s.reply_text(item) == "reply"
     [r] = s.score_batch([item])
     assert r.inputs_used == used
+    assert r.instruction_used is s.reads_instruction is False
 
 
 def test_score_batch_keeps_the_error_contract() -> None:

@@ -19,7 +19,7 @@ from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.admin.queries import AdminQueries
 from guard.followups import Messages
-from guard.policies import ACTIONS, Policy, default_policy
+from guard.policies import ACTIONS, UNCERTAIN_ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
 
 TEMPLATE_DIR = resources.admin_templates()
@@ -32,6 +32,11 @@ STATE_LABELS = {
     "taken_over": "taken over",
     "dismissed": "dismissed",
 }
+UNCERTAIN_LABELS = {
+    "issue_not_stated": "neither the question nor the text in the photo states the issue, "
+    "and the scorer cannot see the photo",
+}
+"""Why the guard could not judge a case, as the case page says it."""
 NOTICES = {
     "published": "Published: the new version is in force.",
     "rolled_back": "Rolled back: the old version is published again as a new version.",
@@ -116,6 +121,8 @@ class Pages:
             state_labels=STATE_LABELS,
             role_labels=auth.ROLE_LABELS,
             actions=ACTIONS,
+            uncertain_actions=UNCERTAIN_ACTIONS,
+            uncertain_labels=UNCERTAIN_LABELS,
             action_labels=charts.ACTION_LABELS,
         )
 

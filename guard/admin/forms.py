@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guard.followups import MessageContext, Messages, TemplateError, template_problems
-from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, PolicyError, parse_policy
+from guard.policies import ACTIONS, TEMPLATE_KEYS, UNCERTAIN_ACTIONS, Policy, PolicyError, parse_policy
 
 MAX_BANDS = 12
 TEMPLATE_LABELS = {
@@ -39,6 +39,8 @@ class PolicyForm:
     channel: str
     bands: list[tuple[str, str, str]]
     on_error: str
+    uncertain_action: str
+    """The least cautious action for a case the guard cannot judge (one of UNCERTAIN_ACTIONS)."""
     instruction: str
     templates: dict[str, str]
     problems: list[str] = field(default_factory=list)
@@ -51,12 +53,14 @@ class PolicyForm:
             channel=channel,
             bands=[(f"{b.lo:g}", f"{b.hi:g}", b.action) for b in policy.bands],
             on_error=policy.on_error,
+            uncertain_action=policy.uncertain_action,
             instruction=policy.instruction,
             templates={k: policy.templates.get(k, "") for k in TEMPLATE_KEYS},
             policy=Policy(
                 channel=channel,
                 bands=policy.bands,
                 on_error=policy.on_error,
+                uncertain_action=policy.uncertain_action,
                 instruction=policy.instruction,
                 templates=dict(policy.templates),
             ),
@@ -75,6 +79,7 @@ class PolicyForm:
             channel=channel,
             bands=bands,
             on_error=_text(form, "on_error"),
+            uncertain_action=_text(form, "uncertain_action"),
             instruction=_text(form, "instruction").replace("\r\n", "\n"),
             templates=templates,
         )
@@ -98,6 +103,11 @@ class PolicyForm:
                 problems.append(f"band #{i}: unknown action {action!r} (known: {', '.join(ACTIONS)})")
             if len(numbers) == 2:
                 doc_bands.append({"lo": numbers[0], "hi": numbers[1], "action": action})
+        if self.uncertain_action not in UNCERTAIN_ACTIONS:
+            problems.append(
+                f"when the guard cannot judge a case: {self.uncertain_action or '(nothing chosen)'!r} is not "
+                f"one of {', '.join(UNCERTAIN_ACTIONS)} (such a case is never sent as it is)"
+            )
         if problems:
             self.problems = problems
             return
@@ -105,6 +115,7 @@ class PolicyForm:
             "channel": self.channel,
             "bands": doc_bands,
             "on_error": self.on_error,
+            "uncertain_action": self.uncertain_action,
             "instruction": self.instruction,
             "templates": {k: v for k, v in self.templates.items() if v.strip()},
         }

@@ -8,7 +8,8 @@ can bring a draft policy over from the editor and use its bands and templates.
 
 Nothing here writes a decision or changes a policy: scores come from ``Pipeline.score_texts`` (the
 score cache, then the scorer in its worker thread, off the event loop) and verdicts from the pure
-``decide``. Large batches are scored in chunks so that a script can show progress (a stream of
+``decide`` (through ``decide_case``: a photo that carries an unstated issue makes the case uncertain,
+as in the pipeline). Large batches are scored in chunks so that a script can show progress (a stream of
 NDJSON lines, see ``static/playground.js``); without the script the form posts and the page comes
 back when everything is scored.
 """
@@ -35,14 +36,13 @@ from guard.admin.headers import CSP
 from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
 from guard.images import DecodedImage, decode_base64, decode_image
-from guard.issue_phrase import detect_locale, issue_phrase
-from guard.pipeline import Pipeline, Scored, Shown, compose
+from guard.issues import read_issue
+from guard.pipeline import Pipeline, Scored, Shown, compose, decide_case, uncertainty
 from guard.policies import (
     TEMPLATE_KEYS,
     Policy,
     PolicyDecision,
     PolicyError,
-    decide,
     parse_policy,
     policy_document,
 )
@@ -91,7 +91,8 @@ def editor_fields(policy: Policy, instruction: str) -> list[tuple[str, str]]:
     for i, b in enumerate(policy.bands):
         fields += [(f"band_lo_{i}", f"{b.lo:g}"), (f"band_hi_{i}", f"{b.hi:g}")]
         fields.append((f"band_action_{i}", b.action))
-    fields += [("on_error", policy.on_error), ("instruction", instruction), ("op", "preview")]
+    fields += [("on_error", policy.on_error), ("uncertain_action", policy.uncertain_action)]
+    fields += [("instruction", instruction), ("op", "preview")]
     fields += [(field_name(k), policy.templates.get(k, "")) for k in TEMPLATE_KEYS]
     return fields
 
@@ -164,6 +165,8 @@ class Result:
     issue: str | None
     failed: bool
     inputs_used: tuple[str, ...]
+    instruction_used: bool
+    """The scorer read the instruction for some reply; when False, no instruction can change a score."""
     had_photo: bool
     bar: charts.Chart | None
     """The full score bar of a single reply (Score)."""
@@ -205,9 +208,15 @@ class Run:
 def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapping[str, str]) -> Result:
     """Rows in ranking order with their verdicts and messages. Pure apart from template rendering."""
     policy = trial.policy
-    locale = detect_locale(trial.question, trial.locale)
-    phrase = issue_phrase(trial.question, locale)
-    ctx = MessageContext(locale, phrase, SAMPLE_CASE_REF, response_time[locale])
+    has_photo = trial.image is not None
+    issue = read_issue(trial.question, None, trial.locale, has_photo=has_photo)
+    locale = issue.locale
+    ctx = MessageContext(locale, issue.phrase, SAMPLE_CASE_REF, response_time[locale])
+
+    def judge(s: Scored) -> PolicyDecision:
+        doubt = uncertainty(issue, has_photo=has_photo, inputs_used=s.inputs_used)
+        return decide_case(policy, s.score, doubt)
+
     main = run.scored[0]
     base = run.scored[1] if trial.compare else None
     scores = [s.score for s in main]
@@ -217,7 +226,7 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
     shown_in_order: list[Shown] = []
     for rank, i in enumerate(order, 1):
         s = main[i]
-        verdict = decide(policy, s.score)
+        verdict = judge(s)
         shown = compose(verdict.action, s.reply, ctx, messages, policy)
         shown_in_order.append(shown)
         rows.append(
@@ -233,7 +242,7 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
                 bar=charts.mini_bar(policy, s.score),
                 best=rank == 1 and len(order) > 1,
                 base_score=base[i].score if base else None,
-                base_verdict=decide(policy, base[i].score) if base else None,
+                base_verdict=judge(base[i]) if base else None,
                 base_rank=base_rank.get(i),
             )
         )
@@ -251,9 +260,10 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
         policy=policy,
         draft=trial.draft,
         locale=locale,
-        issue=phrase,
+        issue=issue.phrase,
         failed=run.failed,
         inputs_used=tuple(used),
+        instruction_used=any(s.instruction_used for s in main),
         had_photo=trial.image is not None,
         bar=charts.score_bar(policy, top.score, top.verdict.band) if trial.op == "score" else None,
         customer_reply=customer_reply,

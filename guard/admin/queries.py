@@ -161,10 +161,17 @@ class AdminQueries(Database):
             return [OutcomeRow(*r) for r in s.execute(q)]
 
     def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[ReplayRow]:
-        """Decisions made for ``channel`` since ``since``: score, recorded action and outcome, if any."""
+        """Decisions made for ``channel`` since ``since``: score, recorded action, outcome (if any) and
+        why the guard could not judge it (if it could not)."""
         with self.session() as s:
             q = (
-                select(Decision.score, Decision.action, Decision.degraded, QueueItem.state)
+                select(
+                    Decision.score,
+                    Decision.action,
+                    Decision.degraded,
+                    QueueItem.state,
+                    Decision.uncertain_reason,
+                )
                 .outerjoin(QueueItem, QueueItem.decision_id == Decision.id)
                 .where(
                     or_(Decision.policy_channel == channel, Decision.channel == channel),

@@ -77,12 +77,14 @@ class OutcomeRow:
 
 @dataclass(frozen=True, slots=True)
 class ReplayRow:
-    """A recorded decision to decide again: its score, action and outcome (None: not resolved)."""
+    """A recorded decision to decide again: its score, action, outcome (None: not resolved) and why
+    the guard could not judge it (None: it could)."""
 
     score: float | None
     action: str
     degraded: bool = False
     outcome: str | None = None
+    uncertain_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

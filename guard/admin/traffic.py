@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 
 from guard.admin.records import OutcomeRow, ReplayRow, TrafficRow
 from guard.evaluation import percentile
-from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy, decide
+from guard.pipeline import decide_case
+from guard.policies import ACTIONS, QUEUED_ACTIONS, Policy
 
 OUTCOME_NEEDS_HUMAN: dict[str, bool] = {"approved": False, "edited": True, "taken_over": True}
 
@@ -78,7 +79,8 @@ class Replay:
 def replay(rows: Sequence[ReplayRow], draft: Policy) -> Replay:
     """Decide each logged decision again under ``draft`` from its recorded score (no re-scoring).
 
-    A decision whose score was unusable (degraded) takes the draft's ``on_error`` action."""
+    A decision whose score was unusable (degraded) takes the draft's ``on_error`` action; one the
+    guard could not judge (``uncertain_reason``) takes at least the draft's ``uncertain_action``."""
     old: Counter[str] = Counter()
     new: Counter[str] = Counter()
     moves: Counter[tuple[str, str]] = Counter()
@@ -87,7 +89,7 @@ def replay(rows: Sequence[ReplayRow], draft: Policy) -> Replay:
     scores: list[float] = []
     for row in rows:
         score = float(row.score) if row.score is not None and math.isfinite(row.score) else None
-        verdict = decide(draft, score)
+        verdict = decide_case(draft, score, row.uncertain_reason)
         old[row.action] += 1
         new[verdict.action] += 1
         if verdict.action != row.action:

@@ -61,7 +61,7 @@ class ScoreResult:
     uncertain_reason: str | None = None
     """Why, when ``uncertain``: a short code such as "no_issue_stated"."""
     instruction_used: bool = False
-    """The scoring instruction reached the model (the bundled scorer never reads it)."""
+    """The backend read the scoring instruction (a different instruction can change the score)."""
 
 
 class Scorer(Protocol):
@@ -88,6 +88,8 @@ class ModelScorer(ABC):
 
     sees_image: ClassVar[bool] = False
     """The backend can read the photo's pixels (``uses_image`` decides per item)."""
+    reads_instruction: ClassVar[bool] = False
+    """The backend puts the scoring instruction in what the model reads."""
     image_text_with_image: ClassVar[bool] = True
     """The text read from the photo is still read when the pixels are (False: the pixels replace it)."""
 
@@ -139,7 +141,7 @@ class ModelScorer(ABC):
         if len(scores) != len(items):
             raise ScorerError(f"{self.name} scorer gave {len(scores)} scores for {len(items)} items")
         return [
-            ScoreResult(score=s, inputs_used=self.inputs_used(it))
+            ScoreResult(score=s, inputs_used=self.inputs_used(it), instruction_used=self.reads_instruction)
             for s, it in zip(scores, items, strict=True)
         ]
 

@@ -103,9 +103,13 @@ def check_layout(api: str, query: str) -> None:
 
 
 class RemoteScorer(ModelScorer):
-    """The scoring API of a remote inference server, with retries, timeouts and a pooled client."""
+    """The scoring API of a remote inference server, with retries, timeouts and a pooled client.
+
+    No layout sends the scoring instruction (the query and document slots hold the question, the
+    photo and the reply), so its scores never depend on it (``instruction_used`` is False)."""
 
     sees_image = True
+    reads_instruction = False
     image_text_with_image = False
 
     def __init__(

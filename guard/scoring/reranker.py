@@ -112,9 +112,11 @@ def _fingerprint(source: str, local: bool, config: Any) -> str:
 class RerankerScorer(ModelScorer):
     """A Qwen-VL-family yes/no reranker: P(yes | instruction, photo + question, reply), calibrated.
 
-    The photo's pixels replace the text read from it; without a photo that text joins the question."""
+    The photo's pixels replace the text read from it; without a photo that text joins the question.
+    The instruction is part of its prompt."""
 
     sees_image = True
+    reads_instruction = True
     image_text_with_image = False
 
     def __init__(
