@@ -224,11 +224,13 @@ class DecisionLog:
     async def _write(self, batch: list[DecisionRecord]) -> None:
         """Write ``batch`` to SQL, retrying (with backoff) until the database takes it.
 
-        A batch that SQL refuses for its content (DataError, IntegrityError: a value too long for
-        its column, a field missing from an old spool line) is split and its decisions written one
-        by one; a decision refused on its own is set aside (``_reject``) so that it cannot block
-        the log. Every other error (connection lost, read-only, locked) is the database's and is
-        retried.
+        A batch that SQL refuses for its content is split and its decisions written one by one; a
+        decision refused on its own is set aside (``_reject``) so that it cannot block the log.
+        Refused for its content means: the database's DataError or IntegrityError (a value too long
+        for its column, a field missing from an old spool line), or any error that is not the
+        database's at all, whatever its type (the driver's UnicodeEncodeError on a lone surrogate,
+        a ValueError on a NUL character). The database's own errors (connection lost, read-only,
+        locked, timed out: SQLAlchemy, driver and OS errors) are retried.
         """
         delay = 0.05
         while True:
@@ -280,11 +282,25 @@ class DecisionLog:
         )
 
 
+_CONTENT_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
+_DATABASE_ERRORS = (sa_exc.SQLAlchemyError, psycopg.Error, OSError, TimeoutError)
+
+
 def _refused(exc: BaseException) -> bool:
-    """Did SQL refuse the data (as opposed to failing as a database)?"""
-    return isinstance(
-        exc, sa_exc.DataError | sa_exc.IntegrityError | psycopg.DataError | psycopg.IntegrityError
-    )
+    """Did SQL refuse the data (as opposed to failing as a database)?
+
+    Looks through what the error wraps (``orig``, ``__cause__``): a data or integrity error, or
+    an error that is neither SQLAlchemy's, the driver's nor the OS's, is about the record.
+    """
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None or isinstance(current, _CONTENT_ERRORS):
+            return current is not None
+        inner = getattr(current, "orig", None) or current.__cause__
+        if inner is None:
+            return not isinstance(current, _DATABASE_ERRORS)
+        current = inner
+    return False
 
 
 def _brief(exc: BaseException) -> str:

@@ -292,18 +292,26 @@ def test_close_without_anything_pending_removes_the_folder(tmp_path: Path, n: in
 
 
 def _refused_record(i: int, database: str) -> DecisionRecord:
-    """A decision SQL refuses for its content: too long for its column (PostgreSQL), or missing a field."""
+    """A decision SQL refuses for its content: too long for its column (PostgreSQL), or missing a
+    field; a lone surrogate (UnicodeEncodeError in the driver), or a NUL character (PostgreSQL)."""
     rec = record(i)
+    if database.endswith("-surrogate"):
+        return DecisionRecord(dataclasses.replace(rec.row, question="refund \ud800 please"))
+    if database.endswith("-nul"):
+        return DecisionRecord(dataclasses.replace(rec.row, draft="refund \x00 please"))
     if database == "postgresql":
         return DecisionRecord(dataclasses.replace(rec.row, scorer_version="v" * 300))  # String(200)
     return DecisionRecord(dataclasses.replace(rec.row, channel=None))  # NOT NULL
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "database",
+    ["sqlite", "postgresql", "sqlite-surrogate", "postgresql-surrogate", "postgresql-nul"],
+)
 def test_a_decision_sql_refuses_is_set_aside_and_does_not_block_the_log(
     tmp_path: Path, database: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue("pg_url" if database == "postgresql" else "sqlite_url")
+    url = request.getfixturevalue("pg_url" if database.startswith("postgresql") else "sqlite_url")
     migrate(url)
     store = Store.open(url)
     refused = _refused_record(3, database)
