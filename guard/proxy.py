@@ -27,6 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from guard.body import read_body
+from guard.edge_text import LIMITS, checked, repaired
 from guard.errors import (
     BadRequest,
     FetchError,
@@ -117,6 +118,12 @@ class _Stream:
     done: bool = False
 
 
+def _header(request: Request, name: str, column: str) -> str | None:
+    """A header holding a decision field, within its column's limit and storable (else a 422)."""
+    value = request.headers.get(name)
+    return None if value is None else checked(value, f"'{name}'", limit=LIMITS[column])
+
+
 class Proxy:
     def __init__(
         self,
@@ -164,10 +171,12 @@ class Proxy:
             headers = self._upstream_headers(request, state.get("guard_key"))
             url = s.upstream_url.rstrip("/") + "/chat/completions"
             check = CheckRequest(
-                question=turn.text[-s.max_question_chars :],
+                question=checked(turn.text[-s.max_question_chars :], "the last user message"),
                 reply="",
-                channel=state.get("guard_channel") or request.headers.get("x-guard-channel") or "default",
-                conversation_id=request.headers.get("x-guard-conversation-id"),
+                channel=state.get("guard_channel")
+                or _header(request, "x-guard-channel", "channel")
+                or "default",
+                conversation_id=_header(request, "x-guard-conversation-id", "conversation_id"),
             )
             try:
                 async with asyncio.timeout(s.upstream_timeout_s):
@@ -252,7 +261,7 @@ class Proxy:
         image = await image_task if image_task is not None else None
         req = CheckRequest(
             question=check.question,
-            reply=draft,
+            reply=repaired(draft),  # the upstream's text: nobody to refuse it to
             channel=check.channel,
             conversation_id=check.conversation_id,
             image=image,
