@@ -322,6 +322,17 @@ class Spool:
             with self._lock:
                 self._torn = True
 
+    def probe(self) -> None:
+        """A small durable write in the spool's folder (raises while the disk is full or failing)."""
+        path = self.root / f"{self._owner}.probe"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"probe\n" * 64)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+
     @property
     def rejected_path(self) -> Path:
         return self.root / REJECTED_FILE
