@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from guard.body import parse_json, read_body, replay
+from guard.edge_text import LIMITS, checked
 from guard.errors import BadRequest, InvalidField, NotFound, Unavailable
 from guard.images import DecodedImage, decode_base64, decode_image
 from guard.keys import request_channel, sees_channel
@@ -76,7 +77,7 @@ async def _parse_multipart(
 
 def _channel(request: Request, fields: Mapping[str, Any]) -> str:
     """The request's channel: the API key's when a key was used (a key cannot act for another channel)."""
-    return request_channel(request.scope, _text(fields, "channel", limit=100, required=False))
+    return request_channel(request.scope, _text(fields, "channel", limit=LIMITS["channel"], required=False))
 
 
 def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -> str | None:
@@ -87,20 +88,7 @@ def _text(fields: Mapping[str, Any], name: str, *, limit: int, required: bool) -
         return None
     if not isinstance(value, str):
         raise InvalidField("wrong_type", f"'{name}' must be a string, not {type(value).__name__}")
-    if len(value) > limit:
-        raise InvalidField("too_long", f"'{name}' is {len(value)} characters; the limit is {limit}")
-    _storable(value, f"'{name}'")
-    return value
-
-
-def _storable(value: str, what: str) -> None:
-    """Refuse text no database can keep verbatim: NUL characters and unpaired surrogates."""
-    if "\x00" in value:
-        raise InvalidField("invalid_text", f"{what} contains a NUL character (\\u0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidField("invalid_text", f"{what} contains an unpaired surrogate") from None
+    return checked(value, f"'{name}'", limit=limit)
 
 
 async def _image(
@@ -142,7 +130,7 @@ async def check_request(request: Request) -> CheckRequest:
     reply = _text(fields, "reply", limit=settings.max_reply_chars, required=True)
     assert question is not None and reply is not None
     channel = _channel(request, fields)
-    conversation_id = _text(fields, "conversation_id", limit=200, required=False)
+    conversation_id = _text(fields, "conversation_id", limit=LIMITS["conversation_id"], required=False)
     locale = _text(fields, "locale", limit=16, required=False)
     candidates = fields.get("candidates") or []
     if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
@@ -154,7 +142,7 @@ async def check_request(request: Request) -> CheckRequest:
             raise InvalidField(
                 "too_long", f"candidate #{i + 1} is over {settings.max_reply_chars} characters"
             )
-        _storable(c, f"candidate #{i + 1}")
+        checked(c, f"candidate #{i + 1}")
     if not reply.strip():
         raise InvalidField("empty_reply", "'reply' is empty: there is nothing to guard")
     image = await _image(fields, upload, settings, rt)

@@ -62,8 +62,12 @@ async def readyz(request: Request) -> Response:
     except Exception:
         checks["sql"] = False
     checks["cache"] = await rt.cache.ping()
-    ready = checks["scorer"] and checks["sql"]
-    return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    # Not ready while decisions cannot be made durable (a full or failing spool disk).
+    spool = await rt.decision_log.probe_spool()
+    checks["spool"] = spool != "failing"
+    ready = checks["scorer"] and checks["sql"] and checks["spool"]
+    body = {"ready": ready, "checks": checks, "spool": {"state": spool, "error": rt.decision_log.spool_error}}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 async def metrics_endpoint(request: Request) -> Response:

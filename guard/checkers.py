@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 import httpx2
 from starlette.types import Scope
 
+from guard.edge_text import fitted, repaired
 from guard.errors import ImageError
 from guard.images import DecodedImage, decode_image
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
@@ -112,6 +114,25 @@ class Checker(Protocol):
     async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict: ...
 
 
+def storable(parts: RequestParts, reply: str) -> tuple[RequestParts, str]:
+    """The request and reply as every checker sends them (the middleware cannot refuse a request).
+
+    NUL characters and unpaired surrogates are replaced with U+FFFD; a conversation id or channel
+    over its column's limit is cut to it with a hash of the whole (guard/edge_text.py), so the
+    decision of any answered request reaches SQL.
+    """
+    fixed = dataclasses.replace(
+        parts,
+        question=repaired(parts.question),
+        conversation_id=None
+        if parts.conversation_id is None
+        else fitted(parts.conversation_id, "conversation_id"),
+        channel=None if parts.channel is None else fitted(parts.channel, "channel"),
+        locale=None if parts.locale is None else repaired(parts.locale),
+    )
+    return fixed, repaired(reply)
+
+
 class LocalGuard:
     """The guard in-process: opens the same resources as ``guard serve`` (SQL, cache, scorer, ...).
 
@@ -163,6 +184,7 @@ class LocalGuard:
 
     async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict:
         guard = self.guard
+        parts, reply = storable(parts, reply)
         req = CheckRequest(
             question=parts.question[-guard.settings.max_question_chars :],
             reply=reply,
@@ -223,6 +245,7 @@ class HttpChecker:
         return str(body["image_id"])
 
     async def check(self, parts: RequestParts, reply: str, image: object | None) -> Verdict:
+        parts, reply = storable(parts, reply)
         doc: dict[str, Any] = {
             "question": parts.question,
             "reply": reply,

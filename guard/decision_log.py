@@ -27,9 +27,10 @@ from typing import Any
 import psycopg
 from sqlalchemy import exc as sa_exc
 
+from guard.errors import Unavailable
 from guard.metrics import Metrics
 from guard.records import DecisionRecord
-from guard.settings import Settings
+from guard.settings import Settings, SpoolOnError
 from guard.spool import Spool, encode_record, iter_batches, read_segment
 from guard.store import Store
 
@@ -49,6 +50,7 @@ class DecisionLog:
         spool: Spool | None = None,
         max_retry_delay_s: float = 5.0,
         linger_s: float = 0.0,
+        on_spool_error: SpoolOnError = "503",
     ) -> None:
         self._store = store
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
@@ -69,6 +71,9 @@ class DecisionLog:
         self.spool_errors = 0
         self.skipped_lines = 0
         self.rejected = 0
+        self._on_spool_error = on_spool_error
+        self.spool_error: str | None = None
+        """Why the last append to the spool failed, while it fails (None: the spool writes)."""
 
     def start(self) -> None:
         if self._spool is not None:
@@ -100,11 +105,21 @@ class DecisionLog:
             seq: int | None
             try:
                 seq = await loop.run_in_executor(self._io, self._spool.append, data, len(group))
-            except Exception:
-                # Disk full or failing: the decisions are still logged through memory (not durable).
+            except Exception as exc:
                 self.spool_errors += 1
+                self.spool_error = _brief(exc)
+                if self._on_spool_error == "503":  # not durable: not answered either
+                    log.error(
+                        "spool: could not append %d decisions (%s); answering 503", len(group), _brief(exc)
+                    )
+                    for _line, _record, done in group:
+                        if not done.done():
+                            done.set_exception(SpoolUnavailable(self.spool_error))
+                    continue
                 log.exception("spool: could not append %d decisions; queuing them in memory only", len(group))
                 seq = None
+            else:
+                self.spool_error = None
             for _line, record, done in group:
                 try:
                     self._queue.put_nowait((seq, record))
@@ -116,6 +131,24 @@ class DecisionLog:
                 if not done.done():
                     done.set_result(None)
 
+    @property
+    def spool_state(self) -> str:
+        """ "ok" (appends succeed), "failing" (the last append failed) or "off" (no spool)."""
+        if self._spool is None:
+            return "off"
+        return "failing" if self.spool_error is not None else "ok"
+
+    async def probe_spool(self) -> str:
+        """The spool's state; while it fails, first try a small durable write (has it recovered?)."""
+        if self._spool is not None and self.spool_error is not None:
+            try:
+                await self._in_io(self._spool.probe)
+            except Exception as exc:
+                self.spool_error = _brief(exc)
+            else:
+                self.spool_error = None
+        return self.spool_state
+
     def register_metrics(self, metrics: Metrics) -> None:
         metrics.gauge("guard_decision_log_written_total", lambda: float(self.written))
         metrics.gauge("guard_decision_log_failures_total", lambda: float(self.failures))
@@ -126,6 +159,7 @@ class DecisionLog:
             metrics.gauge("guard_spool_appends_total", lambda: float(spool.appends))
             metrics.gauge("guard_spool_fsyncs_total", lambda: float(spool.fsyncs))
             metrics.gauge("guard_spool_errors_total", lambda: float(self.spool_errors))
+            metrics.gauge("guard_spool_failing", lambda: float(self.spool_error is not None))
 
     # State --------------------------------------------------------------------------------------
 
@@ -224,11 +258,13 @@ class DecisionLog:
     async def _write(self, batch: list[DecisionRecord]) -> None:
         """Write ``batch`` to SQL, retrying (with backoff) until the database takes it.
 
-        A batch that SQL refuses for its content (DataError, IntegrityError: a value too long for
-        its column, a field missing from an old spool line) is split and its decisions written one
-        by one; a decision refused on its own is set aside (``_reject``) so that it cannot block
-        the log. Every other error (connection lost, read-only, locked) is the database's and is
-        retried.
+        A batch that SQL refuses for its content is split and its decisions written one by one; a
+        decision refused on its own is set aside (``_reject``) so that it cannot block the log.
+        Refused for its content means: the database's DataError or IntegrityError (a value too long
+        for its column, a field missing from an old spool line), or any error that is not the
+        database's at all, whatever its type (the driver's UnicodeEncodeError on a lone surrogate,
+        a ValueError on a NUL character). The database's own errors (connection lost, read-only,
+        locked, timed out: SQLAlchemy, driver and OS errors) are retried.
         """
         delay = 0.05
         while True:
@@ -280,11 +316,34 @@ class DecisionLog:
         )
 
 
+_CONTENT_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, psycopg.IntegrityError)
+_DATABASE_ERRORS = (sa_exc.SQLAlchemyError, psycopg.Error, OSError, TimeoutError)
+
+
+class SpoolUnavailable(Unavailable):
+    """A decision could not be made durable (GUARD_SPOOL_ON_ERROR=503): the request is answered 503."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            "spool_unavailable", f"the decision could not be written to the local spool ({why}); try again"
+        )
+
+
 def _refused(exc: BaseException) -> bool:
-    """Did SQL refuse the data (as opposed to failing as a database)?"""
-    return isinstance(
-        exc, sa_exc.DataError | sa_exc.IntegrityError | psycopg.DataError | psycopg.IntegrityError
-    )
+    """Did SQL refuse the data (as opposed to failing as a database)?
+
+    Looks through what the error wraps (``orig``, ``__cause__``): a data or integrity error, or
+    an error that is neither SQLAlchemy's, the driver's nor the OS's, is about the record.
+    """
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None or isinstance(current, _CONTENT_ERRORS):
+            return current is not None
+        inner = getattr(current, "orig", None) or current.__cause__
+        if inner is None:
+            return not isinstance(current, _DATABASE_ERRORS)
+        current = inner
+    return False
 
 
 def _brief(exc: BaseException) -> str:
@@ -301,4 +360,5 @@ def open_decision_log(store: Store, settings: Settings) -> DecisionLog:
         batch_size=settings.log_batch_size,
         spool=spool,
         linger_s=settings.log_linger_ms / 1000,
+        on_spool_error=settings.spool_on_error,
     )

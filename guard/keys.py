@@ -15,20 +15,26 @@ first start and logs it once. ``GUARD_AUTH=required`` always asks for a key.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import logging
+import os
 import re
 import secrets
 import time
+from pathlib import Path
 from typing import get_args
 
 from starlette.types import Scope
 
 from guard.errors import ConfigError, Forbidden, Unavailable
 from guard.settings import AuthMode, Settings
+from guard.spool import spool_key
 from guard.store import Store, bounded
 
 log = logging.getLogger(__name__)
@@ -82,16 +88,109 @@ def ensure_first_key(store: Store, settings: Settings) -> str | None:
     return create_key(store, "default", name="created on first start")
 
 
-class KeyRing:
-    """Looks keys up in SQL, remembering answers for a few seconds (a revoked key dies within ``ttl_s``)."""
+class KeyCopy:
+    """A local copy of the active keys (ids, channels, SHA-256 hashes: never a key itself).
 
-    def __init__(self, store: Store, settings: Settings, ttl_s: float = 5.0) -> None:
+    Kept beside the spool (``<GUARD_SPOOL_DIR>/keys-<database key>.json``, mode 0600) and rewritten
+    while SQL answers, so that a guard restarted while the database is down still knows its keys.
+    A key revoked before the last copy is not in it, and stays refused.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._keys: dict[str, tuple[str, str]] | None = None
+
+    def save(self, keys: dict[str, tuple[str, str]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({k: list(v) for k, v in keys.items()}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        self._keys = dict(keys)
+
+    def load(self) -> dict[str, tuple[str, str]] | None:
+        """The keys of the last copy, or None when there is none (or it cannot be read)."""
+        if self._keys is None:
+            try:
+                doc = json.loads(self.path.read_text())
+                self._keys = {str(k): (str(v[0]), str(v[1])) for k, v in doc.items()}
+            except (OSError, ValueError, TypeError, IndexError, AttributeError):
+                return None
+        return self._keys
+
+
+def key_copy(settings: Settings) -> KeyCopy | None:
+    """The local key copy of ``settings`` (None without a spool directory)."""
+    if not settings.spool_dir:
+        return None
+    return KeyCopy(Path(settings.spool_dir) / f"keys-{spool_key(settings.database_url)}.json")
+
+
+class KeyRing:
+    """Looks keys up in SQL, remembering answers for a few seconds (a revoked key dies within ``ttl_s``).
+
+    When SQL does not answer and no answer for the key is remembered, the local copy
+    (:class:`KeyCopy`, refreshed every ``copy_every_s`` while SQL answers) decides.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        ttl_s: float = 5.0,
+        *,
+        copy: KeyCopy | None = None,
+        copy_every_s: float = 10.0,
+    ) -> None:
         check_mode(settings)
         self._store = store
         self._settings = settings
         self._ttl = ttl_s
         self._known: dict[str, tuple[float, str | None]] = {}
         self._any: tuple[float, bool] | None = None
+        self._copy = copy
+        self._copy_every = copy_every_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh_copy(self) -> bool:
+        """Rewrite the local copy from SQL; False (and the old copy kept) when SQL does not answer."""
+        if self._copy is None:
+            return False
+        try:
+            keys = await bounded(self._settings.sql_timeout_s, self._store.active_api_keys)
+            await asyncio.to_thread(self._copy.save, keys)
+        except Exception as exc:
+            log.warning("API keys: the local copy was not refreshed (%s)", type(exc).__name__)
+            return False
+        return True
+
+    def start(self) -> None:
+        if self._copy is not None:
+            self._task = asyncio.create_task(self._refresh_loop(), name="api-key-copy")
+
+    async def stop(self) -> None:
+        """Stop refreshing the copy, after a last refresh (keys revoked meanwhile leave it)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            await self.refresh_copy()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self.refresh_copy()
+            await asyncio.sleep(self._copy_every)
+
+    def _copied(self, key_id: str, digest: str) -> str | None:
+        """The channel of the key by the local copy; KeysUnavailable when there is no copy."""
+        keys = None if self._copy is None else self._copy.load()
+        if keys is None:
+            raise KeysUnavailable
+        found = keys.get(key_id)
+        return found[0] if found is not None and hmac.compare_digest(digest, found[1]) else None
 
     async def channel_of(self, key: str) -> str | None:
         """The channel ``key`` is bound to, or None when it is not an active key.
@@ -110,9 +209,12 @@ class KeyRing:
             return hit[1]
         try:
             found = await bounded(self._settings.sql_timeout_s, self._store.api_key, match.group(1))
-        except Exception as exc:
+        except Exception:
             if hit is None:
-                raise KeysUnavailable from exc
+                log.warning(
+                    "API keys: SQL did not answer; key %s is checked in the local copy", match.group(1)
+                )
+                return self._copied(match.group(1), digest)
             log.warning("API keys: SQL did not answer; the last answer for key %s stands", match.group(1))
             self._known[digest] = (now + self._ttl, hit[1])
             return hit[1]
@@ -136,7 +238,10 @@ class KeyRing:
                 self._any = (now + self._ttl, count > 0)
             except Exception as exc:
                 if self._any is None:
-                    raise KeysUnavailable from exc
+                    copied = None if self._copy is None else self._copy.load()
+                    if copied is None:
+                        raise KeysUnavailable from exc
+                    self._any = (now, bool(copied))
                 log.warning("API keys: SQL did not answer; the last count stands")
                 self._any = (now + self._ttl, self._any[1])
         return not self._any[1]

@@ -39,6 +39,7 @@ from guard.completions import (
     rewrite_plain,
     rewrite_stream,
 )
+from guard.edge_text import LIMITS, checked, repaired
 from guard.errors import (
     BadRequest,
     FetchError,
@@ -139,6 +140,12 @@ def customer_text(result: CheckResult) -> str:
     return result.reply if result.reply is not None else result.holding_message or ""
 
 
+def _header(request: Request, name: str, column: str) -> str | None:
+    """A header holding a decision field, within its column's limit and storable (else a 422)."""
+    value = request.headers.get(name)
+    return None if value is None else checked(value, f"'{name}'", limit=LIMITS[column])
+
+
 class Proxy:
     def __init__(
         self,
@@ -186,10 +193,10 @@ class Proxy:
             headers = self._upstream_headers(request, state.get("guard_key"))
             url = s.upstream_url.rstrip("/") + "/chat/completions"
             check = CheckRequest(
-                question=turn.text[-s.max_question_chars :],
+                question=checked(turn.text[-s.max_question_chars :], "the last user message"),
                 reply="",
                 channel=channel,
-                conversation_id=request.headers.get("x-guard-conversation-id"),
+                conversation_id=_header(request, "x-guard-conversation-id", "conversation_id"),
             )
             try:
                 async with asyncio.timeout(s.upstream_timeout_s):
@@ -274,7 +281,7 @@ class Proxy:
         image = await image_task if image_task is not None else None
         req = CheckRequest(
             question=check.question,
-            reply=draft,
+            reply=repaired(draft),  # the upstream's text: nobody to refuse it to
             channel=check.channel,
             conversation_id=check.conversation_id,
             image=image,

@@ -28,7 +28,7 @@ from guard.decision_log import DecisionLog, open_decision_log
 from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavailable
 from guard.handoff import Handoff, HandoffSink
 from guard.images import DecodedImage, decode_image
-from guard.keys import KeyRing, ensure_first_key
+from guard.keys import KeyRing, ensure_first_key, key_copy
 from guard.metrics import Metrics
 from guard.ocr import OcrService, open_ocr
 from guard.pipeline import Pipeline, PolicyBook, ScoringService
@@ -149,8 +149,10 @@ class Runtime:
                 metrics,
                 ocr=ocr,
             )
-            keys = KeyRing(store, s)
+            keys = KeyRing(store, s, copy=key_copy(s))
             await _first_key(store, s)
+            keys.start()
+            stack.push_async_callback(keys.stop)
             fetcher = ImageFetcher(
                 HostAllowlist.parse(s.image_fetch_allow_hosts),
                 max_bytes=s.max_body_bytes,
@@ -218,7 +220,12 @@ class Runtime:
 
 
 async def _first_key(store: Store, settings: Settings) -> None:
-    first = await asyncio.to_thread(ensure_first_key, store, settings)
+    try:
+        first = await bounded(settings.sql_timeout_s, ensure_first_key, store, settings)
+    except (TimeoutError, SQLAlchemyError) as exc:
+        # Started while the database is down: the keys are checked against the local copy.
+        log.warning("API keys: SQL did not answer at start-up (%s); using the local copy", type(exc).__name__)
+        return
     if first is not None:
         log.warning(
             "no API key existed and the guard listens on %s, so one was created for channel "

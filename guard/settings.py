@@ -21,6 +21,7 @@ AuthMode = Literal["auto", "required"]
 RerankerTemplate = Literal["auto", "lychee", "qwen3-vl"]
 RemoteQuery = Literal["text", "document", "multimodal"]
 RemoteApi = Literal["rerank", "score", "tei"]
+SpoolOnError = Literal["503", "memory"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,9 @@ class Settings:
     """How long the writer waits for a batch to fill when few decisions wait (fewer, cheaper writes)."""
     spool_dir: str | None = "var/spool"
     """Durable local journal of decisions on their way to SQL (fsync'd before the response); empty: none."""
+    spool_on_error: SpoolOnError = "503"
+    """When a decision cannot be appended to the spool (disk full or failing): "503" answers 503
+    (nothing is answered that is not durable), "memory" answers and keeps the decision in memory only."""
     scorer_breaker_failures: int = 5
     """Consecutive scorer failures (errors, timeouts, NaN) that open the scorer's circuit breaker."""
     scorer_breaker_cooldown_s: float = 10.0

@@ -13,9 +13,9 @@ of owners whose lock is free (dead processes) and adopts them, so a few uvicorn 
 share one spool directory. Segments are kept per database so a spool is never replayed into
 another database.
 
-A torn last line (the process died inside a write) was never acknowledged to a client; it is
-skipped on replay. The methods here are blocking and thread-safe; the decision log calls them
-from one worker thread.
+A torn line (the process died inside a write, or a write failed half-way) was never acknowledged
+to a client; it is skipped on replay, and a complete record glued after it is still read. The
+methods here are blocking and thread-safe; the decision log calls them from one worker thread.
 """
 
 from __future__ import annotations
@@ -102,8 +102,17 @@ def decode_record(line: bytes) -> DecisionRecord:
     )
 
 
+_RECORD_START = b'{"d":'
+"""How every spool line begins; inside a line it can only start another record glued to a torn one
+(strings are written as ASCII JSON, so a quote inside a value is always escaped)."""
+
+
 def read_segment(path: Path) -> tuple[list[DecisionRecord], int]:
-    """The records in a segment and how many lines could not be read (a torn last line, say)."""
+    """The records in a segment and how many torn pieces could not be read.
+
+    A torn write (never acknowledged) is skipped: a last line without its newline, or the start
+    of a line that the next, complete record was appended to (read from where that record begins).
+    """
     records: list[DecisionRecord] = []
     bad = 0
     with path.open("rb") as f:
@@ -111,11 +120,26 @@ def read_segment(path: Path) -> tuple[list[DecisionRecord], int]:
             if not line.endswith(b"\n"):
                 bad += 1  # torn write: never acknowledged
                 continue
-            try:
-                records.append(decode_record(line))
-            except (ValueError, KeyError, TypeError):
+            found = _decoded(line)
+            if found is None:
                 bad += 1
+            else:
+                records.append(found[0])
+                bad += found[1]
     return records, bad
+
+
+def _decoded(line: bytes) -> tuple[DecisionRecord, int] | None:
+    """The record a line ends with and how many torn pieces came before it (None: none readable)."""
+    start = 0
+    torn = 0
+    while start >= 0:
+        try:
+            return decode_record(line[start:]), torn
+        except (ValueError, KeyError, TypeError):
+            torn = 1
+            start = line.find(_RECORD_START, start + 1)
+    return None
 
 
 # The spool --------------------------------------------------------------------------------------
@@ -145,6 +169,7 @@ class Spool:
         self._seq = 0
         self._fd: int | None = None
         self._size = 0
+        self._torn = False
         self.appends = 0
         self.fsyncs = 0
 
@@ -249,32 +274,64 @@ class Spool:
         self._segments[seq] = _Segment(path)
 
     def _rotate(self) -> None:
-        assert self._fd is not None
-        os.close(self._fd)
-        self._open_segment(self._seq + 1)
+        old = self._fd
+        assert old is not None
+        self._open_segment(self._seq + 1)  # if this fails, the old segment stays the active one
+        os.close(old)
+        self._torn = False
         _fsync_dir(self.root)
         self._collect()
 
     def append(self, data: bytes, count: int) -> int:
-        """Append ``count`` records (``data``, whole lines) durably; returns their segment number."""
+        """Append ``count`` records (``data``, whole lines) durably; returns their segment number.
+
+        A write or fsync that fails (ENOSPC, EIO) raises, and leaves no partial line behind: the
+        segment is truncated back to where the append began or, if even that fails, the next
+        append starts a new segment (replay also reads the complete records after a torn line).
+        """
         with self._lock:
             if self._fd is None:
                 raise RuntimeError("the spool is closed")
-            if self._size >= self._segment_bytes:
+            if self._size >= self._segment_bytes or self._torn:
                 self._rotate()
-            fd, seq = self._fd, self._seq
+            fd, seq, start = self._fd, self._seq, self._size
         # Only the decision log's one spool thread writes, so the fsync runs outside the lock.
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            self._undo(fd, start)
+            raise
         with self._lock:
             self._size += len(data)
             self._segments[seq].appended += count
             self.appends += count
             self.fsyncs += 1
         return seq
+
+    def _undo(self, fd: int, start: int) -> None:
+        """After a failed append: cut the segment back to ``start``, or move on to a new segment."""
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError:
+            log.exception("spool: could not cut a failed append back; the next append starts a new segment")
+            with self._lock:
+                self._torn = True
+
+    def probe(self) -> None:
+        """A small durable write in the spool's folder (raises while the disk is full or failing)."""
+        path = self.root / f"{self._owner}.probe"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"probe\n" * 64)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
 
     @property
     def rejected_path(self) -> Path:

@@ -289,6 +289,14 @@ class Store(Database):
             rows = s.scalars(select(ApiKey).order_by(ApiKey.created_at))
             return [from_orm(ApiKeyRow, r) for r in rows]
 
+    def active_api_keys(self) -> dict[str, tuple[str, str]]:
+        """key id -> (channel, key hash) of every active key (for the guard's local copy)."""
+        with self.session() as s:
+            rows = s.execute(
+                select(ApiKey.id, ApiKey.channel, ApiKey.key_hash).where(ApiKey.revoked_at.is_(None))
+            )
+            return {key_id: (channel, key_hash) for key_id, channel, key_hash in rows}
+
     def count_api_keys(self) -> int:
         """Active (not revoked) keys."""
         with self.session() as s:

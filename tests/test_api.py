@@ -248,7 +248,12 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
     post(client, "x [score=0.8]")
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"scorer": True, "sql": True, "cache": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {
+        "scorer": True,
+        "sql": True,
+        "cache": True,
+        "spool": True,
+    }
     text = client.get("/metrics").text
     assert 'guard_decisions_total{action="send"} 1' in text
     assert "guard_decision_latency_ms_count 1" in text

@@ -18,7 +18,7 @@ from typing import Any, ParamSpec
 
 import pytest
 
-from guard.decision_log import DecisionLog
+from guard.decision_log import DecisionLog, SpoolUnavailable
 from guard.records import DecisionRecord, DecisionRow
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
 from guard.store import Store, migrate
@@ -260,22 +260,45 @@ def test_sigkill_mid_write_a_torn_line_is_skipped_and_the_rest_lands(tmp_path: P
         store.close()
 
 
-def test_an_unwritable_spool_still_logs_the_decision(tmp_path: Path) -> None:
+def test_an_unwritable_spool_in_memory_mode_still_logs_the_decision(tmp_path: Path) -> None:
     async def go() -> FlakyStore:
         store = FlakyStore()
         spool = Spool(tmp_path, "sqlite:///x.db")
-        log = DecisionLog(store, spool=spool)  # type: ignore[arg-type]
+        log = DecisionLog(store, spool=spool, on_spool_error="memory")  # type: ignore[arg-type]
         log.start()
         assert spool._fd is not None
         os.close(spool._fd)  # the disk fails under it: EBADF on the next append
         spool._fd = os.open(os.devnull, os.O_RDONLY)
         await log.put(record(1))
         await asyncio.wait_for(log.flush(), 5)
-        assert log.spool_errors == 1
+        assert log.spool_errors == 1 and log.spool_state == "failing"
         await log.stop()
         return store
 
     assert list(asyncio.run(go()).rows) == [record(1).row.id]
+
+
+def test_an_unwritable_spool_by_default_refuses_the_decision_until_it_writes_again(tmp_path: Path) -> None:
+    async def go() -> FlakyStore:
+        store = FlakyStore()
+        spool = Spool(tmp_path, "sqlite:///x.db")
+        log = DecisionLog(store, spool=spool)  # type: ignore[arg-type]
+        log.start()
+        assert spool._fd is not None and log.spool_state == "ok"
+        good_fd, spool._fd = spool._fd, os.open(os.devnull, os.O_RDONLY)  # EBADF on the next append
+        with pytest.raises(SpoolUnavailable):
+            await log.put(record(1))
+        assert log.spool_state == "failing" and log.spool_error is not None
+        assert await log.probe_spool() == "ok", "the folder itself is writable: the probe succeeds"
+        os.close(spool._fd)
+        spool._fd = good_fd
+        await log.put(record(2))
+        await asyncio.wait_for(log.flush(), 5)
+        assert log.spool_state == "ok"
+        await log.stop()
+        return store
+
+    assert list(asyncio.run(go()).rows) == [record(2).row.id], "the refused decision was not answered"
 
 
 @pytest.mark.parametrize("n", [0, 1])
@@ -292,18 +315,26 @@ def test_close_without_anything_pending_removes_the_folder(tmp_path: Path, n: in
 
 
 def _refused_record(i: int, database: str) -> DecisionRecord:
-    """A decision SQL refuses for its content: too long for its column (PostgreSQL), or missing a field."""
+    """A decision SQL refuses for its content: too long for its column (PostgreSQL), or missing a
+    field; a lone surrogate (UnicodeEncodeError in the driver), or a NUL character (PostgreSQL)."""
     rec = record(i)
+    if database.endswith("-surrogate"):
+        return DecisionRecord(dataclasses.replace(rec.row, question="refund \ud800 please"))
+    if database.endswith("-nul"):
+        return DecisionRecord(dataclasses.replace(rec.row, draft="refund \x00 please"))
     if database == "postgresql":
         return DecisionRecord(dataclasses.replace(rec.row, scorer_version="v" * 300))  # String(200)
     return DecisionRecord(dataclasses.replace(rec.row, channel=None))  # NOT NULL
 
 
-@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+@pytest.mark.parametrize(
+    "database",
+    ["sqlite", "postgresql", "sqlite-surrogate", "postgresql-surrogate", "postgresql-nul"],
+)
 def test_a_decision_sql_refuses_is_set_aside_and_does_not_block_the_log(
     tmp_path: Path, database: str, request: pytest.FixtureRequest
 ) -> None:
-    url = request.getfixturevalue("pg_url" if database == "postgresql" else "sqlite_url")
+    url = request.getfixturevalue("pg_url" if database.startswith("postgresql") else "sqlite_url")
     migrate(url)
     store = Store.open(url)
     refused = _refused_record(3, database)
