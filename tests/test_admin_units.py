@@ -61,7 +61,7 @@ def test_replay_keeps_an_uncertain_decision_uncertain_under_the_drafts_action(
     draft = dataclasses.replace(default_policy(), uncertain_action=uncertain_action)
 
     def replayed(reason: str | None) -> str:
-        row = {"score": score, "action": "review", "outcome": None, "uncertain_reason": reason}
+        row = ReplayRow(score=score, action="review", outcome=None, uncertain_reason=reason)
         (action,) = [a for a, n in traffic.replay([row], draft).new_counts.items() if n]
         return action
 
