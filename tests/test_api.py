@@ -266,7 +266,9 @@ class ReadsInstruction(FakeScorer):
     """FakeScorer that says it read the instruction (as the reranker does)."""
 
     def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
-        return [ScoreResult(r.score, r.inputs_used, True) for r in super().score_batch(items)]
+        return [
+            ScoreResult(r.score, r.inputs_used, instruction_used=True) for r in super().score_batch(items)
+        ]
 
 
 @pytest.mark.parametrize("reads", [False, True])

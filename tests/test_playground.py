@@ -38,7 +38,9 @@ class InstructionScorer(FakeScorer):
         out = super().score_batch(items)
         return [
             ScoreResult(
-                max(r.score - 0.3, 0.0) if STRICT in item.instruction else r.score, r.inputs_used, True
+                max(r.score - 0.3, 0.0) if STRICT in item.instruction else r.score,
+                r.inputs_used,
+                instruction_used=True,
             )
             for item, r in zip(items, out, strict=True)
         ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -56,6 +56,7 @@ class ScoreResult:
     """Calibrated score in [0, 1] (NaN is treated as an error by the pipeline)."""
     inputs_used: tuple[str, ...]
     """Which inputs the score was computed from: "question", "image_text", "image", "reply"."""
+    _: KW_ONLY
     uncertain: bool = False
     """The scorer cannot judge this case (e.g. no issue stated and the photo unseen)."""
     uncertain_reason: str | None = None
