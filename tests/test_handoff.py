@@ -128,6 +128,10 @@ def test_escalations_and_reviews_reach_the_webhook_signed_and_retried(
             "My parcel never came",
         )
         assert case["reply"] == "ok [score=0.45]" and case["score"] == 0.45
+        decided = {
+            k: held["review"][k] for k in ("issue_kind", "uncertain", "uncertain_reason", "instruction_used")
+        }
+        assert {k: case[k] for k in decided} == decided, "the webhook carries what the decision says"
         assert case["case_url"] == f"https://guard.example/admin/cases/{held['review']['escalation_id']}"
 
         # A supervisor edits the reviewed draft: the final reply goes out the same way and is pollable.
