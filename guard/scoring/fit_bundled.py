@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from guard.evaluation import auroc
 from guard.scoring.base import ScoreInput
 from guard.scoring.bundled import (
     CALIBRATION_PATH,
@@ -431,18 +432,10 @@ def take(f: Features, mask: NDArray[np.bool_]) -> Features:
 # ------------------------------------------------------------------ metrics
 
 
-def auroc(pos: NDArray[np.float64], neg: NDArray[np.float64]) -> float:
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    allv = np.concatenate([pos, neg])
-    ranks = np.empty(len(allv))
-    order = np.argsort(allv, kind="mergesort")
-    ranks[order] = np.arange(1, len(allv) + 1)
-    for v in np.unique(allv):  # average ranks of ties
-        m = allv == v
-        if m.sum() > 1:
-            ranks[m] = ranks[m].mean()
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+def _auroc(pos: NDArray[np.float64], neg: NDArray[np.float64]) -> float:
+    """guard.evaluation's AUROC over arrays; NaN when a side is empty (the table prints it as such)."""
+    value = auroc(pos.tolist(), neg.tolist())
+    return float("nan") if value is None else value
 
 
 def decision_agreement(scores: NDArray[np.float64], grades: NDArray[np.int64]) -> float:
@@ -460,8 +453,8 @@ def metrics(scores: NDArray[np.float64], grades: NDArray[np.int64]) -> dict[str,
     g0 = scores[grades == 0]
     return {
         "n": float(len(grades)),
-        "auc_2_vs_rest": auroc(scores[grades == 2], scores[grades != 2]),
-        "auc_ge1_vs_0": auroc(scores[grades >= 1], scores[grades == 0]),
+        "auc_2_vs_rest": _auroc(scores[grades == 2], scores[grades != 2]),
+        "auc_ge1_vs_0": _auroc(scores[grades >= 1], scores[grades == 0]),
         "agree": decision_agreement(scores, grades),
         "g0_ge_0.4": _share(g0 >= 0.4),
         "g0_sent": _share(g0 >= 0.7),
