@@ -195,11 +195,6 @@ def test_the_proxy_refuses_what_sql_cannot_keep_and_repairs_the_upstreams_text(
                 content=_chat_body('"hi"'),
                 headers={**json_headers, "x-guard-conversation-id": "c" * 201},
             ),
-            http.post(
-                "/v1/chat/completions",
-                content=_chat_body('"hi"'),
-                headers={**json_headers, "x-guard-channel": "c" * 101},
-            ),
         ]
         for resp in refused:
             assert resp.status_code == 422, resp.text
@@ -211,9 +206,12 @@ def test_the_proxy_refuses_what_sql_cannot_keep_and_repairs_the_upstreams_text(
         at_limit = http.post(
             "/v1/chat/completions",
             content=_chat_body('"hi"'),
-            headers={**json_headers, "x-guard-conversation-id": "c" * 200, "x-guard-channel": "d" * 100},
+            headers={**json_headers, "x-guard-conversation-id": "c" * 200, "x-guard-channel": "d" * 101},
         )
         assert at_limit.status_code == 200, at_limit.text
+        assert _in_sql(pg_url, at_limit.headers["x-guard-decision"]).channel == "default", (
+            "the proxy does not read X-Guard-Channel: the key (or the default) names the channel"
+        )
         for resp in (answered, at_limit):
             decision_id = resp.headers["x-guard-decision"]
             _in_sql(pg_url, decision_id)
