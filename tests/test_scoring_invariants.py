@@ -45,6 +45,25 @@ SPAM = {
         "附近的美女等你来聊。",
     ),
 }
+# Not spam but not customer service either, and unlike both training pools (news, recipes, code).
+UNRELATED = {
+    "en": (
+        "The city council voted to extend the tram line to the airport by 2030.",
+        "Stir the risotto slowly and add the stock one ladle at a time.",
+        "for i in range(10): total += i * i",
+        "The striker was transferred for a record fee over the summer.",
+        "Heavy snow is expected across the northern mountains this weekend.",
+        "The novel follows three generations of a fishing family.",
+    ),
+    "zh": (
+        "市议会投票决定在2030年前把电车线延伸到机场。",
+        "慢慢搅拌烩饭，每次加一勺高汤。",
+        "for i in range(10): total += i * i",
+        "这名前锋在夏天以创纪录的转会费加盟。",
+        "本周末北部山区预计将有大雪。",
+        "这部小说讲述了一个渔民家庭三代人的故事。",
+    ),
+}
 FILLER = {
     "en": (
         "Our store has served happy shoppers for over ten years.",
@@ -169,6 +188,30 @@ PERTURBATIONS: list[tuple[str, Callable[[Row], bool], Make, str]] = [
         "le",
     ),
     (
+        "unrelated_appended",
+        lambda r: r.grade == 2,
+        lambda r, rng: _join(r.lang, r.reply, fill(UNRELATED[r.lang], 3000, rng)),
+        "no_send",
+    ),
+    (
+        "unrelated_appended_le",
+        lambda r: True,
+        lambda r, rng: _join(r.lang, r.reply, fill(UNRELATED[r.lang], 3000, rng)),
+        "le",
+    ),
+    (
+        "one_spam_sentence",
+        lambda r: r.grade == 2,
+        lambda r, rng: _join(r.lang, r.reply, rng.choice(SPAM[r.lang])),
+        "no_send",
+    ),
+    (
+        "one_spam_sentence_le",
+        lambda r: True,
+        lambda r, rng: _join(r.lang, r.reply, rng.choice(SPAM[r.lang])),
+        "le",
+    ),
+    (
         "remedy_to_refusal",
         lambda r: r.grade == 2,
         lambda r, _: _join(r.lang, first_sentence(r.reply), REFUSAL[r.lang]),
@@ -259,10 +302,7 @@ def _lenience(score: float) -> int:
 # Invariants the shipped scorer is known to break (measured; see docs/scoring.md "Where it is weak").
 # strict: the test fails as soon as one of them starts to hold, so this list cannot go stale.
 KNOWN_BROKEN = {
-    "spam_appended": "spam unlike the training pool appended to a good reply raises its score (50/63 sent)",
-    "spam_appended_le": "spam unlike the training pool raises about half of the scores",
-    "filler_after": "filler after a reply raises 4/241 scores by more than the tolerance",
-    "casino_spam": "the issue's casino-spam example is still sent",
+    "one_spam_sentence": "one unseen spam line that reads like a shop's message is not caught: 15/63 sent",
 }
 
 
@@ -312,5 +352,9 @@ def test_good_reply_to_the_seam_is_sent(scored: Scored) -> None:
 )
 def test_canonical_form_is_idempotent_and_drops_repetition(text: str) -> None:
     once = canonicalise(text)
-    assert canonicalise(once.text) == once
-    assert canonicalise(repeat(text, 7)).sentences == once.sentences
+    again = canonicalise(once.text)
+    assert (again.sentences, again.total_chars) == (once.sentences, once.total_chars)
+    repeated = canonicalise(repeat(text, 7))
+    assert repeated.sentences == once.sentences
+    # What the customer reads is counted with every repetition (spam repeated is mass, not content).
+    assert sum(repeated.read_chars) >= 7 * sum(again.read_chars) > 0

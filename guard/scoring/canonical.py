@@ -44,6 +44,8 @@ class CanonicalReply:
     """Unique sentences in order of first appearance (all of them, not only the embedded ones)."""
     total_chars: int
     """Characters of all unique sentences plus any input beyond ``MAX_INPUT_CHARS``."""
+    read_chars: tuple[int, ...]
+    """Per unique sentence, the characters the customer reads of it: every repetition counted."""
 
     @property
     def text(self) -> str:
@@ -53,8 +55,13 @@ class CanonicalReply:
         """The sentences the scorer embeds (the first few, each cut to a bounded length)."""
         return tuple(s[:MAX_SENTENCE_CHARS] for s in self.sentences[:MAX_SENTENCES])
 
-    def embedded_chars(self) -> int:
-        return sum(len(s) for s in self.embedded())
+    def unseen_chars(self) -> int:
+        """Characters of the unique sentences after the embedded ones, plus input beyond the limit."""
+        return self.total_chars - sum(len(s) for s in self.sentences[:MAX_SENTENCES])
+
+    def embedded_read(self) -> tuple[int, ...]:
+        """``read_chars`` of the embedded sentences (same order as :meth:`embedded`)."""
+        return self.read_chars[:MAX_SENTENCES]
 
 
 def _keep(ch: str) -> bool:
@@ -102,14 +109,20 @@ def canonicalise(text: str) -> CanonicalReply:
 
 def sentences_of(cleaned: str, original_chars: int) -> CanonicalReply:
     """Unique sentences of text already passed through :func:`clean_text` (of ``original_chars``)."""
-    seen: set[str] = set()
+    position: dict[str, int] = {}
     sentences: list[str] = []
+    read: list[int] = []
     for raw in _SENTENCE_END.split(cleaned):
-        sentence = collapse_periodic(raw.strip())
+        stripped = raw.strip()
+        sentence = collapse_periodic(stripped)
         key = _KEY.sub("", sentence.lower())
-        if not key or key in seen:
+        if not key:
             continue
-        seen.add(key)
+        if key in position:
+            read[position[key]] += len(stripped)
+            continue
+        position[key] = len(sentences)
         sentences.append(sentence)
+        read.append(len(stripped))
     unseen = max(0, original_chars - MAX_INPUT_CHARS)
-    return CanonicalReply(tuple(sentences), sum(len(s) for s in sentences) + unseen)
+    return CanonicalReply(tuple(sentences), sum(len(s) for s in sentences) + unseen, tuple(read))

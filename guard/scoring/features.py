@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-FEATURES_VERSION = "f2"
+FEATURES_VERSION = "f3"
 """Bump whenever a feature's definition changes (stored in, and checked against, the calibration JSON)."""
 
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
@@ -690,10 +690,27 @@ def feature_vector(
     )
 
 
-def mass_factor(core_share: NDArray[np.float64], full_share: float) -> NDArray[np.float64]:
-    """1 when at least ``full_share`` of the reply was embedded, falling linearly to 0 below.
+@dataclass(frozen=True, slots=True)
+class SentenceHead:
+    """P(a sentence is customer-service talk at all) = sigmoid(e . w + b), from its embedding alone.
 
-    Text the model did not read (beyond the embedded sentences) can only lower a score.
+    Spam, news, recipes or code score low; apologies, remedies and questions about an order high.
+    It only decides which sentences of a reply are read as content at all, never their relevance.
+    """
+
+    w: NDArray[np.float64]
+    b: float
+
+    def proba(self, emb: FloatArray) -> NDArray[np.float64]:
+        return sigmoid(np.asarray(emb, dtype=np.float64) @ self.w + self.b)
+
+
+def mass_factor(core_share: NDArray[np.float64], full_share: float) -> NDArray[np.float64]:
+    """1 when at least ``full_share`` of the reply was read and is about the customer, falling
+    linearly to 0 below.
+
+    Text the model did not read (beyond the embedded sentences) or judged not customer-service talk
+    (spam, news, code: ``SentenceHead``) can only lower a score.
     """
     return np.asarray(np.clip(core_share / max(full_share, 1e-9), 0.0, 1.0), dtype=np.float64)
 

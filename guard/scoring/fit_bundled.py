@@ -34,6 +34,8 @@ from numpy.typing import NDArray
 from guard.evaluation import auroc
 from guard.scoring.base import ScoreInput
 from guard.scoring.bundled import (
+    ABOUT_SURELY_NOT,
+    ABOUT_THRESHOLD,
     CALIBRATION_PATH,
     Calibration,
     Encoder,
@@ -41,14 +43,28 @@ from guard.scoring.bundled import (
     UseEncoder,
     apply_calibration,
     build_features,
+    canonical_reply,
     embed_prototypes,
     parse_calibration,
+    question_text,
 )
-from guard.scoring.features import DENSE_BLOCKS, DENSE_DIM, FEATURE_NAMES, FEATURES_VERSION, GRADE_TARGETS
-from guard.scoring.perturb import Source, generate
+from guard.scoring.features import (
+    DENSE_BLOCKS,
+    DENSE_DIM,
+    FEATURE_NAMES,
+    FEATURES_VERSION,
+    GRADE_TARGETS,
+    Prototypes,
+    SentenceHead,
+)
+from guard.scoring.perturb import SPAM_EN, SPAM_ZH, UNRELATED_EN, UNRELATED_ZH, Source, generate
 
-CALIBRATION_VERSION = "2026.12.01-1"
+CALIBRATION_VERSION = "2026.12.02-1"
 L2 = 3.0
+ABOUT_L2 = 1.0
+"""L2 of the sentence head (``features.SentenceHead``); cross-validated on sentences, 1.0 flags 1.6%
+of the dev replies' sentences and questions as unrelated and 3.4% of the spam / unrelated pool as talk."""
+UNRELATED_POOL: tuple[str, ...] = (*SPAM_EN, *SPAM_ZH, *UNRELATED_EN, *UNRELATED_ZH)
 PCA_DIMS = 48
 N_FOLDS = 5
 INNER_FOLDS = 3
@@ -57,6 +73,8 @@ GENERATED_WEIGHT = 0.5
 SYNTHETIC_WEIGHT = 1.0
 INJECTION_CAP = 0.2
 STUFFING_CAP = 0.3
+UNRELATED_CAP = 0.45
+"""A reply with a line that is surely not customer-service talk is held for review (the review band)."""
 ISSUE_TEMP = 0.05
 UNCERTAIN_ISSUE_COS = 0.3
 MASS_FULL_SHARE = 0.4
@@ -396,6 +414,75 @@ def raw_scores(model: dict[str, Any], f: Features) -> NDArray[np.float64]:
     return model_score(cal, f.dense, f.named)
 
 
+class CachedEncoder:
+    """Embeds each distinct text once per run (cross-validation rebuilds the features per fold)."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self._cache: dict[str, NDArray[np.float32]] = {}
+
+    @property
+    def model_id(self) -> str:
+        return self._encoder.model_id
+
+    def encode(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        new = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if new:
+            self._cache.update(zip(new, self._encoder.encode(new), strict=True))
+        if not texts:
+            return np.zeros((0, DENSE_DIM), dtype=np.float32)
+        return np.vstack([self._cache[t] for t in texts]).astype(np.float32)
+
+
+def talk_texts(cases: Sequence[Case]) -> list[str]:
+    """Customer-service talk: the labelled questions and the sentences of their grade >= 1 replies."""
+    real = [c for c in cases if c.real]
+    return sorted(
+        {question_text(c.item) for c in real}
+        | {s for c in real if c.grade >= 1 for s in canonical_reply(c.item.reply)[0].embedded()}
+    )
+
+
+def fit_about(
+    cases: Sequence[Case], encoder: Encoder, unrelated: Sequence[str] = UNRELATED_POOL
+) -> dict[str, Any]:
+    """Sentence head: ``talk_texts`` are customer-service talk, ``unrelated`` is not (classes
+    weighted equally)."""
+    talk = talk_texts(cases)
+    x = np.vstack([encoder.encode(talk), encoder.encode(unrelated)]).astype(np.float64)
+    target = np.r_[np.ones(len(talk)), np.zeros(len(unrelated))]
+    w, b = fit_logistic(x, target, balanced(target, np.ones(len(target))), ABOUT_L2)
+    return {"w": w, "b": b}
+
+
+def about_report(cases: Sequence[Case], encoder: Encoder) -> str:
+    """The sentence head cross-validated: talk grouped by question, the pool split round-robin."""
+    folds = group_folds([c.qid for c in cases])
+    talk_p: list[float] = []
+    pool_p: list[float] = []
+    for k in range(N_FOLDS):
+        held_pool = [t for i, t in enumerate(UNRELATED_POOL) if i % N_FOLDS == k]
+        train_pool = [t for i, t in enumerate(UNRELATED_POOL) if i % N_FOLDS != k]
+        fitted = fit_about([c for c, f in zip(cases, folds, strict=True) if f != k], encoder, train_pool)
+        head = SentenceHead(w=np.asarray(fitted["w"]), b=float(fitted["b"]))
+        held = [c for c, f in zip(cases, folds, strict=True) if f == k]
+        talk_p.extend(head.proba(encoder.encode(talk_texts(held))).tolist())
+        pool_p.extend(head.proba(encoder.encode(held_pool)).tolist())
+    t, p = np.asarray(talk_p), np.asarray(pool_p)
+    return (
+        f"sentence head (CV): {len(t)} talk sentences, {(t < ABOUT_THRESHOLD).mean():.2%} set aside, "
+        f"{(t < ABOUT_SURELY_NOT).mean():.2%} surely not talk; {len(p)} unrelated, "
+        f"{(p >= ABOUT_THRESHOLD).mean():.2%} read as talk"
+    )
+
+
+def features_for(
+    cases: Sequence[Case], encoder: Encoder, protos: Prototypes, about: dict[str, Any]
+) -> Features:
+    head = SentenceHead(w=np.asarray(about["w"], dtype=np.float64), b=float(about["b"]))
+    return build_features([c.item for c in cases], encoder, protos, head, UNCERTAIN_ISSUE_COS)
+
+
 def fit_all(f: Features, y: NDArray[np.int64], cases: Sequence[Case]) -> dict[str, Any]:
     """Heads on all rows plus a post map fitted on inner out-of-fold raw scores."""
     weights = np.array([case_weight(c) for c in cases])
@@ -423,6 +510,7 @@ def take(f: Features, mask: NDArray[np.bool_]) -> Features:
         named=f.named[idx],
         injection=tuple(f.injection[i] for i in idx),
         stuffing=tuple(f.stuffing[i] for i in idx),
+        unrelated=tuple(f.unrelated[i] for i in idx),
         empty=tuple(f.empty[i] for i in idx),
         core_share=f.core_share[idx],
         states_issue=tuple(f.states_issue[i] for i in idx),
@@ -526,8 +614,13 @@ def base_calibration_dict() -> dict[str, Any]:
         "dense_blocks": list(DENSE_BLOCKS),
         "model": {"mean": [0.0] * n, "scale": [1.0] * n, "heads": {"ge1": zero_head, "eq2": zero_head}},
         "post": identity_post(),
-        "caps": {"injection": INJECTION_CAP, "keyword_stuffing": STUFFING_CAP},
+        "caps": {
+            "injection": INJECTION_CAP,
+            "keyword_stuffing": STUFFING_CAP,
+            "unrelated_sentence": UNRELATED_CAP,
+        },
         "mass": {"full_share": MASS_FULL_SHARE},
+        "about": {"w": [0.0] * DENSE_DIM, "b": 0.0},
         "uncertain": {"issue_cos": UNCERTAIN_ISSUE_COS},
         "targets": list(GRADE_TARGETS),
         "prototypes": {
@@ -553,6 +646,8 @@ def with_model(base: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
     d: dict[str, Any] = json.loads(json.dumps(base))
     d["model"] = _rounded(fitted["model"])
     d["post"] = fitted["post"]
+    if "about" in fitted:  # raw_scores of the heads alone has no sentence head
+        d["about"] = _rounded(fitted["about"])
     return d
 
 
@@ -563,16 +658,29 @@ def to_calibration(d: dict[str, Any]) -> Calibration:
 # ------------------------------------------------------------------ cross-validation
 
 
-def cross_validate(f: Features, cases: Sequence[Case], base: dict[str, Any]) -> NDArray[np.float64]:
-    """Out-of-fold calibrated scores (caps included, as served)."""
+def fit_everything(
+    cases: Sequence[Case], encoder: Encoder, protos: Prototypes
+) -> tuple[dict[str, Any], Features]:
+    """The sentence head, then the features it selects, then the heads and the post map."""
+    about = fit_about(cases, encoder)
+    f = features_for(cases, encoder, protos, about)
     y = np.array([c.grade for c in cases], dtype=np.int64)
+    return {**fit_all(f, y, cases), "about": about}, f
+
+
+def cross_validate(
+    cases: Sequence[Case], encoder: Encoder, protos: Prototypes, base: dict[str, Any]
+) -> NDArray[np.float64]:
+    """Out-of-fold calibrated scores (caps included, as served); every fitted part, the sentence
+    head included, sees only its training folds."""
     folds = group_folds([c.qid for c in cases])
     oof = np.zeros(len(cases))
     for k in range(N_FOLDS):
         tr = folds != k
-        train_cases = [c for c, t in zip(cases, tr, strict=True) if t]
-        cal = to_calibration(with_model(base, fit_all(take(f, tr), y[tr], train_cases)))
-        oof[~tr] = apply_calibration(cal, take(f, ~tr))
+        fitted, _ = fit_everything([c for c, t in zip(cases, tr, strict=True) if t], encoder, protos)
+        held = [c for c, t in zip(cases, tr, strict=True) if not t]
+        cal = to_calibration(with_model(base, fitted))
+        oof[~tr] = apply_calibration(cal, features_for(held, encoder, protos, fitted["about"]))
     return oof
 
 
@@ -581,18 +689,19 @@ def evaluate(
 ) -> tuple[dict[str, dict[str, float]], dict[str, Any], NDArray[np.float64], list[Case]]:
     """CV metrics table, the calibration fitted on all rows, the out-of-fold scores and the rows."""
     cases = [*(to_case(s) for s in sources), *generated_cases(sources), *synthetic_cases()]
+    cached = CachedEncoder(encoder)
     base = base_calibration_dict()
-    protos = embed_prototypes(to_calibration(base), encoder)
+    protos = embed_prototypes(to_calibration(base), cached)
     t0 = time.perf_counter()
-    f = build_features([c.item for c in cases], encoder, protos, UNCERTAIN_ISSUE_COS)
+    fitted, _ = fit_everything(cases, cached, protos)
     n_real = sum(c.real for c in cases)
-    log(f"{len(cases)} rows ({n_real} labelled), features in {time.perf_counter() - t0:.1f}s")
-    oof = cross_validate(f, cases, base)
+    log(f"{len(cases)} rows ({n_real} labelled), fitted on all in {time.perf_counter() - t0:.1f}s")
+    log(about_report(cases, cached))
+    oof = cross_validate(cases, cached, protos, base)
     y = np.array([c.grade for c in cases], dtype=np.int64)
     table = {name: metrics(oof[m], y[m]) for name, m in subsets(cases).items() if m.any()}
-    full = with_model(base, fit_all(f, y, cases))
     log(format_table(table))
-    return table, full, oof, cases
+    return table, with_model(base, fitted), oof, cases
 
 
 def write_generated(path: Path, sources: Sequence[Source]) -> None:
