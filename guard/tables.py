@@ -103,6 +103,17 @@ class QueueItem(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
 
+class CaseViewer(Base):
+    """Who has a case open right now: one row per (case, supervisor), refreshed while the case page
+    is open. A row older than the presence TTL means the page was closed; old rows are swept."""
+
+    __tablename__ = "case_viewers"
+
+    queue_item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
 class PolicyVersion(Base):
     """One published version of a channel's policy; the highest version is the one in force."""
 

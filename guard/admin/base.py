@@ -19,6 +19,7 @@ from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.admin.queries import AdminQueries
 from guard.followups import Messages
+from guard.issue_text import detect_locale
 from guard.policies import ACTIONS, UNCERTAIN_ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
 
@@ -42,10 +43,14 @@ NOTICES = {
     "rolled_back": "Rolled back: the old version is published again as a new version.",
     "unchanged": "Nothing to publish: the draft is the policy in force.",
     "case_done": "Done: the case is resolved, and the chatbot is told where handoff delivery is set up.",
+    "case_done_next": "Done: the case is resolved, and the chatbot is told where handoff delivery is set "
+    "up. This is the next waiting case.",
     "user_created": "User created.",
     "user_updated": "User updated.",
     "user_refused": "Not changed: that would leave no active admin.",
 }
+PROBLEM_NOTICES = frozenset({"user_refused"})
+"""Notices that say something was refused: shown as a problem, not as a success."""
 
 
 P = ParamSpec("P")
@@ -90,6 +95,11 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True, default=str)
 
 
+def text_lang(text: str | None) -> str:
+    """The language tag of customer text ("zh" or "en", by its script), for a ``lang`` attribute."""
+    return detect_locale(text or "")
+
+
 def fmt_pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 
@@ -115,6 +125,7 @@ class Pages:
             pct=fmt_pct,
             pretty_json=pretty_json,
             action=charts.ACTION_LABELS.get,
+            lang=text_lang,
         )
         self.env.globals.update(
             prefix=PREFIX,
@@ -137,9 +148,13 @@ class Pages:
         status: int = 200,
         **context: Any,
     ) -> HTMLResponse:
-        notice = NOTICES.get(request.query_params.get("notice", ""))
+        key = request.query_params.get("notice", "")
         html = self.env.get_template(name).render(
-            user=user, request_path=request.url.path, notice=notice, **context
+            user=user,
+            request_path=request.url.path,
+            notice=NOTICES.get(key),
+            notice_problem=key in PROBLEM_NOTICES,
+            **context,
         )
         return HTMLResponse(html, status_code=status)
 

@@ -90,7 +90,9 @@ def score_bar(
     if score is not None and math.isfinite(score):
         x = pad + min(max(score, 0.0), 1.0) * inner
         lines.append(Line(x, top - 6, x, top + bar_h + 4, "marker", f"score {score:.3f}"))
-        labels.append(Label(x, height - 2, f"score {score:.3f}", "middle", "marker-label"))
+        # Anchored so the label stays inside the chart near 0 and 1 ("score 0.025", not "core 0.025").
+        anchor = "start" if x < pad + 50 else "end" if x > pad + inner - 50 else "middle"
+        labels.append(Label(x, height - 2, f"score {score:.3f}", anchor, "marker-label"))
     legend = tuple((f"a-{a}", ACTION_LABELS[a]) for a in ACTIONS)
     return Chart(width, height, "score and policy bands", tuple(rects), tuple(lines), tuple(labels), legend)
 

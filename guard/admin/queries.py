@@ -8,29 +8,36 @@ the pages run them in a worker thread. ``AdminQueries`` is opened over the guard
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Select,
+    and_,
     delete,
     func,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from guard.admin.records import (
     AuditRecord,
     Case,
+    Neighbours,
     OutcomeRow,
+    QueueFilter,
     ReplayRow,
     ResolvedCase,
     SessionUser,
     TrafficRow,
     UserRecord,
+    Viewer,
 )
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
@@ -38,6 +45,7 @@ from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, fr
 from guard.tables import (
     AdminSession,
     AuditEntry,
+    CaseViewer,
     Decision,
     LoginThrottle,
     PolicyVersion,
@@ -76,21 +84,126 @@ class AdminQueries(Database):
         kind: str | None = None,
         newest_first: bool = False,
         limit: int = 200,
+        offset: int = 0,
     ) -> list[Case]:
         """Queue items with the decision fields the queue shows, filtered and ordered."""
+        f = QueueFilter(tuple(states), channel, kind, newest_first)
         with self.session() as s:
-            q = (
-                select(QueueItem, Decision)
-                .join(Decision, Decision.id == QueueItem.decision_id)
-                .where(QueueItem.state.in_(list(states)))
-            )
-            if channel:
-                q = q.where(QueueItem.channel == channel)
-            if kind:
-                q = q.where(QueueItem.kind == kind)
-            order = QueueItem.created_at.desc() if newest_first else QueueItem.created_at.asc()
-            rows = s.execute(q.order_by(order, QueueItem.id).limit(limit)).all()
+            q = _filtered(select(QueueItem, Decision).join(Decision, Decision.id == QueueItem.decision_id), f)
+            rows = s.execute(q.order_by(*_order(f)).limit(limit).offset(offset)).all()
             return [_case(item, dec) for item, dec in rows]
+
+    def queue_count(self, f: QueueFilter) -> int:
+        """How many cases the filters match."""
+        with self.session() as s:
+            return int(s.scalar(_filtered(select(func.count()).select_from(QueueItem), f)) or 0)
+
+    def queue_state_counts(self, channel: str | None = None, kind: str | None = None) -> dict[str, int]:
+        """Cases per state under the channel and action filters (for the state filter's options)."""
+        with self.session() as s:
+            q = _filtered(
+                select(QueueItem.state, func.count()).select_from(QueueItem),
+                QueueFilter((), channel, kind),
+            )
+            return {state: int(n) for state, n in s.execute(q.group_by(QueueItem.state))}
+
+    def queue_neighbours(self, queue_item_id: str, f: QueueFilter) -> Neighbours | None:
+        """The cases before and after ``queue_item_id`` in the filtered, ordered queue (keyset on
+        (created_at, id), so a case that no longer matches the filters still has neighbours)."""
+        with self.session() as s:
+            item = s.get(QueueItem, queue_item_id)
+            if item is None:
+                return None
+            at, key = item.created_at, item.id
+            same = QueueItem.created_at == at
+            older = or_(QueueItem.created_at < at, and_(same, QueueItem.id < key))
+            newer = or_(QueueItem.created_at > at, and_(same, QueueItem.id > key))
+            if f.newest_first:  # ordered by created_at desc, then id asc
+                before = or_(QueueItem.created_at > at, and_(same, QueueItem.id < key))
+                after = or_(QueueItem.created_at < at, and_(same, QueueItem.id > key))
+            else:
+                before, after = older, newer
+            order = _order(f)
+            reverse = [QueueItem.created_at.asc() if f.newest_first else QueueItem.created_at.desc()]
+            previous = s.scalar(
+                _filtered(select(QueueItem.id), f)
+                .where(before)
+                .order_by(*reverse, QueueItem.id.desc())
+                .limit(1)
+            )
+            following = s.scalar(_filtered(select(QueueItem.id), f).where(after).order_by(*order).limit(1))
+            total = int(s.scalar(_filtered(select(func.count()).select_from(QueueItem), f)) or 0)
+            position: int | None = None
+            if (
+                item.state in f.states
+                and (not f.channel or item.channel == f.channel)
+                and (not f.kind or item.kind == f.kind)
+            ):
+                ahead = s.scalar(_filtered(select(func.count()).select_from(QueueItem), f).where(before))
+                position = int(ahead or 0) + 1
+            return Neighbours(previous, following, position, total)
+
+    def next_waiting(self, f: QueueFilter, *, viewer: str, ttl_s: float, look_ahead: int = 25) -> str | None:
+        """The first waiting case under the channel and action filters, in their order, that nobody
+        but ``viewer`` has open; the first waiting one when all of the next ``look_ahead`` are open
+        elsewhere; None when nothing waits."""
+        waiting = replace(f, states=("pending",))
+        with self.session() as s:
+            ids = [
+                str(i)
+                for i in s.scalars(
+                    _filtered(select(QueueItem.id), waiting).order_by(*_order(waiting)).limit(look_ahead)
+                )
+            ]
+        busy = self.viewers(ids, ttl_s, except_user=viewer)
+        free = [i for i in ids if i not in busy]
+        return (free or ids)[0] if ids else None
+
+    # Presence: who has a case open
+
+    def touch_viewer(self, queue_item_id: str, username: str, ttl_s: float) -> list[Viewer]:
+        """Record that ``username`` has the case open now; the others who have it open (seen within
+        ``ttl_s``). Rows of pages closed long ago are swept here."""
+        now = utcnow()
+        with self.session() as s:
+            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+            s.execute(
+                insert(CaseViewer)
+                .values(queue_item_id=queue_item_id, username=username, seen_at=now)
+                .on_conflict_do_update(index_elements=["queue_item_id", "username"], set_={"seen_at": now})
+            )
+            s.execute(
+                delete(CaseViewer).where(CaseViewer.seen_at < now - timedelta(seconds=max(ttl_s, 60) * 10))
+            )
+        return self.viewers([queue_item_id], ttl_s, except_user=username).get(queue_item_id, [])
+
+    def leave_case(self, queue_item_id: str, username: str) -> None:
+        with self.session() as s:
+            s.execute(
+                delete(CaseViewer).where(
+                    CaseViewer.queue_item_id == queue_item_id, CaseViewer.username == username
+                )
+            )
+
+    def viewers(
+        self, queue_item_ids: Collection[str], ttl_s: float, *, except_user: str | None = None
+    ) -> dict[str, list[Viewer]]:
+        """Who has each of these cases open now (seen within ``ttl_s``), but ``except_user``."""
+        if not queue_item_ids:
+            return {}
+        since = utcnow() - timedelta(seconds=ttl_s)
+        out: dict[str, list[Viewer]] = {}
+        with self.session() as s:
+            q = select(CaseViewer).where(
+                CaseViewer.queue_item_id.in_(list(queue_item_ids)), CaseViewer.seen_at >= since
+            )
+            if except_user is not None:
+                q = q.where(CaseViewer.username != except_user)
+            for row in s.scalars(q.order_by(CaseViewer.username)):
+                seen = aware(row.seen_at)
+                assert seen is not None
+                out.setdefault(row.queue_item_id, []).append(Viewer(row.username, seen))
+        return out
 
     def queue_channels(self) -> list[str]:
         with self.session() as s:
@@ -397,6 +510,25 @@ def _aware_time(value: datetime) -> datetime:
     found = aware(value)
     assert found is not None
     return found
+
+
+_Select = TypeVar("_Select", bound=Select[*tuple[Any, ...]])
+
+
+def _filtered(q: _Select, f: QueueFilter) -> _Select:
+    """``q`` (over queue_items) narrowed by the filters; no states: every state."""
+    if f.states:
+        q = q.where(QueueItem.state.in_(list(f.states)))
+    if f.channel:
+        q = q.where(QueueItem.channel == f.channel)
+    if f.kind:
+        q = q.where(QueueItem.kind == f.kind)
+    return q
+
+
+def _order(f: QueueFilter) -> tuple[Any, ...]:
+    first = QueueItem.created_at.desc() if f.newest_first else QueueItem.created_at.asc()
+    return (first, QueueItem.id)
 
 
 def _case(item: QueueItem, decision: Decision) -> Case:

@@ -97,3 +97,33 @@ class TrafficRow:
     cached: bool
     latency_ms: float
     timings_ms: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """Which cases the queue shows, and in which order: the filters a supervisor works under, kept
+    from the list to each case and to the next case after an action."""
+
+    states: tuple[str, ...] = ("pending",)
+    channel: str | None = None
+    kind: str | None = None
+    newest_first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """A case's place in the filtered queue: the cases before and after it (None: none), its
+    position from 1 (None: the case is not among them) and how many cases the filters match."""
+
+    previous: str | None
+    next: str | None
+    position: int | None
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Someone who has a case open: seen at ``seen_at`` (refreshed while the page stays open)."""
+
+    username: str
+    seen_at: datetime
