@@ -13,11 +13,12 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from argon2 import PasswordHasher
-from sqlalchemy import update
+from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 import guard.ocr
 from guard.admin import auth, charts
+from guard.admin.queries import AdminQueries
 from guard.admin.records import QueueFilter
 from guard.admin.views import cases
 from guard.policies import default_policy
@@ -273,3 +274,59 @@ def test_a_refused_user_change_is_shown_as_a_problem(client: TestClient) -> None
     page = client.get("/admin/users").text
     assert '<span class="visually-hidden">Role of boss</span><select name="role">' in page
     assert '<span class="visually-hidden">New password for boss</span><input type="password"' in page
+
+
+# Presence on PostgreSQL -------------------------------------------------------------------------
+
+
+def test_presence_on_postgresql_upserts_expires_and_migrates(pg_url: str) -> None:
+    import threading
+
+    from sqlalchemy import inspect
+
+    from guard.store import Store, downgrade, migrate
+    from guard.tables import CaseViewer
+
+    migrate(pg_url)
+    store = Store.open(pg_url)
+    try:
+        queries = AdminQueries(store.engine)
+        barrier = threading.Barrier(6)
+        failures: list[BaseException] = []
+
+        def beat() -> None:  # six tabs of one supervisor refreshing at once: one row, no error
+            barrier.wait()
+            try:
+                queries.touch_viewer("q1", "sam", 40)
+            except BaseException as exc:  # pragma: no cover - the failure is the assertion below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=beat) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert failures == []
+        assert [v.username for v in queries.touch_viewer("q1", "ana", 40)] == ["sam"]
+        with queries.session() as s:  # sam's page closed a minute ago
+            s.execute(
+                update(CaseViewer)
+                .where(CaseViewer.username == "sam")
+                .values(seen_at=utcnow() - timedelta(seconds=60))
+            )
+        assert [v.username for v in queries.viewers(["q1"], 40)["q1"]] == ["ana"]
+        with queries.session() as s:  # and long ago: the next heartbeat sweeps it
+            s.execute(
+                update(CaseViewer)
+                .where(CaseViewer.username == "sam")
+                .values(seen_at=utcnow() - timedelta(hours=2))
+            )
+        queries.touch_viewer("q2", "ana", 40)
+        with queries.session() as s:
+            assert sorted(s.scalars(select(CaseViewer.username))) == ["ana", "ana"]
+        downgrade(pg_url, "0008")
+        assert "case_viewers" not in inspect(store.engine).get_table_names()
+        migrate(pg_url)
+        assert "case_viewers" in inspect(store.engine).get_table_names()
+    finally:
+        store.close()
