@@ -10,18 +10,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
 from argon2 import PasswordHasher
+from sqlalchemy import update
 
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.app import create_app
 from guard.settings import Settings
 from guard.store import Store, migrate
+from guard.tables import QueueItem, utcnow
 from tests.apptools import b64, png_bytes
 from tests.fakes import FakeScorer
 from tests.test_admin_browser import (
@@ -124,6 +127,13 @@ def test_the_queue_is_worked_from_the_keyboard(browser: Any, server: tuple[str, 
 
     base, store = server
     c1, c2, c3, c4 = (c["escalation_id"] for c in four_cases(base, store))
+    with AdminQueries(store.engine).session() as s:  # c1 waited 3 hours, c2 1.5: 2 hours are promised
+        for item, hours in ((c1, 3.0), (c2, 1.5)):
+            s.execute(
+                update(QueueItem)
+                .where(QueueItem.id == item)
+                .values(created_at=utcnow() - timedelta(hours=hours))
+            )
     ctx = browser.new_context(viewport={"width": 1280, "height": FOLD})
     page = ctx.new_page()
     errors: list[str] = []
@@ -135,6 +145,12 @@ def test_the_queue_is_worked_from_the_keyboard(browser: Any, server: tuple[str, 
     expect(page.locator("#queue-count")).to_contain_text("4 cases")
     expect(page.locator("#state-filter option[value=pending]")).to_have_text("waiting (4)")
     expect(page.locator("table.queue .photo-mark")).to_have_count(1)
+    waits = page.locator("table.queue td.wait")
+    expect(waits.nth(0)).to_have_text("3 h 0 min overdue")
+    expect(waits.nth(1)).to_have_text("1 h 30 min due soon")
+    assert "wait-ok" in (waits.nth(2).get_attribute("class") or "")
+    colours = [waits.nth(i).evaluate("el => getComputedStyle(el).color") for i in range(3)]
+    assert len(set(colours)) == 3, colours
     expect(page.locator("table.queue .draft-excerpt").first).to_contain_text("We can repair the seam")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "queue.png"), full_page=True)
