@@ -175,7 +175,7 @@ def test_the_primary_action_fits_the_case(client: TestClient, score: str, primar
     forms = re.findall(r'<form method="post" action="[^"]*/act" class="act act-(\w+)( primary)?"', page)
     assert forms[0] == (primary, " primary"), "the primary action comes first"
     assert [f for f, p in forms if p] == [primary]
-    assert '<blockquote class="question" lang="zh">口袋开线怎么办？</blockquote>' in page
+    assert '<blockquote class="question" tabindex="0" lang="zh">口袋开线怎么办？</blockquote>' in page
     assert '<textarea name="reason" id="take-over-note"' in page, "Enter in the note adds a line"
 
 

@@ -224,6 +224,12 @@ def test_the_queue_is_worked_from_the_keyboard(browser: Any, server: tuple[str, 
     photo = page.locator("img.photo")
     until(lambda: photo.evaluate("img => img.complete && img.naturalWidth") == 160)
     page.screenshot(path=str(SCREENSHOTS / "case.png"))
+    asked: list[str] = []
+    page.once("dialog", lambda d: (asked.append(d.message), d.dismiss()))
+    page.keyboard.press("a")  # sending an escalated draft asks first; "no" sends nothing
+    until(lambda: bool(asked))
+    assert asked == ["The guard escalated this draft (score 0.030). Send it to the customer as it is?"]
+    assert page.url.split("?")[0].endswith(f"/admin/cases/{c3}") and case_state(store, c3)[0] == "pending"
     page.keyboard.press("t")
     page.wait_for_url(f"**/admin/cases/{c4}?*")
     assert case_state(store, c3)[0] == "taken_over"

@@ -24,6 +24,12 @@ COLOURS = {
     "review": "rgb(239, 125, 34)",
     "escalate": "rgb(214, 52, 44)",
 }
+PILLS = {  # the pills carry text: darker shades of the same colours, at least 4.5:1 with their text
+    "send": "rgb(30, 125, 60)",
+    "follow_up": "rgb(227, 177, 42)",
+    "review": "rgb(179, 77, 0)",
+    "escalate": "rgb(192, 57, 43)",
+}
 QUESTION = "口袋开线怎么办？<script>alert(1)</script>"
 REPLIES = [
     "感谢您的反馈，本品支持7天无理由退换 [score=0.12]",
@@ -83,7 +89,7 @@ def test_score_and_rerank_in_a_real_browser(browser: Any, server: tuple[str, Sto
     for i, action in enumerate(("send", "follow_up", "escalate")):
         pill = rows.nth(i).locator(".pill")
         expect(pill).to_have_class(f"pill a-{action}")
-        assert pill.evaluate("p => getComputedStyle(p).backgroundColor") == COLOURS[action]
+        assert pill.evaluate("p => getComputedStyle(p).backgroundColor") == PILLS[action]
         lit = rows.nth(i).locator("svg rect:not(.old)")
         expect(lit).to_have_count(1)
         assert lit.evaluate("r => getComputedStyle(r).fill") == COLOURS[action]

@@ -67,6 +67,12 @@
     }
   });
 
+  // Sending a draft the guard escalated asks first (by mouse or by key).
+  document.addEventListener("submit", function (ev) {
+    var button = ev.submitter;
+    if (button && button.dataset.confirm && !window.confirm(button.dataset.confirm)) ev.preventDefault();
+  });
+
   // Presence: while a waiting case is open, tell the server every 15 s and show who else has it open.
   var presence = document.getElementById("presence");
   if (!presence || !presence.dataset.url) return;
