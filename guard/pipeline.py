@@ -24,7 +24,16 @@ from guard.images import DecodedImage
 from guard.issues import IssueReading, read_issue
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
-from guard.policies import QUEUED_ACTIONS, Action, Policy, PolicyDecision, decide, default_policy
+from guard.policies import (
+    QUEUED_ACTIONS,
+    Action,
+    Policy,
+    PolicyDecision,
+    audit_rate,
+    audit_sampled,
+    decide,
+    default_policy,
+)
 from guard.records import Candidate, DecisionRecord, DecisionRow
 from guard.scoring.base import ScoreInput, Scorer, ScoreResult
 from guard.scoring.batching import MicroBatcher
@@ -89,6 +98,10 @@ class CheckResult:
     """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
     image_text: str | None = None
     """The text read from the photo, when it was read in time (recorded; not in the API response)."""
+    audit_item_id: str | None = None
+    """The queue item of an answered decision sampled for audit (the policy's ``audit_sample``):
+    copied to the supervisors' queue once recorded; not in the API response (nothing changes for
+    the customer)."""
 
     @property
     def uncertain(self) -> bool:
@@ -325,6 +338,7 @@ class Pipeline:
         ctx = MessageContext(locale, issue.phrase, case_ref(decision_id), self.settings.response_time(locale))
         shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
         queue_item_id = new_id() if verdict.action in QUEUED_ACTIONS else None
+        audit = queue_item_id is None and audit_sampled(decision_id, audit_rate(policy, verdict))
         timings["total"] = _ms(started)
 
         result = CheckResult(
@@ -353,8 +367,11 @@ class Pipeline:
             timings_ms=timings,
             image_text_status=None if photo is None else photo.status,
             image_text=image_text,
+            audit_item_id=new_id() if audit else None,
         )
         self.metrics.inc("guard_decisions_total", action=result.action)
+        if audit:
+            self.metrics.inc("guard_audit_sampled_total", action=result.action)
         if result.degraded:
             self.metrics.inc("guard_degraded_total", reason=result.reason or "unknown")
         self.metrics.observe_ms("guard_decision_latency_ms", timings["total"])
@@ -446,7 +463,7 @@ class Pipeline:
 
     def _record(self, req: CheckRequest, result: CheckResult) -> DecisionRecord:
         image = req.image
-        queued = result.action in QUEUED_ACTIONS
+        queued = result.action in QUEUED_ACTIONS or result.audit_item_id is not None
         return DecisionRecord(
             row=DecisionRow(
                 id=result.decision_id,
@@ -483,7 +500,7 @@ class Pipeline:
                 latency_ms=result.timings_ms["total"],
                 timings_ms=result.timings_ms,
             ),
-            queue_item_id=result.queue_item_id,
+            queue_item_id=result.queue_item_id or result.audit_item_id,
             image=(
                 (image.sha256, image.mime_type, image.width, image.height, image.data)
                 if image is not None and queued

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from guard import resources
 from guard.database import Database, create_db_engine
-from guard.policies import Policy, default_policy, parse_policy, policy_document
+from guard.policies import QUEUED_ACTIONS, Policy, default_policy, parse_policy, policy_document
 from guard.records import DecisionRecord
 from guard.stored import (
     ApiKeyRow,
@@ -150,8 +150,9 @@ class Store(Database):
         (about 10x the rows/s of an executemany); on SQLite one SELECT finds the ids already there
         and one executemany (sent as multi-row VALUES pages) inserts the rest. Only new decisions
         get their photo and, when held, their queue item (``ON CONFLICT DO NOTHING`` too, for a
-        concurrent writer of the same batch). A field missing from a record (an older spool line)
-        is None, written as NULL.
+        concurrent writer of the same batch). A decision that was answered (send, follow-up) and
+        still carries a queue item id was sampled for audit: its item's kind is ``audit``. A field
+        missing from a record (an older spool line) is None, written as NULL.
         """
         if not records:
             return
@@ -167,7 +168,7 @@ class Store(Database):
                 {
                     "id": r.queue_item_id,
                     "decision_id": r.row.id,
-                    "kind": r.row.action,
+                    "kind": r.row.action if r.row.action in QUEUED_ACTIONS else "audit",
                     "state": "pending",
                     "channel": r.row.channel,
                     "created_at": r.row.created_at,

@@ -122,7 +122,11 @@ class AdminQueries(Database):
         with self.session() as s:
             result = s.execute(
                 update(QueueItem)
-                .where(QueueItem.id == queue_item_id, QueueItem.state == "pending")
+                .where(
+                    QueueItem.id == queue_item_id,
+                    QueueItem.state == "pending",
+                    QueueItem.kind != "audit",  # sent already: it is marked, not resolved
+                )
                 .values(
                     state=state,
                     claimed_by=actor,
@@ -142,23 +146,97 @@ class AdminQueries(Database):
             _audit(s, actor, f"case.{state}", f"case {queue_item_id}", {"state": "pending"}, after)
             return ResolvedCase(queue_item_id, item.decision_id, state, now)
 
+    def mark_audit(
+        self, queue_item_id: str, verdict: str, grade: int | None, actor: str, note: str | None = None
+    ) -> ResolvedCase | None:
+        """Mark a pending audit item right or wrong (with an optional corrected grade), atomically:
+        of two supervisors exactly one marks it; None for the other (or for a held case)."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(QueueItem)
+                .where(
+                    QueueItem.id == queue_item_id,
+                    QueueItem.state == "pending",
+                    QueueItem.kind == "audit",
+                )
+                .values(
+                    state="audited",
+                    claimed_by=actor,
+                    resolved_by=actor,
+                    resolved_at=now,
+                    updated_at=now,
+                    audit_verdict=verdict,
+                    audit_grade=grade,
+                    note=note,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                return None
+            item = s.get(QueueItem, queue_item_id)
+            assert item is not None
+            after = {"state": "audited", "verdict": verdict, "grade": grade, "note": note}
+            _audit(s, actor, "case.audit", f"case {queue_item_id}", {"state": "pending"}, after)
+            return ResolvedCase(queue_item_id, item.decision_id, "audited", now)
+
+    def next_audit(self, after_id: str | None = None) -> str | None:
+        """The oldest pending audit item (other than ``after_id``), for marking one after another."""
+        with self.session() as s:
+            q = select(QueueItem.id).where(QueueItem.kind == "audit", QueueItem.state == "pending")
+            if after_id:
+                q = q.where(QueueItem.id != after_id)
+            return s.scalar(q.order_by(QueueItem.created_at, QueueItem.id).limit(1))
+
     # Outcomes and traffic
 
     def outcome_rows(self, channel: str | None = None, since: datetime | None = None) -> list[OutcomeRow]:
-        """Resolved cases as labels: the decision's band and action and what the supervisor did."""
+        """Labels: resolved held cases and marked audit items, by the decision's own channel, with the
+        band and action it was decided with, the policy version, and what the supervisor said."""
         with self.session() as s:
             q = (
                 select(
-                    Decision.policy_channel, Decision.band, Decision.action, Decision.score, QueueItem.state
+                    Decision.channel,
+                    Decision.band,
+                    Decision.action,
+                    Decision.score,
+                    QueueItem.state,
+                    QueueItem.kind,
+                    QueueItem.audit_verdict,
+                    QueueItem.audit_grade,
+                    Decision.policy_channel,
+                    Decision.policy_version,
+                    Decision.created_at,
+                    Decision.id,
+                    Decision.scorer_version,
                 )
                 .join(QueueItem, QueueItem.decision_id == Decision.id)
                 .where(QueueItem.state != "pending")
             )
             if channel:
-                q = q.where(Decision.policy_channel == channel)
+                q = q.where(Decision.channel == channel)
             if since is not None:
                 q = q.where(Decision.created_at >= since)
-            return [OutcomeRow(*r) for r in s.execute(q)]
+            return [
+                OutcomeRow(*r[:10], created_at=_aware_time(r[10]), decision_id=r[11], scorer_version=r[12])
+                for r in s.execute(q)
+            ]
+
+    def answered_per_day(self, since: datetime) -> list[tuple[str, str, str, int]]:
+        """(day "YYYY-MM-DD" in UTC, the decision's channel, action, decisions) since ``since``."""
+        with self.session() as s:
+            postgres = s.get_bind().dialect.name == "postgresql"
+            day = (
+                func.to_char(func.timezone("UTC", Decision.created_at), "YYYY-MM-DD")
+                if postgres
+                else func.strftime("%Y-%m-%d", Decision.created_at)
+            )
+            q = (
+                select(day, Decision.channel, Decision.action, func.count())
+                .where(Decision.created_at >= since)
+                .group_by(day, Decision.channel, Decision.action)
+            )
+            return [(str(d), str(c), str(a), int(n)) for d, c, a, n in s.execute(q)]
 
     def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[ReplayRow]:
         """Decisions made for ``channel`` since ``since``: score, recorded action, outcome (if any) and

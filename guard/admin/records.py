@@ -66,13 +66,23 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeRow:
-    """A resolved case as a label: the decision's band and action, and what the supervisor did."""
+    """A label: a resolved held case (``outcome`` approved, edited, taken_over, dismissed) or a marked
+    audit item (``kind`` "audit", ``outcome`` "audited", ``audit_verdict`` right/wrong), with the
+    decision's own channel, band and action and the policy version that decided it."""
 
     channel: str
     band: str | None
     action: str
     score: float | None
     outcome: str
+    kind: str = ""
+    audit_verdict: str | None = None
+    audit_grade: int | None = None
+    policy_channel: str = ""
+    policy_version: int = 0
+    created_at: datetime | None = None
+    decision_id: str = ""
+    scorer_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)

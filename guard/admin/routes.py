@@ -127,6 +127,7 @@ class Admin(SessionViews, CaseViews, PolicyViews, UserViews):
                 Route("/cases/{queue_item_id}", g("queue", self.case)),
                 Route("/cases/{queue_item_id}/photo", g("queue", self.photo)),
                 Route("/cases/{queue_item_id}/act", g("queue", self.act), methods=["POST"]),
+                Route("/cases/{queue_item_id}/mark", g("queue", self.mark), methods=["POST"]),
                 Route(
                     "/playground",
                     g("playground", self.playground.page, upload=True),

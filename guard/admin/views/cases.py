@@ -9,7 +9,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import RedirectResponse, Response
 
 from guard.admin import charts
-from guard.admin.base import PREFIX, STATE_LABELS, Ctx, Pages
+from guard.admin.base import PREFIX, STATE_LABELS, Ctx
+from guard.admin.views.audits import AuditViews
 from guard.followups import MessageContext, case_ref
 from guard.runtime import OutcomeHook
 from guard.tables import utcnow
@@ -20,13 +21,13 @@ IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif"}
 CASE_OPS = {"approve": "approved", "edit": "edited", "take_over": "taken_over", "dismiss": "dismissed"}
 
 
-class CaseViews(Pages):
+class CaseViews(AuditViews):
     """The queue and its cases."""
 
     async def queue(self, ctx: Ctx) -> Response:
         q = ctx.request.query_params
         channel = q.get("channel") or None
-        kind = q.get("action") if q.get("action") in ("escalate", "review") else None
+        kind = q.get("action") if q.get("action") in ("escalate", "review", "audit") else None
         state = q.get("state") or "pending"
         states = list(STATE_LABELS) if state == "all" else [state] if state in STATE_LABELS else ["pending"]
         newest = q.get("sort") == "newest"
@@ -55,6 +56,8 @@ class CaseViews(Pages):
         case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
+        if case.item.kind == "audit":  # sent already: marked on its own page (views/audits.py)
+            return await self.audit_view(ctx, case, status, message)
         decision = case.decision
         policy = await self._policy_of(decision.policy_channel, decision.policy_version)
         locale = decision.locale if decision.locale in ("zh", "en") else "en"
