@@ -115,6 +115,9 @@ class CaseViews(AuditViews):
         case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
+        if case.item.kind == "audit":
+            message = "This reply was sent already: mark it right or wrong."
+            return await self.audit_view(ctx, case, 409, message)
         reply = str(ctx.form.get("reply") or "").replace("\r\n", "\n").strip()
         reason = str(ctx.form.get("reason") or "").strip()[:2000]
         final: str | None = None
