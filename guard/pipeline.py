@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
+from guard.calibration import CalibrationBook, ChannelMap, scorer_version_with
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
@@ -300,8 +301,11 @@ class Pipeline:
         metrics: Metrics | None = None,
         messages: Messages | None = None,
         ocr: OcrService | None = None,
+        calibrations: CalibrationBook | None = None,
     ) -> None:
         self.settings = settings
+        self.calibrations = calibrations or CalibrationBook(None)
+        """The score map in force per channel (fitted on its labels, guard/calibration.py)."""
         self.ocr = ocr
         """Reads the text in photos; None when OCR is off."""
         self.scoring = scoring
@@ -317,6 +321,7 @@ class Pipeline:
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
         policy = await self.policies.get(req.channel)
+        channel_map = await self.calibrations.get(req.channel)
         drafts = (req.reply, *req.candidates)
         photo = await self.photo_text(req.image)
         if photo is not None and photo.status != "off":
@@ -327,7 +332,13 @@ class Pipeline:
 
         t = time.perf_counter()
         scored, error = await self.score_texts(
-            req.question, req.image, drafts, policy.instruction, req.locale, image_text=image_text
+            req.question,
+            req.image,
+            drafts,
+            policy.instruction,
+            req.locale,
+            image_text=image_text,
+            calibration=channel_map,
         )
         timings["score"] = _ms(t)
 
@@ -353,7 +364,7 @@ class Pipeline:
             holding_message=shown.holding,
             policy=policy,
             scorer_name=self.scoring.scorer.name,
-            scorer_version=self.scoring.scorer.version,
+            scorer_version=scorer_version_with(self.scoring.scorer.version, channel_map),
             cached=all(s.cached for s in scored),
             degraded=verdict.degraded,
             reason=verdict.reason or _photo_reason(photo),
@@ -388,13 +399,18 @@ class Pipeline:
         locale: str | None = None,
         *,
         image_text: str | None = None,
+        calibration: ChannelMap | None = None,
     ) -> tuple[list[Scored], bool]:
-        """Score each reply against (question, image): cached where possible. Returns (scored, failed)."""
+        """Score each reply against (question, image): cached where possible. Returns (scored, failed).
+
+        ``calibration``: the channel's score map, applied to the scorer's scores before they are
+        cached; its id is part of the cache key, so a score of another map is never served."""
         scorer = self.scoring.scorer
+        version = scorer_version_with(scorer.version, calibration)
         keys = [
             score_key(
                 scorer=scorer.name,
-                version=scorer.version,
+                version=version,
                 instruction=instruction,
                 image_sha256=image.sha256 if image else None,
                 question=question,
@@ -435,6 +451,9 @@ class Pipeline:
                 if res is None:
                     failed = True
                     continue
+                if calibration is not None:
+                    res = CachedScore(calibration.apply(res.score), res.inputs_used, res.instruction_used)
+                    fresh[i] = res
                 await self.cache.set(keys[i], res)
         scored = []
         for i, reply in enumerate(replies):

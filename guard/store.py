@@ -31,6 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from guard import resources
+from guard.calibration import ChannelMap, parse_channel_map
 from guard.database import Database, create_db_engine
 from guard.policies import QUEUED_ACTIONS, Policy, default_policy, parse_policy, policy_document
 from guard.records import DecisionRecord
@@ -48,6 +49,7 @@ from guard.tables import (
     Decision,
     PolicyVersion,
     QueueItem,
+    ScoreMapVersion,
     StoredImage,
     WebhookDelivery,
     utcnow,
@@ -246,6 +248,35 @@ class Store(Database):
         with self.session() as s:
             rows = s.scalars(select(PolicyVersion).where(PolicyVersion.channel == channel).order_by(order))
             return [from_orm(PolicyVersionRow, r, "created_at") for r in rows]
+
+    # Score maps (calibration from labels, guard/calibration.py) -------------------------------
+
+    def active_score_map(self, channel: str) -> ChannelMap | None:
+        """The highest published score map of ``channel``; None when it has none or it is switched off."""
+        with self.session() as s:
+            row = s.scalar(
+                select(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state == "published")
+                .order_by(ScoreMapVersion.version.desc())
+                .limit(1)
+            )
+            if row is None or row.document is None or row.version is None:
+                return None
+            return parse_channel_map(channel, row.version, row.document)
+
+    def score_maps(self, channel: str) -> dict[int, ChannelMap]:
+        """Every published map of ``channel`` by version (to take recorded scores back to raw ones)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(ScoreMapVersion).where(
+                    ScoreMapVersion.channel == channel, ScoreMapVersion.state == "published"
+                )
+            )
+            return {
+                r.version: parse_channel_map(channel, r.version, r.document)
+                for r in rows
+                if r.document is not None and r.version is not None
+            }
 
     # Images ----------------------------------------------------------------------------------
 

@@ -47,6 +47,11 @@ NOTICES = {
     "user_updated": "User updated.",
     "user_refused": "Not changed: that would leave no active admin.",
     "audit_done": "Marked: the audit counts on the outcomes page.",
+    "map_drafted": "Fitted: the new score map is a draft. Preview it, then publish it.",
+    "map_published": "Published: the new score map is in force; scores of the old map are not reused.",
+    "map_rolled_back": "Rolled back: the old score map is published again as a new version.",
+    "map_off": "Switched off: this channel's scores are the scorer's own again (as a new version).",
+    "map_discarded": "Draft discarded.",
 }
 
 

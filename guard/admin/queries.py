@@ -24,14 +24,17 @@ from sqlalchemy.orm import Session
 
 from guard.admin.records import (
     AuditRecord,
+    CalibrationRow,
     Case,
     OutcomeRow,
     ReplayRow,
     ResolvedCase,
+    ScoreMapRecord,
     SessionUser,
     TrafficRow,
     UserRecord,
 )
+from guard.calibration import reweight
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
 from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, from_orm
@@ -42,6 +45,7 @@ from guard.tables import (
     LoginThrottle,
     PolicyVersion,
     QueueItem,
+    ScoreMapVersion,
     User,
     utcnow,
 )
@@ -277,6 +281,155 @@ class AdminQueries(Database):
                 .limit(limit)
             )
             return [TrafficRow(_aware_time(r[0]), r[1], r[2], r[3], r[4], r[5] or {}) for r in s.execute(q)]
+
+    # Score maps (calibration from labels)
+
+    def calibration_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[CalibrationRow]:
+        """Decisions of ``channel`` since ``since`` with the scorer version that scored them."""
+        with self.session() as s:
+            q = (
+                select(
+                    Decision.score,
+                    Decision.action,
+                    Decision.degraded,
+                    Decision.uncertain_reason,
+                    Decision.scorer_version,
+                )
+                .where(Decision.channel == channel, Decision.created_at >= since)
+                .order_by(Decision.created_at.desc())
+                .limit(limit)
+            )
+            return [CalibrationRow(*r) for r in s.execute(q)]
+
+    def score_map_history(self, channel: str) -> list[ScoreMapRecord]:
+        """The channel's drafts (newest first) then its published versions (newest first)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state != "discarded")
+                .order_by(ScoreMapVersion.version.desc().nulls_first(), ScoreMapVersion.id.desc())
+            )
+            return [from_orm(ScoreMapRecord, r, "created_at", "published_at") for r in rows]
+
+    def score_map_channels(self) -> list[str]:
+        with self.session() as s:
+            return sorted(s.scalars(select(ScoreMapVersion.channel).distinct()))
+
+    def save_score_map_draft(self, channel: str, document: str, report: dict[str, Any], actor: str) -> int:
+        """Keep a fitted map as the channel's draft (an earlier draft is discarded); returns its id."""
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                update(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state == "draft")
+                .values(state="discarded")
+                .execution_options(synchronize_session=False)
+            )
+            row = ScoreMapVersion(
+                channel=channel,
+                version=None,
+                state="draft",
+                document=document,
+                report=report,
+                note=None,
+                author=actor,
+                created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            _audit(s, actor, "calibration.draft", f"score map {channel} draft {row.id}", None, report)
+            return row.id
+
+    def discard_score_map_draft(self, channel: str, draft_id: int, actor: str) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                update(ScoreMapVersion)
+                .where(
+                    ScoreMapVersion.id == draft_id,
+                    ScoreMapVersion.channel == channel,
+                    ScoreMapVersion.state == "draft",
+                )
+                .values(state="discarded")
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                return False
+            _audit(s, actor, "calibration.discard", f"score map {channel} draft {draft_id}", None, None)
+            return True
+
+    def publish_score_map(
+        self,
+        channel: str,
+        actor: str,
+        *,
+        draft_id: int | None = None,
+        from_version: int | None = None,
+        note: str | None = None,
+    ) -> int | None:
+        """Publish the draft ``draft_id``, or again the published ``from_version`` (a rollback;
+        0 switches the map off), as the channel's next version; returns it, None when there is no
+        such draft or version."""
+        now = utcnow()
+        with self.session() as s:
+            latest = s.scalar(
+                select(func.max(ScoreMapVersion.version)).where(ScoreMapVersion.channel == channel)
+            )
+            version = (latest or 0) + 1
+            current = s.scalar(
+                select(ScoreMapVersion).where(
+                    ScoreMapVersion.channel == channel, ScoreMapVersion.version == latest
+                )
+            )
+            before = None if current is None else {"version": current.version, "document": current.document}
+            if draft_id is not None:
+                row = s.get(ScoreMapVersion, draft_id, with_for_update=True)
+                if row is None or row.channel != channel or row.state != "draft" or row.document is None:
+                    return None
+                row.document = reweight(row.document, channel, version)
+                row.version, row.state = version, "published"
+                row.published_by, row.published_at, row.note = actor, now, note
+                action = "calibration.publish"
+            else:
+                document: str | None = None
+                report: dict[str, object] | None = None
+                if from_version:
+                    old = s.scalar(
+                        select(ScoreMapVersion).where(
+                            ScoreMapVersion.channel == channel,
+                            ScoreMapVersion.version == from_version,
+                            ScoreMapVersion.state == "published",
+                        )
+                    )
+                    if old is None:
+                        return None
+                    document = None if old.document is None else reweight(old.document, channel, version)
+                    report = old.report
+                label = f"rollback to v{from_version}" if from_version else "switched off"
+                s.add(
+                    ScoreMapVersion(
+                        channel=channel,
+                        version=version,
+                        state="published",
+                        document=document,
+                        report=report,
+                        note=note or label,
+                        author=actor,
+                        created_at=now,
+                        published_by=actor,
+                        published_at=now,
+                    )
+                )
+                action = "calibration.rollback"
+            s.flush()
+            _audit(
+                s,
+                actor,
+                action,
+                f"score map {channel} v{version}",
+                before,
+                {"version": version, "from_version": from_version, "draft_id": draft_id, "note": note},
+            )
+            return version
 
     # Policy history
 

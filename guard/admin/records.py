@@ -86,6 +86,36 @@ class OutcomeRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreMapRecord:
+    """A channel's score map: a draft (``version`` None) or a published version (``document`` None:
+    switched off, scores as the scorer gives them)."""
+
+    id: int
+    channel: str
+    version: int | None
+    state: str
+    document: str | None
+    report: Mapping[str, Any] | None
+    note: str | None
+    author: str
+    created_at: datetime | None
+    published_by: str | None
+    published_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    """A logged decision to score again with a draft map: its score, the scorer version that names
+    the map it was scored under, and what was decided."""
+
+    score: float | None
+    action: str
+    degraded: bool
+    uncertain_reason: str | None
+    scorer_version: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReplayRow:
     """A recorded decision to decide again: its score, action, outcome (None: not resolved) and why
     the guard could not judge it (None: it could)."""
