@@ -197,3 +197,40 @@ def test_outcomes_count_audits_by_the_decisions_channel_with_intervals(client: T
     assert '<td class="right">2/3 (67%)</td>' in shop and '<td class="labels">3</td>' in shop
     assert '<td class="interval">21%–94%</td>' in shop  # Wilson 95% of 2/3
     assert 'id="wrong-sends"' in page and "<svg" in page
+
+
+def editor_form(csrf: str, **extra: str) -> dict[str, str]:
+    data = {
+        "csrf_token": csrf,
+        "op": "publish",
+        "on_error": "escalate",
+        "uncertain_action": "review",
+        "instruction": "Judge the reply.",
+    }
+    bands = [
+        ("0", "0.4", "escalate"),
+        ("0.4", "0.5", "review"),
+        ("0.5", "0.7", "follow_up"),
+        ("0.7", "1", "send"),
+    ]
+    for i, (lo, hi, action) in enumerate(bands):
+        data[f"band_lo_{i}"], data[f"band_hi_{i}"], data[f"band_action_{i}"] = lo, hi, action
+    data.update(extra)
+    return data
+
+
+def test_the_editor_sets_a_bands_audit_sample_in_percent(client: TestClient) -> None:
+    csrf = signed_in(client, "owner")
+    page = client.get("/admin/policies/default").text
+    assert 'name="band_audit_4"' in page and 'aria-label="audit sample of band 5, percent"' in page
+    assert 'placeholder="2"' in page and 'placeholder="5"' in page  # the defaults of send, follow-up
+    r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="10", band_audit_2="0"))
+    assert r.status_code == 200 and "Published" in r.text
+    policy = runtime_of(client).store.active_policy("default")
+    assert policy is not None and [b.audit_sample for b in policy.bands] == [None, None, 0.0, 0.1]
+    assert 'name="band_audit_3" value="10"' in client.get("/admin/policies/default").text
+    r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_0="5"))
+    assert r.status_code == 422 and "audit_sample must be 0 for a escalate band" in r.text
+    r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="lots"))
+    assert r.status_code == 422 and "band #4: the audit sample &#39;lots&#39; is not a percentage" in r.text
+    assert runtime_of(client).store.active_policy("default") == policy  # nothing else was published

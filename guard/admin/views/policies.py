@@ -19,7 +19,7 @@ from guard.admin.forms import (
     render_samples,
     valid_channel,
 )
-from guard.policies import TEMPLATE_KEYS, Policy, policy_document
+from guard.policies import DEFAULT_AUDIT_SAMPLE, TEMPLATE_KEYS, Policy, policy_document
 from guard.tables import utcnow
 
 
@@ -109,6 +109,7 @@ class PolicyViews(Pages):
             field_name=field_name,
             csrf=ctx.user.csrf,
             windows=list(traffic.WINDOWS),
+            audit_defaults=DEFAULT_AUDIT_SAMPLE,
         )
 
     async def _preview(self, channel: str, form: PolicyForm, current: Policy, key: str) -> dict[str, Any]:
