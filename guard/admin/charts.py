@@ -215,7 +215,7 @@ def rate_per_day(
     tops += [s for _, s, _, _ in days if s is not None]
     peak = max(tops, default=0.0) or 0.01
     peak = math.ceil(peak * 100) / 100 if peak > 0.01 else 0.01
-    bw = inner_w / n
+    bw = inner_w / max(n, 14)  # a few days do not make bars half the chart wide
     rects: list[Rect] = []
     lines: list[Line] = [Line(pad_l, pad_t + inner_h, pad_l + inner_w, pad_t + inner_h, "axis")]
     labels: list[Label] = []
