@@ -320,8 +320,9 @@ class Pipeline:
         timings: dict[str, float] = {}
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
-        policy = await self.policies.get(req.channel)
-        channel_map = await self.calibrations.get(req.channel)
+        policy, channel_map = await asyncio.gather(
+            self.policies.get(req.channel), self.calibrations.get(req.channel)
+        )
         drafts = (req.reply, *req.candidates)
         photo = await self.photo_text(req.image)
         if photo is not None and photo.status != "off":
