@@ -234,3 +234,53 @@ def test_the_editor_sets_a_bands_audit_sample_in_percent(client: TestClient) -> 
     r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="lots"))
     assert r.status_code == 422 and "band #4: the audit sample &#39;lots&#39; is not a percentage" in r.text
     assert runtime_of(client).store.active_policy("default") == policy  # nothing else was published
+
+
+def test_wilson_interval_and_wrong_sends_per_day() -> None:
+    from datetime import UTC, datetime
+
+    from guard.admin import charts, traffic
+    from guard.admin.records import OutcomeRow
+
+    assert traffic.wilson(0, 0) is None
+    lo, hi = traffic.wilson(2, 3)  # type: ignore[misc]
+    assert round(lo, 3) == 0.208 and round(hi, 3) == 0.939
+    lo, hi = traffic.wilson(0, 10)  # type: ignore[misc]
+    assert lo == 0.0 and round(hi, 3) == 0.278  # never the "0%, certainly" of a plain share
+    lo, hi = traffic.wilson(50, 50)  # type: ignore[misc]
+    assert hi == 1.0 and round(lo, 3) == 0.929
+
+    def audit(day: int, verdict: str, channel: str = "a", action: str = "send") -> OutcomeRow:
+        return OutcomeRow(
+            channel,
+            "[0.7,1.0]",
+            action,
+            0.9,
+            "audited",
+            kind="audit",
+            audit_verdict=verdict,
+            created_at=datetime(2026, 12, day, 12, tzinfo=UTC),
+        )
+
+    rows = [audit(1, "wrong"), audit(1, "right"), audit(1, "right"), audit(1, "right"), audit(2, "right")]
+    rows += [audit(1, "wrong", channel="b"), audit(1, "wrong", action="follow_up")]
+    per_day = [
+        ("2026-12-01", "a", "send", 40),
+        ("2026-12-01", "a", "review", 10),
+        ("2026-12-01", "b", "send", 5),
+        ("2026-12-02", "a", "send", 8),
+        ("2026-12-03", "a", "send", 8),
+    ]
+    days = traffic.wrong_send_days(rows, per_day, "a")
+    assert [(d.day, d.decisions, d.sends, d.audited, d.wrong) for d in days] == [
+        ("2026-12-01", 50, 40, 4, 1),
+        ("2026-12-02", 8, 8, 1, 0),
+        ("2026-12-03", 8, 8, 0, 0),
+    ]
+    assert days[0].share == 0.8 * 0.25  # 80% of the customers got a send, a quarter of those wrong
+    assert days[0].interval is not None and days[0].interval[1] <= 0.8
+    assert days[2].share is None  # no audit that day: no measurement, no bar
+    everyone = traffic.wrong_send_days(rows, per_day)
+    assert everyone[0].decisions == 55 and everyone[0].wrong == 2  # channel b's wrong send too
+    chart = charts.rate_per_day([(d.day, d.share, d.interval, d.day) for d in days], title="t")
+    assert len(chart.rects) == 2 and len([ln for ln in chart.lines if ln.css == "interval"]) == 2
