@@ -371,6 +371,18 @@ class CalibrationBook:
             self._reload(channel)
         return hit[1]
 
+    def known(self, channel: str) -> tuple[bool, ChannelMap | None]:
+        """(True, the map) without waiting when the channel's map was read before (a stale one starts
+        a re-read, as ``get`` does); (False, None) when ``get`` would have to wait for SQL."""
+        if self._load_fn is None:
+            return True, None
+        hit = self._cache.get(channel)
+        if hit is None:
+            return False, None
+        if hit[0] <= time.monotonic():
+            self._reload(channel)
+        return True, hit[1]
+
     def invalidate(self) -> None:
         """Forget every map (one was published here)."""
         self._generation += 1

@@ -320,9 +320,13 @@ class Pipeline:
         timings: dict[str, float] = {}
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
-        policy, channel_map = await asyncio.gather(
-            self.policies.get(req.channel), self.calibrations.get(req.channel)
-        )
+        known, channel_map = self.calibrations.known(req.channel)
+        if known:  # the usual case: no task, no wait
+            policy = await self.policies.get(req.channel)
+        else:  # a channel's first request: read its policy and its map together
+            policy, channel_map = await asyncio.gather(
+                self.policies.get(req.channel), self.calibrations.get(req.channel)
+            )
         drafts = (req.reply, *req.candidates)
         photo = await self.photo_text(req.image)
         if photo is not None and photo.status != "off":

@@ -256,3 +256,37 @@ def test_guard_calibrate_cli(client: TestClient, sqlite_url: str) -> None:
     assert report["draft_id"] is not None
     [draft] = queries_of(client).score_map_history("shop")
     assert draft.state == "draft" and draft.id == report["draft_id"]
+
+
+def test_the_book_reads_a_map_once_then_keeps_the_last_one_known() -> None:
+    import asyncio
+
+    from guard.calibration import CalibrationBook, map_document
+
+    m = parse_channel_map("shop", 1, map_document("shop", 1, 2.0, 1.0))
+    calls: list[str] = []
+    fail = False
+
+    def load(channel: str) -> Any:
+        calls.append(channel)
+        if fail:
+            raise RuntimeError("database down")
+        return m if channel == "shop" else None
+
+    async def run() -> None:
+        nonlocal fail
+        book = CalibrationBook(load, ttl_s=0.05)
+        assert book.known("shop") == (False, None)
+        assert await book.get("shop") is m and await book.get("other") is None
+        assert book.known("shop") == (True, m) and calls == ["shop", "other"]
+        fail = True
+        await asyncio.sleep(0.06)
+        assert book.known("shop") == (True, m)  # stale: a re-read starts, the map known stands
+        await asyncio.sleep(0.02)
+        assert await book.get("shop") is m and calls.count("shop") == 2
+        book.invalidate()
+        assert book.known("shop") == (False, None)
+        assert await book.get("shop") is None  # nothing known and SQL down: no map, logged
+
+    asyncio.run(run())
+    assert CalibrationBook(None).known("x") == (True, None)
