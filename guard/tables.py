@@ -27,7 +27,11 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-QUEUE_STATES = ("pending", "approved", "edited", "taken_over", "dismissed")
+QUEUE_STATES = ("pending", "approved", "edited", "taken_over", "dismissed", "audited")
+QUEUE_KINDS = ("escalate", "review", "audit")
+"""A held decision's item has its action as kind; ``audit``: a sampled decision that was sent."""
+AUDIT_VERDICTS = ("right", "wrong")
+AUDIT_GRADES = {2: "addresses the issue", 1: "right direction", 0: "does not address it"}
 
 
 def utcnow() -> datetime:
@@ -91,7 +95,7 @@ class QueueItem(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
-    """"escalate" or "review"."""
+    """"escalate" or "review" (held), or "audit" (sent, sampled for a supervisor to mark)."""
     state: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     channel: Mapped[str] = mapped_column(String(100), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -101,6 +105,10 @@ class QueueItem(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     final_reply: Mapped[str | None] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)
+    audit_verdict: Mapped[str | None] = mapped_column(String(8))
+    """An audit item's mark: "right" or "wrong" (AUDIT_VERDICTS); None until marked."""
+    audit_grade: Mapped[int | None] = mapped_column(Integer)
+    """The supervisor's corrected grade of the sent reply (AUDIT_GRADES), when given."""
 
 
 class CaseViewer(Base):
@@ -126,6 +134,30 @@ class PolicyVersion(Base):
     document: Mapped[dict[str, object]] = mapped_column(JSON)
     author: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ScoreMapVersion(Base):
+    """A channel's score map fitted on its labels: a draft (``version`` None) or a published version.
+
+    The highest published version is in force; its ``document`` (the JSON text of a
+    ``guard-score-map-1`` map) None means no map (scores as the scorer gives them)."""
+
+    __tablename__ = "score_maps"
+    __table_args__ = (UniqueConstraint("channel", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    """"draft", "published" or "discarded"."""
+    document: Mapped[str | None] = mapped_column(Text)
+    report: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    """What the fit measured (labels, agreement before and after on held-out labels)."""
+    note: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_by: Mapped[str | None] = mapped_column(String(100))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class StoredImage(Base):

@@ -32,6 +32,7 @@ STATE_LABELS = {
     "edited": "edited and sent",
     "taken_over": "taken over",
     "dismissed": "dismissed",
+    "audited": "audited (sent, marked)",
 }
 UNCERTAIN_LABELS = {
     "issue_not_stated": "neither the question nor the text in the photo states the issue, "
@@ -48,6 +49,12 @@ NOTICES = {
     "user_created": "User created.",
     "user_updated": "User updated.",
     "user_refused": "Not changed: that would leave no active admin.",
+    "audit_done": "Marked: the audit counts on the outcomes page.",
+    "map_drafted": "Fitted: the new score map is a draft. Preview it, then publish it.",
+    "map_published": "Published: the new score map is in force; scores of the old map are not reused.",
+    "map_rolled_back": "Rolled back: the old score map is published again as a new version.",
+    "map_off": "Switched off: this channel's scores are the scorer's own again (as a new version).",
+    "map_discarded": "Draft discarded.",
 }
 PROBLEM_NOTICES = frozenset({"user_refused"})
 """Notices that say something was refused: shown as a problem, not as a success."""
@@ -104,6 +111,11 @@ def fmt_pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
 
 
+def fmt_pct1(value: float | None) -> str:
+    """A small share: one decimal (0.4%)."""
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
 class Pages:
     """The admin pages of one running guard: its runtime, the admin's queries over the runtime's
     database, and the templates they render."""
@@ -123,6 +135,7 @@ class Pages:
             time=fmt_time,
             ms=fmt_ms,
             pct=fmt_pct,
+            pct1=fmt_pct1,
             pretty_json=pretty_json,
             action=charts.ACTION_LABELS.get,
             lang=text_lang,

@@ -44,6 +44,8 @@ class PolicyForm:
     instruction: str
     templates: dict[str, str]
     problems: list[str] = field(default_factory=list)
+    audits: list[str] = field(default_factory=list)
+    """Each band's audit sample in percent as typed (parallel to ``bands``; "" for the default)."""
     policy: Policy | None = None
     """The parsed policy when the form is valid."""
 
@@ -56,6 +58,7 @@ class PolicyForm:
             uncertain_action=policy.uncertain_action,
             instruction=policy.instruction,
             templates={k: policy.templates.get(k, "") for k in TEMPLATE_KEYS},
+            audits=["" if b.audit_sample is None else f"{b.audit_sample * 100:g}" for b in policy.bands],
             policy=Policy(
                 channel=channel,
                 bands=policy.bands,
@@ -69,11 +72,13 @@ class PolicyForm:
     @classmethod
     def from_form(cls, channel: str, form: Mapping[str, Any], messages: Messages) -> PolicyForm:
         bands: list[tuple[str, str, str]] = []
+        audits: list[str] = []
         for i in range(MAX_BANDS):
             lo, hi = _text(form, f"band_lo_{i}"), _text(form, f"band_hi_{i}")
             action = _text(form, f"band_action_{i}")
             if lo or hi:
                 bands.append((lo, hi, action))
+                audits.append(_text(form, f"band_audit_{i}"))
         templates = {k: _text(form, field_name(k)).replace("\r\n", "\n") for k in TEMPLATE_KEYS}
         out = cls(
             channel=channel,
@@ -82,6 +87,7 @@ class PolicyForm:
             uncertain_action=_text(form, "uncertain_action"),
             instruction=_text(form, "instruction").replace("\r\n", "\n"),
             templates=templates,
+            audits=audits,
         )
         out._validate(messages)
         return out
@@ -101,8 +107,12 @@ class PolicyForm:
                     problems.append(f"band #{i}: the {name} {raw!r} is not a number")
             if action not in ACTIONS:
                 problems.append(f"band #{i}: unknown action {action!r} (known: {', '.join(ACTIONS)})")
+            share = _audit_share(self.audits[i - 1] if i - 1 < len(self.audits) else "", i, problems)
             if len(numbers) == 2:
-                doc_bands.append({"lo": numbers[0], "hi": numbers[1], "action": action})
+                band: dict[str, Any] = {"lo": numbers[0], "hi": numbers[1], "action": action}
+                if share is not None:
+                    band["audit_sample"] = share
+                doc_bands.append(band)
         if self.uncertain_action not in UNCERTAIN_ACTIONS:
             problems.append(
                 f"when the guard cannot judge a case: {self.uncertain_action or '(nothing chosen)'!r} is not "
@@ -127,6 +137,21 @@ class PolicyForm:
         self.problems = template_problems(policy.templates, messages)
         if not self.problems:
             self.policy = policy
+
+
+def _audit_share(raw: str, i: int, problems: list[str]) -> float | None:
+    """A band's audit sample typed in percent ("2", "2.5", "2%") as a share; None when left empty."""
+    text = raw.strip().removesuffix("%").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError
+    except ValueError:
+        problems.append(f"band #{i}: the audit sample {raw!r} is not a percentage")
+        return None
+    return value / 100
 
 
 def render_samples(

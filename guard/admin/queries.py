@@ -28,17 +28,20 @@ from sqlalchemy.orm import Session
 
 from guard.admin.records import (
     AuditRecord,
+    CalibrationRow,
     Case,
     Neighbours,
     OutcomeRow,
     QueueFilter,
     ReplayRow,
     ResolvedCase,
+    ScoreMapRecord,
     SessionUser,
     TrafficRow,
     UserRecord,
     Viewer,
 )
+from guard.calibration import reweight
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
 from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, from_orm
@@ -50,6 +53,7 @@ from guard.tables import (
     LoginThrottle,
     PolicyVersion,
     QueueItem,
+    ScoreMapVersion,
     User,
     utcnow,
 )
@@ -235,7 +239,11 @@ class AdminQueries(Database):
         with self.session() as s:
             result = s.execute(
                 update(QueueItem)
-                .where(QueueItem.id == queue_item_id, QueueItem.state == "pending")
+                .where(
+                    QueueItem.id == queue_item_id,
+                    QueueItem.state == "pending",
+                    QueueItem.kind != "audit",  # sent already: it is marked, not resolved
+                )
                 .values(
                     state=state,
                     claimed_by=actor,
@@ -255,23 +263,97 @@ class AdminQueries(Database):
             _audit(s, actor, f"case.{state}", f"case {queue_item_id}", {"state": "pending"}, after)
             return ResolvedCase(queue_item_id, item.decision_id, state, now)
 
+    def mark_audit(
+        self, queue_item_id: str, verdict: str, grade: int | None, actor: str, note: str | None = None
+    ) -> ResolvedCase | None:
+        """Mark a pending audit item right or wrong (with an optional corrected grade), atomically:
+        of two supervisors exactly one marks it; None for the other (or for a held case)."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(QueueItem)
+                .where(
+                    QueueItem.id == queue_item_id,
+                    QueueItem.state == "pending",
+                    QueueItem.kind == "audit",
+                )
+                .values(
+                    state="audited",
+                    claimed_by=actor,
+                    resolved_by=actor,
+                    resolved_at=now,
+                    updated_at=now,
+                    audit_verdict=verdict,
+                    audit_grade=grade,
+                    note=note,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                return None
+            item = s.get(QueueItem, queue_item_id)
+            assert item is not None
+            after = {"state": "audited", "verdict": verdict, "grade": grade, "note": note}
+            _audit(s, actor, "case.audit", f"case {queue_item_id}", {"state": "pending"}, after)
+            return ResolvedCase(queue_item_id, item.decision_id, "audited", now)
+
+    def next_audit(self, after_id: str | None = None) -> str | None:
+        """The oldest pending audit item (other than ``after_id``), for marking one after another."""
+        with self.session() as s:
+            q = select(QueueItem.id).where(QueueItem.kind == "audit", QueueItem.state == "pending")
+            if after_id:
+                q = q.where(QueueItem.id != after_id)
+            return s.scalar(q.order_by(QueueItem.created_at, QueueItem.id).limit(1))
+
     # Outcomes and traffic
 
     def outcome_rows(self, channel: str | None = None, since: datetime | None = None) -> list[OutcomeRow]:
-        """Resolved cases as labels: the decision's band and action and what the supervisor did."""
+        """Labels: resolved held cases and marked audit items, by the decision's own channel, with the
+        band and action it was decided with, the policy version, and what the supervisor said."""
         with self.session() as s:
             q = (
                 select(
-                    Decision.policy_channel, Decision.band, Decision.action, Decision.score, QueueItem.state
+                    Decision.channel,
+                    Decision.band,
+                    Decision.action,
+                    Decision.score,
+                    QueueItem.state,
+                    QueueItem.kind,
+                    QueueItem.audit_verdict,
+                    QueueItem.audit_grade,
+                    Decision.policy_channel,
+                    Decision.policy_version,
+                    Decision.created_at,
+                    Decision.id,
+                    Decision.scorer_version,
                 )
                 .join(QueueItem, QueueItem.decision_id == Decision.id)
                 .where(QueueItem.state != "pending")
             )
             if channel:
-                q = q.where(Decision.policy_channel == channel)
+                q = q.where(Decision.channel == channel)
             if since is not None:
                 q = q.where(Decision.created_at >= since)
-            return [OutcomeRow(*r) for r in s.execute(q)]
+            return [
+                OutcomeRow(*r[:10], created_at=_aware_time(r[10]), decision_id=r[11], scorer_version=r[12])
+                for r in s.execute(q)
+            ]
+
+    def answered_per_day(self, since: datetime) -> list[tuple[str, str, str, int]]:
+        """(day "YYYY-MM-DD" in UTC, the decision's channel, action, decisions) since ``since``."""
+        with self.session() as s:
+            postgres = s.get_bind().dialect.name == "postgresql"
+            day = (
+                func.to_char(func.timezone("UTC", Decision.created_at), "YYYY-MM-DD")
+                if postgres
+                else func.strftime("%Y-%m-%d", Decision.created_at)
+            )
+            q = (
+                select(day, Decision.channel, Decision.action, func.count())
+                .where(Decision.created_at >= since)
+                .group_by(day, Decision.channel, Decision.action)
+            )
+            return [(str(d), str(c), str(a), int(n)) for d, c, a, n in s.execute(q)]
 
     def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[ReplayRow]:
         """Decisions made for ``channel`` since ``since``: score, recorded action, outcome (if any) and
@@ -312,6 +394,155 @@ class AdminQueries(Database):
                 .limit(limit)
             )
             return [TrafficRow(_aware_time(r[0]), r[1], r[2], r[3], r[4], r[5] or {}) for r in s.execute(q)]
+
+    # Score maps (calibration from labels)
+
+    def calibration_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[CalibrationRow]:
+        """Decisions of ``channel`` since ``since`` with the scorer version that scored them."""
+        with self.session() as s:
+            q = (
+                select(
+                    Decision.score,
+                    Decision.action,
+                    Decision.degraded,
+                    Decision.uncertain_reason,
+                    Decision.scorer_version,
+                )
+                .where(Decision.channel == channel, Decision.created_at >= since)
+                .order_by(Decision.created_at.desc())
+                .limit(limit)
+            )
+            return [CalibrationRow(*r) for r in s.execute(q)]
+
+    def score_map_history(self, channel: str) -> list[ScoreMapRecord]:
+        """The channel's drafts (newest first) then its published versions (newest first)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state != "discarded")
+                .order_by(ScoreMapVersion.version.desc().nulls_first(), ScoreMapVersion.id.desc())
+            )
+            return [from_orm(ScoreMapRecord, r, "created_at", "published_at") for r in rows]
+
+    def score_map_channels(self) -> list[str]:
+        with self.session() as s:
+            return sorted(s.scalars(select(ScoreMapVersion.channel).distinct()))
+
+    def save_score_map_draft(self, channel: str, document: str, report: dict[str, Any], actor: str) -> int:
+        """Keep a fitted map as the channel's draft (an earlier draft is discarded); returns its id."""
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                update(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state == "draft")
+                .values(state="discarded")
+                .execution_options(synchronize_session=False)
+            )
+            row = ScoreMapVersion(
+                channel=channel,
+                version=None,
+                state="draft",
+                document=document,
+                report=report,
+                note=None,
+                author=actor,
+                created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            _audit(s, actor, "calibration.draft", f"score map {channel} draft {row.id}", None, report)
+            return row.id
+
+    def discard_score_map_draft(self, channel: str, draft_id: int, actor: str) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                update(ScoreMapVersion)
+                .where(
+                    ScoreMapVersion.id == draft_id,
+                    ScoreMapVersion.channel == channel,
+                    ScoreMapVersion.state == "draft",
+                )
+                .values(state="discarded")
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                return False
+            _audit(s, actor, "calibration.discard", f"score map {channel} draft {draft_id}", None, None)
+            return True
+
+    def publish_score_map(
+        self,
+        channel: str,
+        actor: str,
+        *,
+        draft_id: int | None = None,
+        from_version: int | None = None,
+        note: str | None = None,
+    ) -> int | None:
+        """Publish the draft ``draft_id``, or again the published ``from_version`` (a rollback;
+        0 switches the map off), as the channel's next version; returns it, None when there is no
+        such draft or version."""
+        now = utcnow()
+        with self.session() as s:
+            latest = s.scalar(
+                select(func.max(ScoreMapVersion.version)).where(ScoreMapVersion.channel == channel)
+            )
+            version = (latest or 0) + 1
+            current = s.scalar(
+                select(ScoreMapVersion).where(
+                    ScoreMapVersion.channel == channel, ScoreMapVersion.version == latest
+                )
+            )
+            before = None if current is None else {"version": current.version, "document": current.document}
+            if draft_id is not None:
+                row = s.get(ScoreMapVersion, draft_id, with_for_update=True)
+                if row is None or row.channel != channel or row.state != "draft" or row.document is None:
+                    return None
+                row.document = reweight(row.document, channel, version)
+                row.version, row.state = version, "published"
+                row.published_by, row.published_at, row.note = actor, now, note
+                action = "calibration.publish"
+            else:
+                document: str | None = None
+                report: dict[str, object] | None = None
+                if from_version:
+                    old = s.scalar(
+                        select(ScoreMapVersion).where(
+                            ScoreMapVersion.channel == channel,
+                            ScoreMapVersion.version == from_version,
+                            ScoreMapVersion.state == "published",
+                        )
+                    )
+                    if old is None:
+                        return None
+                    document = None if old.document is None else reweight(old.document, channel, version)
+                    report = old.report
+                label = f"rollback to v{from_version}" if from_version else "switched off"
+                s.add(
+                    ScoreMapVersion(
+                        channel=channel,
+                        version=version,
+                        state="published",
+                        document=document,
+                        report=report,
+                        note=note or label,
+                        author=actor,
+                        created_at=now,
+                        published_by=actor,
+                        published_at=now,
+                    )
+                )
+                action = "calibration.rollback"
+            s.flush()
+            _audit(
+                s,
+                actor,
+                action,
+                f"score map {channel} v{version}",
+                before,
+                {"version": version, "from_version": from_version, "draft_id": draft_id, "note": note},
+            )
+            return version
 
     # Policy history
 

@@ -66,13 +66,53 @@ class AuditRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutcomeRow:
-    """A resolved case as a label: the decision's band and action, and what the supervisor did."""
+    """A label: a resolved held case (``outcome`` approved, edited, taken_over, dismissed) or a marked
+    audit item (``kind`` "audit", ``outcome`` "audited", ``audit_verdict`` right/wrong), with the
+    decision's own channel, band and action and the policy version that decided it."""
 
     channel: str
     band: str | None
     action: str
     score: float | None
     outcome: str
+    kind: str = ""
+    audit_verdict: str | None = None
+    audit_grade: int | None = None
+    policy_channel: str = ""
+    policy_version: int = 0
+    created_at: datetime | None = None
+    decision_id: str = ""
+    scorer_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreMapRecord:
+    """A channel's score map: a draft (``version`` None) or a published version (``document`` None:
+    switched off, scores as the scorer gives them)."""
+
+    id: int
+    channel: str
+    version: int | None
+    state: str
+    document: str | None
+    report: Mapping[str, Any] | None
+    note: str | None
+    author: str
+    created_at: datetime | None
+    published_by: str | None
+    published_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    """A logged decision to score again with a draft map: its score, the scorer version that names
+    the map it was scored under, and what was decided."""
+
+    score: float | None
+    action: str
+    degraded: bool
+    uncertain_reason: str | None
+    scorer_version: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,9 @@ from starlette.background import BackgroundTask
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from guard.admin import charts
-from guard.admin.base import PREFIX, STATE_LABELS, Ctx, Pages
+from guard.admin.base import PREFIX, STATE_LABELS, Ctx
 from guard.admin.records import Case, QueueFilter, Viewer
+from guard.admin.views.audits import AuditViews
 from guard.followups import MessageContext, case_ref
 from guard.runtime import OutcomeHook
 from guard.tables import utcnow
@@ -68,7 +69,7 @@ def wait_state(waited_s: float, promised_s: float | None) -> str:
 def read_filters(params: Mapping[str, str]) -> tuple[QueueFilter, dict[str, str]]:
     """The queue's filters from a query string: the filter, and the values as the form shows them."""
     channel = params.get("channel") or None
-    kind = params.get("action") if params.get("action") in ("escalate", "review") else None
+    kind = params.get("action") if params.get("action") in ("escalate", "review", "audit") else None
     state = params.get("state") or "pending"
     if state != "all" and state not in STATE_LABELS:
         state = "pending"
@@ -91,7 +92,7 @@ def filter_query(shown: Mapping[str, str], **extra: str | int) -> str:
     return f"?{urlencode(pairs)}" if pairs else ""
 
 
-class CaseViews(Pages):
+class CaseViews(AuditViews):
     """The queue and its cases."""
 
     def _promise(self, locale: str) -> float | None:
@@ -154,6 +155,8 @@ class CaseViews(Pages):
         case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
+        if case.item.kind == "audit":  # sent already: marked on its own page (views/audits.py)
+            return await self.audit_view(ctx, case, status, message)
         f, shown = read_filters(ctx.request.query_params)
         decision = case.decision
         policy = await self._policy_of(decision.policy_channel, decision.policy_version)
@@ -255,6 +258,9 @@ class CaseViews(Pages):
         case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such case.")
+        if case.item.kind == "audit":
+            message = "This reply was sent already: mark it right or wrong."
+            return await self.audit_view(ctx, case, 409, message)
         reply = str(ctx.form.get("reply") or "").replace("\r\n", "\n").strip()
         reason = str(ctx.form.get("reason") or "").strip()[:2000]
         final: str | None = None

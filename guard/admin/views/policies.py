@@ -19,7 +19,7 @@ from guard.admin.forms import (
     render_samples,
     valid_channel,
 )
-from guard.policies import TEMPLATE_KEYS, Policy, policy_document
+from guard.policies import DEFAULT_AUDIT_SAMPLE, TEMPLATE_KEYS, Policy, policy_document
 from guard.tables import utcnow
 
 
@@ -109,6 +109,7 @@ class PolicyViews(Pages):
             field_name=field_name,
             csrf=ctx.user.csrf,
             windows=list(traffic.WINDOWS),
+            audit_defaults=DEFAULT_AUDIT_SAMPLE,
         )
 
     async def _preview(self, channel: str, form: PolicyForm, current: Policy, key: str) -> dict[str, Any]:
@@ -169,14 +170,39 @@ class PolicyViews(Pages):
         return self._redirect_policy(channel, "rolled_back")
 
     async def outcomes(self, ctx: Ctx) -> Response:
-        key, span = traffic.window(ctx.request.query_params.get("window"), "30d")
-        rows = await self.db(self.queries.outcome_rows, None, utcnow() - span)
+        q = ctx.request.query_params
+        key, span = traffic.window(q.get("window"), "30d")
+        wanted = q.get("channel") or ""
+        since = utcnow() - span
+        rows = await self.db(self.queries.outcome_rows, None, since)
+        per_day = await self.db(self.queries.answered_per_day, since)
+        channels = sorted({r.channel for r in rows} | {c for _, c, _, _ in per_day})
+        channel = wanted if wanted in channels else ""
+        groups = traffic.band_outcomes(rows)
+        days = traffic.wrong_send_days(rows, per_day, channel)
+        chart = charts.rate_per_day(
+            [
+                (
+                    d.day,
+                    d.share,
+                    d.interval,
+                    f"{d.day}: {d.wrong} of {d.audited} audited sends wrong; "
+                    f"{d.sends} of {d.decisions} customers got a send",
+                )
+                for d in days
+            ],
+            title="share of customers who got a wrong send, per day",
+        )
         return self.render(
             ctx.request,
             "outcomes.html",
             ctx.user,
-            groups=traffic.band_outcomes(rows),
+            groups=[g for g in groups if not channel or g.channel == channel],
+            days=days,
+            wrong_chart=chart,
             window=key,
             windows=list(traffic.WINDOWS),
+            channel=channel,
+            channels=channels,
             needs_human=traffic.OUTCOME_NEEDS_HUMAN,
         )
