@@ -24,7 +24,7 @@ from guard.scoring.base import ScoreInput, ScoreResult
 from guard.store import Store
 from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 from tests.fakes import FakeScorer
-from tests.test_admin import band_form, held_case, make_users, signed_in
+from tests.test_admin import band_form, held_case, make_users, publish, signed_in
 from tests.test_admin import cheap_hashes as cheap_hashes  # autouse: test-sized argon2
 
 URL = "/admin/playground"
@@ -284,9 +284,9 @@ def test_a_scorer_that_does_not_read_the_instruction_says_so_when_comparing(
 
 def test_unedited_instruction_follows_the_channel(client: TestClient) -> None:
     token = signed_in(client, "owner")
-    form = band_form([("0", "1", "send")], csrf=token, op="publish")
+    form = band_form([("0", "1", "send")], csrf=token)
     form["instruction"] = "Judge the shop channel."
-    assert client.post("/admin/policies/shop", data=form).status_code == 200
+    assert publish(client, "shop", form).status_code == 200
     shown = re.search(r'name="channel_instruction" value="([^"]*)"', client.get(URL).text)
     assert shown is not None
     # The box still holds the default channel's instruction, but the channel is now "shop".
