@@ -17,14 +17,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from guard.admin.charts import ACTION_LABELS
+from guard.policies import DEFAULT_UNCERTAIN_ACTION
+from guard.scoring.base import DEFAULT_INSTRUCTION
 
 POLICY_FIELDS = {
     "on_error": "when the score is unusable",
     "uncertain_action": "when the guard cannot judge a case",
     "instruction": "scoring instruction",
 }
-NOT_COMPARED = frozenset({"version", "channel"})
-"""Keys that every version has and that say where, not what (the target names them)."""
+NOT_COMPARED = frozenset({"version", "channel", "rollback_of"})
+"""Keys that say where or which version, not what (the target and the action name them)."""
+POLICY_DEFAULTS: dict[str, Any] = {
+    "on_error": "escalate",
+    "uncertain_action": DEFAULT_UNCERTAIN_ACTION,
+    "instruction": DEFAULT_INSTRUCTION,
+}
+"""What a stored document without the key means (parse_policy's defaults): no change when added."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +52,8 @@ def changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -
 
 
 def policy_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> list[Change]:
-    old, new = before or {}, after or {}
+    old = {**POLICY_DEFAULTS, **before} if before is not None else {}
+    new = {**POLICY_DEFAULTS, **after} if after is not None else {}
     out = _band_changes(old.get("bands"), new.get("bands"))
     for key, label in POLICY_FIELDS.items():
         a, b = old.get(key), new.get(key)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -18,6 +21,8 @@ from guard.admin.forms import (
     render_samples,
     valid_channel,
 )
+from guard.admin.records import ReplayRow
+from guard.pipeline import decide_case
 from guard.policies import TEMPLATE_KEYS, Policy, policy_document
 from guard.tables import utcnow
 
@@ -43,6 +48,16 @@ def move_summary(replay: traffic.Replay, window: str) -> str:
         noun = ("case moves" if n == 1 else "cases move") if k == 0 else ""
         parts.append(f"{n} {noun + ' ' if noun else ''}from {labels[a]} to {labels[b]}")
     return "; ".join(parts) + f" (of {replay.total} decisions logged)."
+
+
+def as_decided(rows: Sequence[ReplayRow], policy: Policy) -> list[ReplayRow]:
+    """The logged decisions with the action ``policy`` gives them (a replay of these under a draft
+    counts what publishing the draft changes, whatever policy made the recorded decisions)."""
+    out = []
+    for row in rows:
+        score = float(row.score) if row.score is not None and math.isfinite(row.score) else None
+        out.append(replace(row, action=decide_case(policy, score, row.uncertain_reason).action))
+    return out
 
 
 def note_problem(note: str) -> str | None:
@@ -101,7 +116,7 @@ class PolicyViews(Pages):
                         form.policy,
                         ctx.user.username,
                         note=note,
-                        summary=move_summary(preview["result"], preview["window"]),
+                        summary=move_summary(preview["moves"], preview["window"]),
                     )
                     self._invalidate()
                     return self._redirect_policy(channel, "published")
@@ -149,7 +164,7 @@ class PolicyViews(Pages):
             confirm = {
                 **confirm,
                 "next_version": (versions[0].version if versions else 0) + 1,
-                "summary": move_summary(preview["result"], preview["window"]),
+                "summary": move_summary(preview["moves"], preview["window"]),
                 "changes": diffs.policy_changes(before, policy_document(target)) if before else [],
                 "digest": policy_digest(target),
             }
@@ -189,6 +204,7 @@ class PolicyViews(Pages):
         result = traffic.replay(rows, draft if draft is not None else current)
         old = traffic.replay(rows, current)  # the recorded actions may predate the policy in force
         return {
+            "moves": traffic.replay(as_decided(rows, current), draft if draft is not None else current),
             "window": key,
             "valid": draft is not None,
             "problems": form.problems,
@@ -253,7 +269,7 @@ class PolicyViews(Pages):
                     ctx.user.username,
                     "policy.rollback",
                     note=note,
-                    summary=move_summary(preview["result"], preview["window"]),
+                    summary=move_summary(preview["moves"], preview["window"]),
                     rollback_of=version,
                 )
                 self._invalidate()
