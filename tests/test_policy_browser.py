@@ -86,6 +86,23 @@ def test_band_controls_and_the_preview_beside_them(browser: Any, server: tuple[s
     ctx.close()
     assert not [e for e in errors if "Content Security Policy" in e], errors
 
+    # Without JavaScript the buttons are plain form buttons, and Enter in a field previews (the
+    # form's default button), never a band button.
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, java_script_enabled=False)
+    page = ctx.new_page()
+    sign_in(page, base, "olga")
+    page.goto(f"{base}/admin/policies/default")
+    page.get_by_role("button", name="Remove band 5").click()
+    expect(page.locator("#band-message")).to_contain_text("Band 5 is removed; band 4 below it now reaches 1.")
+    assert band_values(page, "hi") == ["0.4", "0.5", "0.6", "1"]
+    page.fill("#band_hi_0", "0.3")
+    page.fill("#band_lo_1", "0.3")
+    page.press("#band_lo_1", "Enter")
+    expect(page.locator("#changed-count")).to_have_text("1")  # 0.9: send -> follow-up (band 5 removed)
+    assert band_values(page, "hi") == ["0.3", "0.5", "0.6", "1"], "previewed, not split or removed"
+    assert page.locator("#band-message").count() == 0
+    ctx.close()
+
 
 def test_publish_and_roll_back_through_a_confirmation_with_a_change_note(
     browser: Any, server: tuple[str, Store]
