@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     publish.add_argument("file", type=Path)
     publish.add_argument("--author", default="cli")
+    publish.add_argument("--note", default=None, help="why: the change note kept with the version")
 
     calibrate = sub.add_parser(
         "calibrate",
@@ -365,7 +366,7 @@ def _policy_publish(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     store = Store.open(settings.database_url)
     try:
-        stored = store.publish_policy(policy, author=args.author)
+        stored = store.publish_policy(policy, author=args.author, note=args.note)
     finally:
         store.close()
     print(f"published channel {stored.channel!r} version {stored.version}")

@@ -142,6 +142,21 @@ class CheckResult:
         return body
 
 
+@dataclass(frozen=True)
+class CaseReading:
+    """What the guard reads of a case before scoring: the photo's text (within its budget) and the
+    customer's issue from the question and that text. The check and the playground both take it
+    from ``Pipeline.read_case``, so that they score and judge a case from the same inputs."""
+
+    photo: PhotoText | None
+    """How the photo's text was obtained; None without a photo."""
+    issue: IssueReading
+
+    @property
+    def image_text(self) -> str | None:
+        return self.photo.text if self.photo is not None else None
+
+
 class DecisionSink(Protocol):
     async def put(self, record: DecisionRecord) -> None: ...
 
@@ -328,11 +343,10 @@ class Pipeline:
                 self.policies.get(req.channel), self.calibrations.get(req.channel)
             )
         drafts = (req.reply, *req.candidates)
-        photo = await self.photo_text(req.image)
+        reading = await self.read_case(req.question, req.image, req.locale)
+        photo, issue, image_text = reading.photo, reading.issue, reading.image_text
         if photo is not None and photo.status != "off":
             timings["ocr"] = photo.ms
-        image_text = photo.text if photo is not None else None
-        issue = read_issue(req.question, image_text, req.locale, has_photo=req.image is not None)
         locale = issue.locale
 
         t = time.perf_counter()
@@ -469,6 +483,13 @@ class Pipeline:
             else:
                 scored.append(Scored(reply, got.score, got.inputs_used, cached, got.instruction_used))
         return scored, failed
+
+    async def read_case(self, question: str, image: DecodedImage | None, locale: str | None) -> CaseReading:
+        """The photo's text (the OCR service: its cache, shared reads and budget) and the issue read
+        from the question and that text. Call ``start_reading`` first to overlap other work."""
+        photo = await self.photo_text(image)
+        image_text = photo.text if photo is not None else None
+        return CaseReading(photo, read_issue(question, image_text, locale, has_photo=image is not None))
 
     def start_reading(self, image: DecodedImage) -> None:
         """Start reading the photo's text now (as soon as it arrives), so that it overlaps other work."""

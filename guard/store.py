@@ -224,8 +224,9 @@ class Store(Database):
         fallback = self.active_policy("default") if channel != "default" else None
         return (fallback or default_policy()), False
 
-    def publish_policy(self, policy: Policy, author: str) -> Policy:
-        """Store ``policy`` as the next version of its channel and return it with that version."""
+    def publish_policy(self, policy: Policy, author: str, note: str | None = None) -> Policy:
+        """Store ``policy`` as the next version of its channel and return it with that version;
+        ``note``: why (the change note shown with the version)."""
         with self.session() as s:
             current = s.scalar(
                 select(func.max(PolicyVersion.version)).where(PolicyVersion.channel == policy.channel)
@@ -238,6 +239,7 @@ class Store(Database):
                     document=policy_document(policy),
                     author=author,
                     created_at=utcnow(),
+                    note=note,
                 )
             )
         return parse_policy(policy_document(policy), channel=policy.channel, version=version)

@@ -102,6 +102,12 @@ class PolicyVersionRow:
     author: str
     created_at: datetime
     document: Mapping[str, Any]
+    note: str | None = None
+    """The change note its publisher gave."""
+    rollback_of: int | None = None
+    """The version it rolled back to; None when it is not a rollback."""
+    preview_summary: str | None = None
+    """What the preview on logged traffic said when it was published."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,6 +134,12 @@ class PolicyVersion(Base):
     document: Mapped[dict[str, object]] = mapped_column(JSON)
     author: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The publisher's change note (why), asked for when publishing or rolling back."""
+    rollback_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The version this one rolled back to (its document is that version's); None: not a rollback."""
+    preview_summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """What the preview on logged traffic said when it was published ("9 cases move from ...")."""
 
 
 class ScoreMapVersion(Base):
@@ -227,6 +233,10 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200))
     before: Mapped[dict[str, object] | None] = mapped_column(JSON)
     after: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why: a policy's change note."""
+    channel: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    """The channel of the policy or case changed; None for users."""
 
 
 # Chatbot integrations: API keys and handoff webhook deliveries ---------------------

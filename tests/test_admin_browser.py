@@ -192,9 +192,12 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
         "We logged open seam on the pocket as RG-SAMPLE1."
     )
     page.screenshot(path=str(SCREENSHOTS / "policy.png"), full_page=True)
-    page.click("#publish-button")
+    page.click("#publish-button")  # asks first: the preview's summary and a change note
+    expect(page.locator("#confirm-summary")).to_contain_text("3 cases move from review to follow-up")
+    page.fill("#change-note", "Review only below 0.44.")
+    page.click("#confirm-button")
     expect(page.locator("p.notice")).to_contain_text("Published")
-    expect(page.locator("table.versions tbody tr")).to_have_count(2)
+    expect(page.locator("table.versions > tbody > tr")).to_have_count(2)
 
     # The next check uses the new version.
     after = api(base, "/v1/guard", {"question": "Seam came open", "reply": "We can fix it [score=0.45]"})

@@ -222,17 +222,18 @@ def editor_form(csrf: str, **extra: str) -> dict[str, str]:
 def test_the_editor_sets_a_bands_audit_sample_in_percent(client: TestClient) -> None:
     csrf = signed_in(client, "owner")
     page = client.get("/admin/policies/default").text
-    assert 'name="band_audit_4"' in page and 'aria-label="audit sample of band 5, percent"' in page
+    assert 'name="band_audit_4" id="band_audit_4"' in page
+    assert '<label for="band_audit_4" class="visually-hidden">Band 5: audit sample, percent</label>' in page
     assert 'placeholder="2"' in page and 'placeholder="5"' in page  # the defaults of send, follow-up
     r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="10", band_audit_2="0"))
     assert r.status_code == 200 and "Published" in r.text
     policy = runtime_of(client).store.active_policy("default")
     assert policy is not None and [b.audit_sample for b in policy.bands] == [None, None, 0.0, 0.1]
-    assert 'name="band_audit_3" value="10"' in client.get("/admin/policies/default").text
+    assert 'name="band_audit_3" id="band_audit_3" value="10"' in client.get("/admin/policies/default").text
     r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_0="5"))
     assert r.status_code == 422 and "audit_sample must be 0 for a escalate band" in r.text
     r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="lots"))
-    assert r.status_code == 422 and "band #4: the audit sample &#39;lots&#39; is not a percentage" in r.text
+    assert r.status_code == 422 and "row 4: the audit sample &#39;lots&#39; is not a percentage" in r.text
     assert runtime_of(client).store.active_policy("default") == policy  # nothing else was published
 
 

@@ -27,6 +27,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from guard.admin.records import (
+    AuditFilter,
     AuditRecord,
     CalibrationRow,
     Case,
@@ -69,14 +70,40 @@ class AdminQueries(Database):
         target: str,
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
+        *,
+        note: str | None = None,
+        channel: str | None = None,
     ) -> None:
         with self.session() as s:
-            _audit(s, actor, action, target, before, after)
+            _audit(s, actor, action, target, before, after, note=note, channel=channel)
 
-    def audit_entries(self, limit: int = 200, offset: int = 0) -> list[AuditRecord]:
+    def audit_entries(
+        self, limit: int = 200, offset: int = 0, where: AuditFilter | None = None
+    ) -> list[AuditRecord]:
+        """The newest entries first, those ``where`` selects."""
+        f = where or AuditFilter()
         with self.session() as s:
-            rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset))
+            q = select(AuditEntry)
+            if f.actor:
+                q = q.where(AuditEntry.actor == f.actor)
+            if f.action:
+                q = q.where(AuditEntry.action == f.action)
+            if f.channel:
+                q = q.where(AuditEntry.channel == f.channel)
+            if f.since is not None:
+                q = q.where(AuditEntry.at >= f.since)
+            if f.until is not None:
+                q = q.where(AuditEntry.at < f.until)
+            rows = s.scalars(q.order_by(AuditEntry.id.desc()).limit(limit).offset(offset))
             return [from_orm(AuditRecord, r, "at") for r in rows]
+
+    def audit_facets(self) -> tuple[list[str], list[str], list[str]]:
+        """The actors, actions and channels the audit log holds (for its filters)."""
+        with self.session() as s:
+            actors = sorted(s.scalars(select(AuditEntry.actor).distinct()))
+            actions = sorted(s.scalars(select(AuditEntry.action).distinct()))
+            channels = sorted(c for c in s.scalars(select(AuditEntry.channel).distinct()) if c)
+            return actors, actions, channels
 
     # Queue
 
@@ -260,7 +287,15 @@ class AdminQueries(Database):
             item = s.get(QueueItem, queue_item_id)
             assert item is not None
             after = {"state": state, "final_reply": final_reply, "note": note}
-            _audit(s, actor, f"case.{state}", f"case {queue_item_id}", {"state": "pending"}, after)
+            _audit(
+                s,
+                actor,
+                f"case.{state}",
+                f"case {queue_item_id}",
+                {"state": "pending"},
+                after,
+                channel=item.channel,
+            )
             return ResolvedCase(queue_item_id, item.decision_id, state, now)
 
     def mark_audit(
@@ -559,8 +594,19 @@ class AdminQueries(Database):
             )
             return None if row is None else parse_policy(row.document, channel=channel, version=version)
 
-    def publish_policy_audited(self, policy: Policy, actor: str, action: str = "policy.publish") -> Policy:
-        """publish_policy plus its audit entry (before: the version in force), in one transaction."""
+    def publish_policy_audited(
+        self,
+        policy: Policy,
+        actor: str,
+        action: str = "policy.publish",
+        *,
+        note: str | None = None,
+        summary: str | None = None,
+        rollback_of: int | None = None,
+    ) -> Policy:
+        """publish_policy plus its audit entry (before: the version in force), in one transaction.
+        ``note``: the publisher's change note; ``summary``: what the preview said; ``rollback_of``:
+        the version a rollback went back to."""
         with self.session() as s:
             current = s.scalar(
                 select(PolicyVersion)
@@ -577,15 +623,23 @@ class AdminQueries(Database):
                     document=document,
                     author=actor,
                     created_at=utcnow(),
+                    note=note,
+                    rollback_of=rollback_of,
+                    preview_summary=summary,
                 )
             )
+            after: dict[str, Any] = {"version": version, **document}
+            if rollback_of is not None:
+                after["rollback_of"] = rollback_of
             _audit(
                 s,
                 actor,
                 action,
                 f"policy {policy.channel} v{version}",
                 None if current is None else {"version": current.version, **current.document},
-                {"version": version, **document},
+                after,
+                note=note,
+                channel=policy.channel,
             )
         return parse_policy(document, channel=policy.channel, version=version)
 
@@ -777,5 +831,19 @@ def _audit(
     target: str,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
+    *,
+    note: str | None = None,
+    channel: str | None = None,
 ) -> None:
-    s.add(AuditEntry(at=utcnow(), actor=actor, action=action, target=target, before=before, after=after))
+    s.add(
+        AuditEntry(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            target=target,
+            before=before,
+            after=after,
+            note=note,
+            channel=channel,
+        )
+    )

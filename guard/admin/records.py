@@ -62,6 +62,20 @@ class AuditRecord:
     target: str
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
+    note: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What the audit log page shows: every field None or empty means "any"."""
+
+    actor: str | None = None
+    action: str | None = None
+    channel: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    """Exclusive."""
 
 
 @dataclass(frozen=True, slots=True)
