@@ -139,6 +139,28 @@ def check(client: TestClient, score: float, question: str = "Seam came open") ->
     return out
 
 
+def playground_score(client: TestClient, csrf: str, channel: str, score: float) -> tuple[str, str]:
+    """The playground's score and action for ``check``'s case on ``channel``."""
+    r = client.post(
+        "/admin/playground",
+        data={
+            "csrf_token": csrf,
+            "op": "score",
+            "channel": channel,
+            "question": "the same case",
+            "replies": f"We can fix it [score={score}]",
+        },
+        files={"photo": ("", b"", "application/octet-stream")},
+    )
+    assert r.status_code == 200, r.text[:2000]
+    found = (
+        re.search(r'id="score-value">([^<]+)<', r.text),
+        re.search(r'id="verdict" data-action="(\w+)"', r.text),
+    )
+    assert found[0] is not None and found[1] is not None, r.text[:2000]
+    return found[0].group(1), found[1].group(1)
+
+
 def make_labels(client: TestClient) -> None:
     """shop's supervisors approve every review case (0.45) as it is; sends are right; escalations are
     taken over."""
@@ -198,6 +220,9 @@ def test_fit_preview_publish_serve_roll_back(client: TestClient) -> None:
     assert after["scorer"]["version"].startswith("1+cal-shop-v1-") and not after["cached"]
     again = check(client, 0.45, "the same case")
     assert again["cached"] and again["score"] == after["score"]
+    # The playground on the channel applies its map too: it reproduces the live score and action.
+    assert playground_score(client, csrf, "shop", 0.45) == (f"{after['score']:.3f}", "send")
+    assert playground_score(client, csrf, "default", 0.45) == ("0.450", "review")  # no map there
     decision = client.get(f"/v1/decisions/{after['decision_id']}").json()
     assert decision["scorer"]["version"] == after["scorer"]["version"]
     # Refitting on labels scored under v1 takes them back to raw scores first: the same map again.

@@ -7,7 +7,8 @@ channel's instruction; when it is edited, the scores under both are shown side b
 can bring a draft policy over from the editor and use its bands and templates.
 
 Nothing here writes a decision or changes a policy: scores come from ``Pipeline.score_texts`` (the
-score cache, then the scorer in its worker thread, off the event loop) and verdicts from the pure
+channel's score map in force applied, as in a live check; the score cache, then the scorer in its
+worker thread, off the event loop) and verdicts from the pure
 ``decide`` (through ``decide_case``: a photo that carries an unstated issue makes the case uncertain,
 as in the pipeline). Large batches are scored in chunks so that a script can show progress (a stream of
 NDJSON lines, see ``static/playground.js``); without the script the form posts and the page comes
@@ -135,6 +136,8 @@ class Trial:
     policy: Policy
     draft: bool
     locale: str | None
+    channel: str = "default"
+    """The channel tried: its score map (guard/calibration.py) applies, as in a live check."""
 
     @property
     def compare(self) -> bool:
@@ -203,12 +206,20 @@ class Run:
         if t.image is not None:
             self.guard.start_reading(t.image)
         self.reading = reading = await self.guard.read_case(t.question, t.image, t.locale)
+        # The channel's score map in force, as a live check on the channel applies it.
+        calibration = await self.guard.calibrations.get(t.channel)
         for instruction in self.instructions:
             out: list[Scored] = []
             for start in range(0, len(t.replies), CHUNK):
                 part = t.replies[start : start + CHUNK]
                 scored, failed = await self.guard.score_texts(
-                    t.question, t.image, part, instruction, t.locale, image_text=reading.image_text
+                    t.question,
+                    t.image,
+                    part,
+                    instruction,
+                    t.locale,
+                    image_text=reading.image_text,
+                    calibration=calibration,
                 )
                 self.failed = self.failed or failed
                 out.extend(scored)
@@ -462,6 +473,7 @@ class Playground:
             policy=policy,
             draft=draft,
             locale=None if form.locale == "auto" else form.locale,
+            channel=form.channel,
         )
 
     def _draft(self, ctx: Ctx, form: TrialForm) -> Policy | str:
