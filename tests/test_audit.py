@@ -225,7 +225,24 @@ def test_the_editor_sets_a_bands_audit_sample_in_percent(client: TestClient) -> 
     assert 'name="band_audit_4" id="band_audit_4"' in page
     assert '<label for="band_audit_4" class="visually-hidden">Band 5: audit sample, percent</label>' in page
     assert 'placeholder="2"' in page and 'placeholder="5"' in page  # the defaults of send, follow-up
-    r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="10", band_audit_2="0"))
+    form = editor_form(csrf, band_audit_3="10", band_audit_2="0")
+    asked = client.post("/admin/policies/default", data=form)  # the confirmation shows the change
+    digest = re.search(r'name="confirm_digest" value="([0-9a-f]{64})"', asked.text)
+    assert asked.status_code == 200 and digest is not None
+    changes = asked.text[asked.text.index('id="confirm"') : asked.text.index('id="change-note"')]
+    assert "audit sample, scores [0.7,1.0]" in changes and "10%" in changes, changes
+    assert "audit sample, scores [0.5,0.7)" in changes and "0%" in changes
+    assert runtime_of(client).store.active_policy("default") is None or all(
+        b.audit_sample is None
+        for b in runtime_of(client).store.active_policy("default").bands  # type: ignore[union-attr]
+    ), "nothing published before the confirmation"
+    confirmed = {
+        **form,
+        "op": "confirm_publish",
+        "confirm_digest": digest.group(1),
+        "change_note": "audit more",
+    }
+    r = client.post("/admin/policies/default", data=confirmed)
     assert r.status_code == 200 and "Published" in r.text
     policy = runtime_of(client).store.active_policy("default")
     assert policy is not None and [b.audit_sample for b in policy.bands] == [None, None, 0.0, 0.1]
@@ -235,6 +252,19 @@ def test_the_editor_sets_a_bands_audit_sample_in_percent(client: TestClient) -> 
     r = client.post("/admin/policies/default", data=editor_form(csrf, band_audit_3="lots"))
     assert r.status_code == 422 and "row 4: the audit sample &#39;lots&#39; is not a percentage" in r.text
     assert runtime_of(client).store.active_policy("default") == policy  # nothing else was published
+    # The band buttons keep each band's audit sample: a split band's halves both have it.
+    split = client.post(
+        "/admin/policies/default", data={**editor_form(csrf, band_audit_3="10"), "op": "split:3"}
+    )
+    assert split.status_code == 200 and "Band 4 is split at 0.85" in split.text
+    assert 'name="band_audit_3" id="band_audit_3" value="10"' in split.text
+    assert 'name="band_audit_4" id="band_audit_4" value="10"' in split.text
+    merged = client.post(
+        "/admin/policies/default",
+        data={**editor_form(csrf, band_audit_2="0", band_audit_3="10"), "op": "merge:2"},
+    )
+    assert 'name="band_audit_2" id="band_audit_2" value="0"' in merged.text
+    assert 'name="band_audit_3"' not in merged.text  # three bands left
 
 
 def test_wilson_interval_and_wrong_sends_per_day() -> None:
@@ -285,3 +315,39 @@ def test_wilson_interval_and_wrong_sends_per_day() -> None:
     assert everyone[0].decisions == 55 and everyone[0].wrong == 2  # channel b's wrong send too
     chart = charts.rate_per_day([(d.day, d.share, d.interval, d.day) for d in days], title="t")
     assert len(chart.rects) == 2 and len([ln for ln in chart.lines if ln.css == "interval"]) == 2
+
+
+def test_audit_items_are_apart_from_the_held_cases_on_the_queue_and_dashboard(client: TestClient) -> None:
+    """An audit item (its reply was sent) is not a customer waiting: the dashboard counts it apart,
+    the queue's Action filter picks it out, and acting on a held case never goes on to one."""
+    audit_everything(client)
+    check(client, "0.9")  # the oldest pending item: an audit
+    first, second = check(client, "0.45"), check(client, "0.45")  # held for review
+    flush(client)
+    csrf = signed_in(client, "sup")
+    dashboard = client.get("/admin/dashboard").text
+    waiting = re.search(r'id="tile-waiting"><b>(\d+)</b> waiting in the queue', dashboard)
+    audits = re.search(r'id="tile-audits"><a href="/admin/queue\?action=audit"><b>(\d+)</b>', dashboard)
+    assert waiting is not None and waiting.group(1) == "2"
+    assert audits is not None and audits.group(1) == "1"
+    page = client.get("/admin/queue?action=audit").text
+    assert '<option value="audit" selected>' in page
+    assert page.count('class="pill a-audit"') == 1 and 'class="pill a-review"' not in page
+    everything = client.get("/admin/queue").text
+    assert everything.count('class="pill a-review"') == 2 and everything.count('class="pill a-audit"') == 1
+    r = client.post(
+        f"/admin/cases/{first['escalation_id']}/act",
+        data={"op": "approve", "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"].startswith(
+        f"/admin/cases/{second['escalation_id']}?"
+    )
+    r = client.post(
+        f"/admin/cases/{second['escalation_id']}/act",
+        data={"op": "approve", "csrf_token": csrf},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303 and r.headers["location"].startswith("/admin/queue?"), "not to the audit"
+    waiting = re.search(r'id="tile-waiting"><b>(\d+)</b>', client.get("/admin/dashboard").text)
+    assert waiting is not None and waiting.group(1) == "0"

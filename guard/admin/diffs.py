@@ -5,6 +5,7 @@ user (role, active), a case (state, reply, note). Pure: documents in, rows of ch
 A policy's bands are compared by what they *do*: the score range [0, 1] is cut at every edge of
 both versions, and each stretch whose action differs is one change ("scores [0.4,0.45): review ->
 escalate"). Bands split or merged without any score changing its action are one "bands" change.
+Their audit samples are compared the same way ("audit sample, scores [0.7,1.0]": 2% -> 10%).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ def policy_changes(before: Mapping[str, Any] | None, after: Mapping[str, Any] | 
     old = {**POLICY_DEFAULTS, **before} if before is not None else {}
     new = {**POLICY_DEFAULTS, **after} if after is not None else {}
     out = _band_changes(old.get("bands"), new.get("bands"))
+    out += _audit_changes(old.get("bands"), new.get("bands"))
     for key, label in POLICY_FIELDS.items():
         a, b = old.get(key), new.get(key)
         if a != b:
@@ -142,6 +144,57 @@ def _band_changes(before: Any, after: Any) -> list[Change]:
     if not out:  # the same action for every score: bands were split or merged
         out.append(Change("bands (same action for every score)", _bands_text(old), _bands_text(new)))
     return out
+
+
+def _audits(raw: Any) -> list[tuple[float, float, float | None]] | None:
+    """(lo, hi, audit_sample) of each band; None for no or malformed bands."""
+    if not isinstance(raw, list):
+        return None
+    out: list[tuple[float, float, float | None]] = []
+    for band in raw:
+        try:
+            share = band.get("audit_sample")
+            out.append((float(band["lo"]), float(band["hi"]), None if share is None else float(share)))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return None
+    return sorted(out)
+
+
+def _audit_text(share: float | None) -> str:
+    return "the default" if share is None else f"{share * 100:g}%"
+
+
+def _audit_changes(before: Any, after: Any) -> list[Change]:
+    """The audit samples that differ, by score stretch ("audit sample, scores [0.7,1.0]": 2% -> 10%);
+    a first version lists the samples it sets."""
+    old, new = _audits(before), _audits(after)
+    if new is None or old == new:
+        return []
+    if old is None:
+        return [
+            Change(f"audit sample, scores {band_label(a, b)}", None, _audit_text(x))
+            for a, b, x in new
+            if x is not None
+        ]
+
+    def at(bands: list[tuple[float, float, float | None]], lo: float, hi: float) -> float | None:
+        mid = (lo + hi) / 2
+        return next((x for a, b, x in bands if a <= mid < b or (b >= 1.0 and mid == b)), None)
+
+    edges = sorted({e for a, b, _ in old + new for e in (a, b) if math.isfinite(e)})
+    stretches: list[tuple[float, float, float | None, float | None]] = []
+    for lo, hi in itertools.pairwise(edges):
+        was, now = at(old, lo, hi), at(new, lo, hi)
+        if was == now:
+            continue
+        if stretches and stretches[-1][1] == lo and stretches[-1][2:] == (was, now):
+            stretches[-1] = (stretches[-1][0], hi, was, now)
+        else:
+            stretches.append((lo, hi, was, now))
+    return [
+        Change(f"audit sample, scores {band_label(lo, hi)}", _audit_text(was), _audit_text(now))
+        for lo, hi, was, now in stretches
+    ]
 
 
 def _action_text(value: Any) -> str | None:

@@ -177,15 +177,14 @@ class AdminQueries(Database):
     def next_waiting(self, f: QueueFilter, *, viewer: str, ttl_s: float, look_ahead: int = 25) -> str | None:
         """The first waiting case under the channel and action filters, in their order, that nobody
         but ``viewer`` has open; the first waiting one when all of the next ``look_ahead`` are open
-        elsewhere; None when nothing waits."""
+        elsewhere; None when nothing waits. Without an action filter only held cases count (a
+        customer waits for them); audit items come next only under the "audit" filter."""
         waiting = replace(f, states=("pending",))
         with self.session() as s:
-            ids = [
-                str(i)
-                for i in s.scalars(
-                    _filtered(select(QueueItem.id), waiting).order_by(*_order(waiting)).limit(look_ahead)
-                )
-            ]
+            q = _filtered(select(QueueItem.id), waiting)
+            if not f.kind:
+                q = q.where(QueueItem.kind != "audit")
+            ids = [str(i) for i in s.scalars(q.order_by(*_order(waiting)).limit(look_ahead))]
         busy = self.viewers(ids, ttl_s, except_user=viewer)
         free = [i for i in ids if i not in busy]
         return (free or ids)[0] if ids else None
@@ -241,12 +240,21 @@ class AdminQueries(Database):
             return sorted(s.scalars(select(QueueItem.channel).distinct()))
 
     def queue_summary(self) -> tuple[int, datetime | None]:
-        """(pending cases, when the oldest pending case arrived)."""
+        """(held cases waiting, when the oldest of them arrived): the customers waiting for a reply.
+        Pending audit items are not counted (their reply was sent; see ``audits_pending``)."""
         with self.session() as s:
             count, oldest = s.execute(
-                select(func.count(), func.min(QueueItem.created_at)).where(QueueItem.state == "pending")
+                select(func.count(), func.min(QueueItem.created_at)).where(
+                    QueueItem.state == "pending", QueueItem.kind != "audit"
+                )
             ).one()
             return int(count or 0), aware(oldest)
+
+    def audits_pending(self) -> int:
+        """Audit items waiting to be marked right or wrong."""
+        with self.session() as s:
+            q = select(func.count()).select_from(QueueItem)
+            return int(s.scalar(q.where(QueueItem.state == "pending", QueueItem.kind == "audit")) or 0)
 
     def case(self, queue_item_id: str) -> Case | None:
         with self.session() as s:

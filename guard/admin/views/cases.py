@@ -101,6 +101,8 @@ class CaseViews(AuditViews):
     def _wait_state(self, case: Case, now_s: float) -> str:
         if case.item.state != "pending":
             return "done"
+        if case.item.kind == "audit":  # sent already: no customer waits on it
+            return "unknown"
         return wait_state(now_s, self._promise(case.decision.locale))
 
     async def queue(self, ctx: Ctx) -> Response:
