@@ -1,11 +1,11 @@
 """End to end in a real browser: Debian's chromium driven by Playwright against the guard served
 by uvicorn on a loopback port, with real PostgreSQL. Screenshots of the main pages go to
-docs/screenshots/. In CI (CI=true) a browser that cannot start fails the test; elsewhere it skips."""
+docs/screenshots/. The browser is the one all browser modules share (tests/browsertools.py, started
+by conftest.py); in CI (CI=true) a browser that cannot start fails the test, elsewhere it skips."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -27,39 +27,8 @@ from tests.fakes import FakeScorer
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        _unavailable(f"playwright is not installed: {exc}")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        except Exception as exc:
-            _unavailable(f"chromium cannot start from {CHROMIUM}: {exc}")
-        yield b
-        b.close()
 
 
 def _free_port() -> int:

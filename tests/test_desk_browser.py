@@ -26,14 +26,12 @@ from guard.settings import Settings
 from guard.store import Store, migrate
 from guard.tables import QueueItem, utcnow
 from tests.apptools import b64, png_bytes
+from tests.browsertools import unavailable
 from tests.fakes import FakeScorer
 from tests.test_admin_browser import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     PASSWORD,
     SCREENSHOTS,
     _free_port,
-    _unavailable,
     api,
     sign_in,
     until,
@@ -43,21 +41,6 @@ pytestmark = pytest.mark.integration
 
 AXE = Path(__file__).resolve().parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
 FOLD = 900
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        _unavailable(f"playwright is not installed: {exc}")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        except Exception as exc:
-            _unavailable(f"chromium cannot start from {CHROMIUM}: {exc}")
-        yield b
-        b.close()
 
 
 @pytest.fixture
@@ -306,7 +289,7 @@ def test_accessibility_and_narrow_screens(browser: Any, server: tuple[str, Store
     from playwright.sync_api import expect
 
     if not AXE.exists():
-        _unavailable(f"axe-core is not installed at {AXE}: run `make browser-deps`")
+        unavailable(f"axe-core is not installed at {AXE}: run `make browser-deps`")
     base, store = server
     cases = four_cases(base, store)
     escalated = cases[2]["escalation_id"]

@@ -15,8 +15,7 @@ from guard.store import Store
 from tests import test_admin_browser
 from tests.test_admin_browser import SCREENSHOTS, api, sign_in, until
 
-browser = test_admin_browser.browser  # the fixtures: headless chromium, the served guard on PostgreSQL
-server = test_admin_browser.server
+server = test_admin_browser.server  # the served guard on PostgreSQL (the browser: conftest's)
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +62,7 @@ def test_a_sampled_send_is_audited_with_the_keyboard_and_counted(
     expect(page.locator("#audit-form")).to_have_count(1)
     page.locator("input[name=note]").fill("")
     page.locator("h1").click()  # ... out of the field, one key chooses the grade, one marks it
-    page.screenshot(path=str(SCREENSHOTS / "audit.png"), full_page=True)
+    page.screenshot(path=str(SCREENSHOTS / "audit-item.png"), full_page=True)
     page.keyboard.press("1")
     expect(page.locator("input[name=grade][value='1']")).to_be_checked()
     page.keyboard.press("n")

@@ -1,6 +1,7 @@
 """The playground in a real browser (Debian's chromium via Playwright, the guard under uvicorn, real
-PostgreSQL; the fixtures are test_admin_browser's): score one reply, re-rank three, check the order
-and the colours, and save docs/screenshots/playground.png."""
+PostgreSQL; the server fixture is test_admin_browser's, the browser the one all browser modules
+share): score one reply, re-rank three, check the order and the colours, and save
+docs/screenshots/playground.png."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from guard.scoring.base import DEFAULT_INSTRUCTION
 from guard.store import Store
 from tests.apptools import png_bytes
 from tests.test_admin_browser import SCREENSHOTS, api, sign_in
-from tests.test_admin_browser import browser as browser  # fixture
 from tests.test_admin_browser import server as server  # fixture
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,8 @@
 """The policy editor in a real browser (Debian's chromium via Playwright, the guard under uvicorn, real
-PostgreSQL; the fixtures are test_admin_browser's): the band controls, the preview beside the bands,
-and publishing and rolling back through a confirmation with a change note, seen in the versions list
-and the audit log. Saves docs/screenshots/policy-bands.png, policy-confirm.png and audit.png."""
+PostgreSQL; the server fixture is test_admin_browser's, the browser the one all browser modules
+share): the band controls, the preview beside the bands, and publishing and rolling back through a
+confirmation with a change note, seen in the versions list and the audit log. Saves
+docs/screenshots/policy-bands.png, policy-confirm.png and audit.png."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.store import Store
 from tests.test_admin_browser import PASSWORD, SCREENSHOTS, api, sign_in, until
-from tests.test_admin_browser import browser as browser  # fixture
 from tests.test_admin_browser import server as server  # fixture
 
 pytestmark = pytest.mark.integration
