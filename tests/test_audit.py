@@ -351,3 +351,7 @@ def test_audit_items_are_apart_from_the_held_cases_on_the_queue_and_dashboard(cl
     assert r.status_code == 303 and r.headers["location"].startswith("/admin/queue?"), "not to the audit"
     waiting = re.search(r'id="tile-waiting"><b>(\d+)</b>', client.get("/admin/dashboard").text)
     assert waiting is not None and waiting.group(1) == "0"
+    client.cookies.clear()
+    signed_in(client, "owner")  # a policy owner has no queue: the count, without the link
+    tile = client.get("/admin/dashboard").text.split('id="tile-audits">', 1)[1].split("</div>", 1)[0]
+    assert tile == "<b>1</b> sent replies to audit"
