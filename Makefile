@@ -9,7 +9,7 @@ TEST_STAMP := $(VENV)/.installed-test
 # WHEEL_SMOKE=off skips scripts/wheel-smoke.sh (it needs PyPI and Python 3.11 + 3.12).
 WHEEL_SMOKE ?= on
 
-.PHONY: run test lint install migrate clean wheel-smoke
+.PHONY: run test lint install migrate clean wheel-smoke browser-deps
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,17 @@ $(INFINITY)/.installed: constraints-infinity.txt
 	$(INFINITY)/bin/python -m pip install --quiet -c constraints-infinity.txt 'infinity-emb[server,torch]' torch==2.13.0
 	touch $@
 
-install: $(TEST_STAMP) $(INFINITY)/.installed
+# axe-core, which the browser tests run inside the admin pages (accessibility checks), from the npm
+# registry into tests/browser/node_modules (pinned by tests/browser/package-lock.json).
+AXE := tests/browser/node_modules/axe-core/axe.min.js
+$(AXE): tests/browser/package.json tests/browser/package-lock.json
+	command -v npm >/dev/null || { apt-get update -qq && apt-get install -y -qq npm >/dev/null; }
+	cd tests/browser && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $@
+
+browser-deps: $(AXE)
+
+install: $(TEST_STAMP) $(INFINITY)/.installed $(AXE)
 
 migrate: $(RUN_STAMP)
 	$(BIN)/guard migrate
@@ -47,7 +57,7 @@ lint: $(TEST_STAMP)
 wheel-smoke: $(TEST_STAMP)
 	scripts/wheel-smoke.sh $(BIN)/python
 
-test: $(TEST_STAMP) $(INFINITY)/.installed
+test: $(TEST_STAMP) $(INFINITY)/.installed $(AXE)
 	scripts/ensure-services.sh
 	@# The admin pages' browser test drives Debian's chromium (CI runs as root; no browser downloads).
 	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
@@ -57,4 +67,4 @@ test: $(TEST_STAMP) $(INFINITY)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache tests/browser/node_modules

@@ -186,6 +186,9 @@ async def decision_endpoint(request: Request) -> Response:
     if found is None or not sees_channel(request.scope, found.row.channel):  # another channel's: not there
         raise NotFound("not_found", f"no decision {decision_id!r} (it may still be on its way to the log)")
     row, item = found.row, found.queue_item
+    audit = None if item is None else item.audit_json()
+    if item is not None and item.is_audit:
+        item = None  # sent as the guard decided; the audit item only says how good it was
     return JSONResponse(
         {
             "decision_id": row.id,
@@ -211,6 +214,7 @@ async def decision_endpoint(request: Request) -> Response:
             "instruction_used": row.instruction_used,
             "cached": row.cached,
             "degraded": row.degraded,
+            "audit": audit,
         }
     )
 

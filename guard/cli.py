@@ -53,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     publish.add_argument("file", type=Path)
     publish.add_argument("--author", default="cli")
+    publish.add_argument("--note", default=None, help="why: the change note kept with the version")
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="fit a channel's score map on its supervisors' labels and keep it as a draft to publish",
+    )
+    calibrate.add_argument("--channel", required=True)
+    calibrate.add_argument("--author", default="cli")
+    calibrate.add_argument("--dry-run", action="store_true", help="report only; save no draft")
+    calibrate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     users = sub.add_parser("users", help="admin page accounts")
     usub = users.add_subparsers(dest="users_command", required=True)
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy show": _policy_show,
         "policy validate": _policy_validate,
         "policy publish": _policy_publish,
+        "calibrate": _calibrate,
         "users create": _users_create,
         "keys create": _keys_create,
         "keys list": _keys_list,
@@ -136,6 +147,38 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         timeout_graceful_shutdown=15,
     )
     return 0
+
+
+def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Fit the channel's map on its labels (held cases resolved, audit items marked) and save it as a
+    draft; exit 1 when there are too few labels (the report says how many more)."""
+    from guard.admin.calibrate import fit_from_labels
+    from guard.admin.queries import AdminQueries
+    from guard.store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        fit, draft_id = fit_from_labels(
+            store, AdminQueries(store.engine), args.channel, args.author, save=not args.dry_run
+        )
+    finally:
+        store.close()
+    report = fit.report
+    if args.json:
+        print(json.dumps({**report.to_json(), "draft_id": draft_id}, ensure_ascii=False, indent=2))
+    else:
+        print(report.message)
+        if report.fitted:
+            print(f"map: score = sigmoid({report.w:.4f} * logit(raw) + {report.b:.4f})")
+            print(f"labels by grade (2 addresses / 1 right direction / 0 does not): {report.grades}")
+            if draft_id is not None:
+                print(
+                    f"saved as draft {draft_id} of channel {args.channel}: preview and publish it on "
+                    f"/admin/calibration/{args.channel}"
+                )
+            else:
+                print("dry run: nothing saved")
+    return 0 if report.fitted else 1
 
 
 def _migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -323,7 +366,7 @@ def _policy_publish(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     store = Store.open(settings.database_url)
     try:
-        stored = store.publish_policy(policy, author=args.author)
+        stored = store.publish_policy(policy, author=args.author, note=args.note)
     finally:
         store.close()
     print(f"published channel {stored.channel!r} version {stored.version}")

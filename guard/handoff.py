@@ -35,6 +35,7 @@ import httpx2
 from guard.ids import new_id
 from guard.metrics import Metrics
 from guard.pipeline import DecisionSink
+from guard.policies import QUEUED_ACTIONS
 from guard.records import DecisionRecord
 from guard.settings import Settings
 from guard.store import Store
@@ -134,7 +135,11 @@ def enqueue_outcome(store: Store, settings: Settings, decision_id: str) -> str |
         "resolved_by": item.resolved_by,
         "resolved_at": None if resolved is None else resolved.isoformat(),
         "case_url": case_url(settings, decision_id, item.id),
+        "kind": item.kind,
+        "audit": item.audit_json(),
     }
+    if item.is_audit:  # the customer had the reply when it was sent; the audit says how good it was
+        payload["final_reply"] = row.final_reply
     store.add_delivery(delivery_id, decision_id, "case.outcome", settings.webhook_url, _dump(payload))
     return delivery_id
 
@@ -196,8 +201,8 @@ class Handoff:
 
     def notify(self, record: DecisionRecord) -> None:
         """Hand a held decision over for a webhook; never waits."""
-        if not self.enabled or record.queue_item_id is None:
-            return
+        if not self.enabled or record.queue_item_id is None or record.row.action not in QUEUED_ACTIONS:
+            return  # sent (an audit item is no case for the helpdesk until it is marked)
         try:
             self._cases.put_nowait(record)
         except asyncio.QueueFull:

@@ -18,13 +18,23 @@ from typing import Any, Protocol
 
 from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
+from guard.calibration import CalibrationBook, ChannelMap, scorer_version_with
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
 from guard.issues import IssueReading, read_issue
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
-from guard.policies import QUEUED_ACTIONS, Action, Policy, PolicyDecision, decide, default_policy
+from guard.policies import (
+    QUEUED_ACTIONS,
+    Action,
+    Policy,
+    PolicyDecision,
+    audit_rate,
+    audit_sampled,
+    decide,
+    default_policy,
+)
 from guard.records import Candidate, DecisionRecord, DecisionRow
 from guard.scoring.base import ScoreInput, Scorer, ScoreResult
 from guard.scoring.batching import MicroBatcher
@@ -89,6 +99,10 @@ class CheckResult:
     """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
     image_text: str | None = None
     """The text read from the photo, when it was read in time (recorded; not in the API response)."""
+    audit_item_id: str | None = None
+    """The queue item of an answered decision sampled for audit (the policy's ``audit_sample``):
+    copied to the supervisors' queue once recorded; not in the API response (nothing changes for
+    the customer)."""
 
     @property
     def uncertain(self) -> bool:
@@ -126,6 +140,21 @@ class CheckResult:
                 for s in self.ranked
             ]
         return body
+
+
+@dataclass(frozen=True)
+class CaseReading:
+    """What the guard reads of a case before scoring: the photo's text (within its budget) and the
+    customer's issue from the question and that text. The check and the playground both take it
+    from ``Pipeline.read_case``, so that they score and judge a case from the same inputs."""
+
+    photo: PhotoText | None
+    """How the photo's text was obtained; None without a photo."""
+    issue: IssueReading
+
+    @property
+    def image_text(self) -> str | None:
+        return self.photo.text if self.photo is not None else None
 
 
 class DecisionSink(Protocol):
@@ -287,8 +316,11 @@ class Pipeline:
         metrics: Metrics | None = None,
         messages: Messages | None = None,
         ocr: OcrService | None = None,
+        calibrations: CalibrationBook | None = None,
     ) -> None:
         self.settings = settings
+        self.calibrations = calibrations or CalibrationBook(None)
+        """The score map in force per channel (fitted on its labels, guard/calibration.py)."""
         self.ocr = ocr
         """Reads the text in photos; None when OCR is off."""
         self.scoring = scoring
@@ -303,18 +335,29 @@ class Pipeline:
         timings: dict[str, float] = {}
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
-        policy = await self.policies.get(req.channel)
+        known, channel_map = self.calibrations.known(req.channel)
+        if known:  # the usual case: no task, no wait
+            policy = await self.policies.get(req.channel)
+        else:  # a channel's first request: read its policy and its map together
+            policy, channel_map = await asyncio.gather(
+                self.policies.get(req.channel), self.calibrations.get(req.channel)
+            )
         drafts = (req.reply, *req.candidates)
-        photo = await self.photo_text(req.image)
+        reading = await self.read_case(req.question, req.image, req.locale)
+        photo, issue, image_text = reading.photo, reading.issue, reading.image_text
         if photo is not None and photo.status != "off":
             timings["ocr"] = photo.ms
-        image_text = photo.text if photo is not None else None
-        issue = read_issue(req.question, image_text, req.locale, has_photo=req.image is not None)
         locale = issue.locale
 
         t = time.perf_counter()
         scored, error = await self.score_texts(
-            req.question, req.image, drafts, policy.instruction, req.locale, image_text=image_text
+            req.question,
+            req.image,
+            drafts,
+            policy.instruction,
+            req.locale,
+            image_text=image_text,
+            calibration=channel_map,
         )
         timings["score"] = _ms(t)
 
@@ -325,6 +368,7 @@ class Pipeline:
         ctx = MessageContext(locale, issue.phrase, case_ref(decision_id), self.settings.response_time(locale))
         shown = compose(verdict.action, best.reply, ctx, self.messages, policy)
         queue_item_id = new_id() if verdict.action in QUEUED_ACTIONS else None
+        audit = queue_item_id is None and audit_sampled(decision_id, audit_rate(policy, verdict))
         timings["total"] = _ms(started)
 
         result = CheckResult(
@@ -339,7 +383,7 @@ class Pipeline:
             holding_message=shown.holding,
             policy=policy,
             scorer_name=self.scoring.scorer.name,
-            scorer_version=self.scoring.scorer.version,
+            scorer_version=scorer_version_with(self.scoring.scorer.version, channel_map),
             cached=all(s.cached for s in scored),
             degraded=verdict.degraded,
             reason=verdict.reason or _photo_reason(photo),
@@ -353,8 +397,11 @@ class Pipeline:
             timings_ms=timings,
             image_text_status=None if photo is None else photo.status,
             image_text=image_text,
+            audit_item_id=new_id() if audit else None,
         )
         self.metrics.inc("guard_decisions_total", action=result.action)
+        if audit:
+            self.metrics.inc("guard_audit_sampled_total", action=result.action)
         if result.degraded:
             self.metrics.inc("guard_degraded_total", reason=result.reason or "unknown")
         self.metrics.observe_ms("guard_decision_latency_ms", timings["total"])
@@ -371,13 +418,18 @@ class Pipeline:
         locale: str | None = None,
         *,
         image_text: str | None = None,
+        calibration: ChannelMap | None = None,
     ) -> tuple[list[Scored], bool]:
-        """Score each reply against (question, image): cached where possible. Returns (scored, failed)."""
+        """Score each reply against (question, image): cached where possible. Returns (scored, failed).
+
+        ``calibration``: the channel's score map, applied to the scorer's scores before they are
+        cached; its id is part of the cache key, so a score of another map is never served."""
         scorer = self.scoring.scorer
+        version = scorer_version_with(scorer.version, calibration)
         keys = [
             score_key(
                 scorer=scorer.name,
-                version=scorer.version,
+                version=version,
                 instruction=instruction,
                 image_sha256=image.sha256 if image else None,
                 question=question,
@@ -418,6 +470,9 @@ class Pipeline:
                 if res is None:
                     failed = True
                     continue
+                if calibration is not None:
+                    res = CachedScore(calibration.apply(res.score), res.inputs_used, res.instruction_used)
+                    fresh[i] = res
                 await self.cache.set(keys[i], res)
         scored = []
         for i, reply in enumerate(replies):
@@ -428,6 +483,13 @@ class Pipeline:
             else:
                 scored.append(Scored(reply, got.score, got.inputs_used, cached, got.instruction_used))
         return scored, failed
+
+    async def read_case(self, question: str, image: DecodedImage | None, locale: str | None) -> CaseReading:
+        """The photo's text (the OCR service: its cache, shared reads and budget) and the issue read
+        from the question and that text. Call ``start_reading`` first to overlap other work."""
+        photo = await self.photo_text(image)
+        image_text = photo.text if photo is not None else None
+        return CaseReading(photo, read_issue(question, image_text, locale, has_photo=image is not None))
 
     def start_reading(self, image: DecodedImage) -> None:
         """Start reading the photo's text now (as soon as it arrives), so that it overlaps other work."""
@@ -446,7 +508,7 @@ class Pipeline:
 
     def _record(self, req: CheckRequest, result: CheckResult) -> DecisionRecord:
         image = req.image
-        queued = result.action in QUEUED_ACTIONS
+        queued = result.action in QUEUED_ACTIONS or result.audit_item_id is not None
         return DecisionRecord(
             row=DecisionRow(
                 id=result.decision_id,
@@ -483,7 +545,7 @@ class Pipeline:
                 latency_ms=result.timings_ms["total"],
                 timings_ms=result.timings_ms,
             ),
-            queue_item_id=result.queue_item_id,
+            queue_item_id=result.queue_item_id or result.audit_item_id,
             image=(
                 (image.sha256, image.mime_type, image.width, image.height, image.data)
                 if image is not None and queued

@@ -6,10 +6,17 @@ failed) never falls through a band: it takes the policy's ``on_error`` action an
 verdict is flagged ``degraded``. A score the guard cannot stand behind (``uncertain``: the
 customer's words state no issue, so the photo carries it) takes at least the policy's
 ``uncertain_action`` (default ``review``; never ``send``).
+
+Each band may carry an ``audit_sample``: the share of the decisions it *answers* (send,
+follow-up) that are copied into the supervisors' queue as ``audit`` items after they were sent
+(default 2% of ``send``, 5% of ``follow_up``; always 0 for the held bands, whose cases a
+supervisor sees anyway). Which decisions are sampled depends on the decision id only
+(:func:`audit_sampled`), so it can be tested and reproduced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 from collections.abc import Mapping
@@ -39,6 +46,9 @@ TEMPLATE_KEYS = (
 """Keys a policy may use to override the default follow-up and holding-message templates."""
 
 
+BAND_KEYS = frozenset({"lo", "hi", "action", "audit_sample"})
+
+
 class PolicyError(ValueError):
     """A policy document is invalid; ``problems`` lists every reason, each saying where."""
 
@@ -47,11 +57,24 @@ class PolicyError(ValueError):
         self.problems = problems
 
 
+DEFAULT_AUDIT_SAMPLE: Mapping[str, float] = {"send": 0.02, "follow_up": 0.05, "review": 0.0, "escalate": 0.0}
+"""The share of a band's answered decisions sampled for audit when the band does not say."""
+
+
 @dataclass(frozen=True, slots=True)
 class Band:
     lo: float
     hi: float
     action: Action
+    audit_sample: float | None = None
+    """Share of this band's answered decisions copied to the queue for audit; None: the default."""
+
+    @property
+    def audit_rate(self) -> float:
+        """The share in force: ``audit_sample``, else DEFAULT_AUDIT_SAMPLE for the band's action."""
+        if self.action in QUEUED_ACTIONS:
+            return 0.0
+        return DEFAULT_AUDIT_SAMPLE[self.action] if self.audit_sample is None else self.audit_sample
 
     def label(self, *, top: bool) -> str:
         close = "]" if top else ")"
@@ -122,6 +145,30 @@ def decide(
     return PolicyDecision(policy.uncertain_action, verdict.band, reason=uncertain_reason, uncertain=True)
 
 
+def audit_rate(policy: Policy, verdict: PolicyDecision) -> float:
+    """The share of decisions like ``verdict`` to sample for audit: its band's, when the band's action
+    was taken; the default for the action otherwise (an uncertain case sent with a follow-up); 0 for
+    a held or degraded decision."""
+    if verdict.degraded or verdict.action in QUEUED_ACTIONS:
+        return 0.0
+    last = len(policy.bands) - 1
+    for i, band in enumerate(policy.bands):
+        if band.label(top=i == last) == verdict.band and band.action == verdict.action:
+            return band.audit_rate
+    return DEFAULT_AUDIT_SAMPLE.get(verdict.action, 0.0)
+
+
+def audit_sampled(decision_id: str, rate: float) -> bool:
+    """Whether decision ``decision_id`` is in a ``rate`` sample: the same answer every time for an id
+    (the first 8 bytes of its SHA-256 as a fraction of 2**64, below ``rate``)."""
+    if rate <= 0.0:
+        return False
+    if rate >= 1.0:
+        return True
+    digest = hashlib.sha256(decision_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < rate
+
+
 def _band_verdict(policy: Policy, score: float | None, error_reason: str) -> PolicyDecision:
     if score is None:
         return PolicyDecision(policy.on_error, None, degraded=True, reason=error_reason)
@@ -147,6 +194,7 @@ def validate(bands: tuple[Band, ...]) -> list[str]:
             problems.append(f"band [{_fmt(band.lo)},{_fmt(band.hi)}) is empty: lo must be below hi")
         if band.action not in ACTIONS:
             problems.append(f"band [{_fmt(band.lo)},{_fmt(band.hi)}) has unknown action {band.action!r}")
+        problems.extend(_audit_problems(band))
     if problems:
         return problems
     ordered = sorted(bands, key=lambda b: (b.lo, b.hi))
@@ -168,6 +216,21 @@ def validate(bands: tuple[Band, ...]) -> list[str]:
     elif top > 1.0:
         problems.append(f"a band ends at {_fmt(top)}, above 1")
     return problems
+
+
+def _audit_problems(band: Band) -> list[str]:
+    share = band.audit_sample
+    if share is None:
+        return []
+    where = f"band [{_fmt(band.lo)},{_fmt(band.hi)})"
+    if not math.isfinite(share) or not 0.0 <= share <= 1.0:
+        return [f"{where}: audit_sample {share!r} must be a share between 0 and 1 (0.02 is 2%)"]
+    if band.action in QUEUED_ACTIONS and share != 0.0:
+        return [
+            f"{where}: audit_sample must be 0 for a {band.action} band "
+            "(its cases are held for a supervisor anyway)"
+        ]
+    return []
 
 
 def parse_policy(doc: Any, *, channel: str | None = None, version: int = 0) -> Policy:
@@ -231,10 +294,17 @@ def policy_document(policy: Policy) -> dict[str, Any]:
         "on_error": policy.on_error,
         "uncertain_action": policy.uncertain_action,
         "instruction": policy.instruction,
-        "bands": [{"lo": b.lo, "hi": b.hi, "action": b.action} for b in policy.bands],
+        "bands": [_band_document(b) for b in policy.bands],
     }
     if policy.templates:
         doc["templates"] = dict(policy.templates)
+    return doc
+
+
+def _band_document(band: Band) -> dict[str, Any]:
+    doc: dict[str, Any] = {"lo": band.lo, "hi": band.hi, "action": band.action}
+    if band.audit_sample is not None:
+        doc["audit_sample"] = band.audit_sample
     return doc
 
 
@@ -244,8 +314,10 @@ def _parse_bands(raw: Any, problems: list[str]) -> tuple[Band, ...] | None:
         return None
     bands: list[Band] = []
     for i, item in enumerate(raw):
-        if not isinstance(item, Mapping) or set(item) != {"lo", "hi", "action"}:
-            problems.append(f"band #{i + 1} must have exactly the keys lo, hi and action")
+        if not isinstance(item, Mapping) or not {"lo", "hi", "action"} <= set(item) <= BAND_KEYS:
+            problems.append(
+                f"band #{i + 1} must have the keys lo, hi and action (and optionally audit_sample)"
+            )
             continue
         lo, hi, action = item["lo"], item["hi"], item["action"]
         if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi)):
@@ -259,7 +331,20 @@ def _parse_bands(raw: Any, problems: list[str]) -> tuple[Band, ...] | None:
         if action not in ACTIONS:
             problems.append(f"band #{i + 1} [{_fmt(lo)},{_fmt(hi)}): unknown action {action!r}")
             continue
-        bands.append(Band(float(lo), float(hi), cast(Action, action)))
+        share = item.get("audit_sample")
+        if share is not None and (not isinstance(share, int | float) or isinstance(share, bool)):
+            problems.append(
+                f"band #{i + 1} [{_fmt(lo)},{_fmt(hi)}): audit_sample must be a number from 0 to 1"
+            )
+            continue
+        try:
+            audit = None if share is None else float(share)
+        except OverflowError:
+            problems.append(
+                f"band #{i + 1} [{_fmt(lo)},{_fmt(hi)}): audit_sample must be a number from 0 to 1"
+            )
+            continue
+        bands.append(Band(lo, hi, cast(Action, action), audit))
     return tuple(bands) if len(bands) == len(raw) else None
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from guard.breaker import scorer_breaker
 from guard.cache import MemoryCache, RedisCache
+from guard.calibration import CalibrationBook
 from guard.decision_log import DecisionLog, open_decision_log
 from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavailable
 from guard.handoff import Handoff, HandoffSink
@@ -148,6 +149,7 @@ class Runtime:
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
+                calibrations=CalibrationBook(store.active_score_map, timeout_s=s.sql_timeout_s),
             )
             keys = KeyRing(store, s, copy=key_copy(s))
             await _first_key(store, s)

@@ -31,8 +31,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from guard import resources
+from guard.calibration import ChannelMap, parse_channel_map
 from guard.database import Database, create_db_engine
-from guard.policies import Policy, default_policy, parse_policy, policy_document
+from guard.policies import QUEUED_ACTIONS, Policy, default_policy, parse_policy, policy_document
 from guard.records import DecisionRecord
 from guard.stored import (
     ApiKeyRow,
@@ -48,6 +49,7 @@ from guard.tables import (
     Decision,
     PolicyVersion,
     QueueItem,
+    ScoreMapVersion,
     StoredImage,
     WebhookDelivery,
     utcnow,
@@ -150,8 +152,9 @@ class Store(Database):
         (about 10x the rows/s of an executemany); on SQLite one SELECT finds the ids already there
         and one executemany (sent as multi-row VALUES pages) inserts the rest. Only new decisions
         get their photo and, when held, their queue item (``ON CONFLICT DO NOTHING`` too, for a
-        concurrent writer of the same batch). A field missing from a record (an older spool line)
-        is None, written as NULL.
+        concurrent writer of the same batch). A decision that was answered (send, follow-up) and
+        still carries a queue item id was sampled for audit: its item's kind is ``audit``. A field
+        missing from a record (an older spool line) is None, written as NULL.
         """
         if not records:
             return
@@ -167,7 +170,7 @@ class Store(Database):
                 {
                     "id": r.queue_item_id,
                     "decision_id": r.row.id,
-                    "kind": r.row.action,
+                    "kind": r.row.action if r.row.action in QUEUED_ACTIONS else "audit",
                     "state": "pending",
                     "channel": r.row.channel,
                     "created_at": r.row.created_at,
@@ -221,8 +224,9 @@ class Store(Database):
         fallback = self.active_policy("default") if channel != "default" else None
         return (fallback or default_policy()), False
 
-    def publish_policy(self, policy: Policy, author: str) -> Policy:
-        """Store ``policy`` as the next version of its channel and return it with that version."""
+    def publish_policy(self, policy: Policy, author: str, note: str | None = None) -> Policy:
+        """Store ``policy`` as the next version of its channel and return it with that version;
+        ``note``: why (the change note shown with the version)."""
         with self.session() as s:
             current = s.scalar(
                 select(func.max(PolicyVersion.version)).where(PolicyVersion.channel == policy.channel)
@@ -235,6 +239,7 @@ class Store(Database):
                     document=policy_document(policy),
                     author=author,
                     created_at=utcnow(),
+                    note=note,
                 )
             )
         return parse_policy(policy_document(policy), channel=policy.channel, version=version)
@@ -245,6 +250,35 @@ class Store(Database):
         with self.session() as s:
             rows = s.scalars(select(PolicyVersion).where(PolicyVersion.channel == channel).order_by(order))
             return [from_orm(PolicyVersionRow, r, "created_at") for r in rows]
+
+    # Score maps (calibration from labels, guard/calibration.py) -------------------------------
+
+    def active_score_map(self, channel: str) -> ChannelMap | None:
+        """The highest published score map of ``channel``; None when it has none or it is switched off."""
+        with self.session() as s:
+            row = s.scalar(
+                select(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state == "published")
+                .order_by(ScoreMapVersion.version.desc())
+                .limit(1)
+            )
+            if row is None or row.document is None or row.version is None:
+                return None
+            return parse_channel_map(channel, row.version, row.document)
+
+    def score_maps(self, channel: str) -> dict[int, ChannelMap]:
+        """Every published map of ``channel`` by version (to take recorded scores back to raw ones)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(ScoreMapVersion).where(
+                    ScoreMapVersion.channel == channel, ScoreMapVersion.state == "published"
+                )
+            )
+            return {
+                r.version: parse_channel_map(channel, r.version, r.document)
+                for r in rows
+                if r.document is not None and r.version is not None
+            }
 
     # Images ----------------------------------------------------------------------------------
 

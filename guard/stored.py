@@ -60,6 +60,26 @@ class QueueItemRow:
     resolved_at: datetime | None
     final_reply: str | None
     note: str | None
+    audit_verdict: str | None = None
+    """An ``audit`` item's mark ("right" or "wrong"); None until marked and for held cases."""
+    audit_grade: int | None = None
+    """The corrected grade a supervisor gave the sent reply (2, 1 or 0), when given."""
+
+    @property
+    def is_audit(self) -> bool:
+        return self.kind == "audit"
+
+    def audit_json(self) -> dict[str, object] | None:
+        """What the API and the webhook say of an audit item (None for a held case)."""
+        if not self.is_audit:
+            return None
+        return {
+            "state": "pending" if self.state == "pending" else "marked",
+            "verdict": self.audit_verdict,
+            "grade": self.audit_grade,
+            "marked_by": self.resolved_by,
+            "marked_at": None if self.resolved_at is None else self.resolved_at.isoformat(),
+        }
 
 
 QUEUE_ITEM_TIMES = ("created_at", "updated_at", "resolved_at")
@@ -82,6 +102,12 @@ class PolicyVersionRow:
     author: str
     created_at: datetime
     document: Mapping[str, Any]
+    note: str | None = None
+    """The change note its publisher gave."""
+    rollback_of: int | None = None
+    """The version it rolled back to; None when it is not a rollback."""
+    preview_summary: str | None = None
+    """What the preview on logged traffic said when it was published."""
 
 
 @dataclass(frozen=True, slots=True)

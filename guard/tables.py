@@ -27,7 +27,11 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-QUEUE_STATES = ("pending", "approved", "edited", "taken_over", "dismissed")
+QUEUE_STATES = ("pending", "approved", "edited", "taken_over", "dismissed", "audited")
+QUEUE_KINDS = ("escalate", "review", "audit")
+"""A held decision's item has its action as kind; ``audit``: a sampled decision that was sent."""
+AUDIT_VERDICTS = ("right", "wrong")
+AUDIT_GRADES = {2: "addresses the issue", 1: "right direction", 0: "does not address it"}
 
 
 def utcnow() -> datetime:
@@ -91,7 +95,7 @@ class QueueItem(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     decision_id: Mapped[str] = mapped_column(ForeignKey("decisions.id"), unique=True)
     kind: Mapped[str] = mapped_column(String(16))
-    """"escalate" or "review"."""
+    """"escalate" or "review" (held), or "audit" (sent, sampled for a supervisor to mark)."""
     state: Mapped[str] = mapped_column(String(16), index=True, default="pending")
     channel: Mapped[str] = mapped_column(String(100), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
@@ -101,6 +105,21 @@ class QueueItem(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     final_reply: Mapped[str | None] = mapped_column(Text)
     note: Mapped[str | None] = mapped_column(Text)
+    audit_verdict: Mapped[str | None] = mapped_column(String(8))
+    """An audit item's mark: "right" or "wrong" (AUDIT_VERDICTS); None until marked."""
+    audit_grade: Mapped[int | None] = mapped_column(Integer)
+    """The supervisor's corrected grade of the sent reply (AUDIT_GRADES), when given."""
+
+
+class CaseViewer(Base):
+    """Who has a case open right now: one row per (case, supervisor), refreshed while the case page
+    is open. A row older than the presence TTL means the page was closed; old rows are swept."""
+
+    __tablename__ = "case_viewers"
+
+    queue_item_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class PolicyVersion(Base):
@@ -115,6 +134,36 @@ class PolicyVersion(Base):
     document: Mapped[dict[str, object]] = mapped_column(JSON)
     author: Mapped[str] = mapped_column(String(100))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """The publisher's change note (why), asked for when publishing or rolling back."""
+    rollback_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    """The version this one rolled back to (its document is that version's); None: not a rollback."""
+    preview_summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """What the preview on logged traffic said when it was published ("9 cases move from ...")."""
+
+
+class ScoreMapVersion(Base):
+    """A channel's score map fitted on its labels: a draft (``version`` None) or a published version.
+
+    The highest published version is in force; its ``document`` (the JSON text of a
+    ``guard-score-map-1`` map) None means no map (scores as the scorer gives them)."""
+
+    __tablename__ = "score_maps"
+    __table_args__ = (UniqueConstraint("channel", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(100), index=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    """"draft", "published" or "discarded"."""
+    document: Mapped[str | None] = mapped_column(Text)
+    report: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    """What the fit measured (labels, agreement before and after on held-out labels)."""
+    note: Mapped[str | None] = mapped_column(Text)
+    author: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_by: Mapped[str | None] = mapped_column(String(100))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class StoredImage(Base):
@@ -184,6 +233,10 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(200))
     before: Mapped[dict[str, object] | None] = mapped_column(JSON)
     after: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    """Why: a policy's change note."""
+    channel: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
+    """The channel of the policy or case changed; None for users."""
 
 
 # Chatbot integrations: API keys and handoff webhook deliveries ---------------------

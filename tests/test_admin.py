@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from starlette.testclient import TestClient
 
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
+from guard.tables import utcnow
 from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 
 PASSWORD = "correct horse battery"
@@ -506,28 +508,183 @@ def test_preview_replays_logged_decisions_under_the_draft(client: TestClient) ->
     assert "edge-new" in r.text and "edge-old" in r.text
 
 
+DIGEST = re.compile(r'name="confirm_digest" value="([0-9a-f]{64})"')
+
+
+def publish(client: TestClient, channel: str, form: dict[str, str], note: str = "A test change.") -> Any:
+    """Publish through the confirmation: press Publish, then confirm it with a change note."""
+    asked = client.post(f"/admin/policies/{channel}", data={**form, "op": "publish"})
+    found = DIGEST.search(asked.text)
+    assert asked.status_code == 200 and found is not None, asked.text[-3000:]
+    confirmed = {**form, "op": "confirm_publish", "confirm_digest": found.group(1), "change_note": note}
+    return client.post(f"/admin/policies/{channel}", data=confirmed)
+
+
+def rollback(client: TestClient, token: str, version: int, note: str, channel: str = "default") -> Any:
+    path = f"/admin/policies/{channel}/rollback"
+    asked = client.post(path, data={"csrf_token": token, "version": str(version)})
+    assert asked.status_code == 200 and 'id="confirm"' in asked.text
+    data = {"csrf_token": token, "version": str(version), "op": "confirm_rollback", "change_note": note}
+    return client.post(path, data=data)
+
+
 def test_publish_then_the_next_check_uses_the_new_version_and_rollback(client: TestClient) -> None:
+    for score in ("0.45", "0.45", "0.1"):
+        client.post("/v1/guard", json={"question": "q", "reply": f"r [score={score}]"})
+    flush(client)
     token = signed_in(client, "owner")
-    all_send = [("0", "1", "send")]
-    r = client.post("/admin/policies/default", data=band_form(all_send, csrf=token, op="publish"))
+    store = runtime_of(client).store
+    all_send = band_form([("0", "1", "send")], csrf=token)
+    asked = client.post("/admin/policies/default", data={**all_send, "op": "publish"})
+    assert asked.status_code == 200 and len(store.policy_versions("default")) == 1, "nothing yet"
+    summary = re.search(r'id="confirm-summary">(.*?)</p>', asked.text, re.S)
+    assert summary is not None
+    assert (
+        "2 cases move from review to send; 1 from escalate to send (of 3 decisions logged)"
+        in summary.group(1)
+    )
+    assert "Publish version 2" in asked.text and 'name="change_note"' in asked.text
+    no_note = client.post(
+        "/admin/policies/default",
+        data={**all_send, "op": "confirm_publish", "confirm_digest": DIGEST.findall(asked.text)[0]},
+    )
+    assert no_note.status_code == 422 and "Write a change note" in no_note.text
+    edited = band_form([("0", "0.5", "escalate"), ("0.5", "1", "send")], csrf=token)
+    changed = client.post(
+        "/admin/policies/default",
+        data={
+            **edited,
+            "op": "confirm_publish",
+            "confirm_digest": DIGEST.findall(asked.text)[0],
+            "change_note": "x",
+        },
+    )
+    assert changed.status_code == 422 and "The draft changed after you asked" in changed.text
+    assert len(store.policy_versions("default")) == 1
+
+    r = publish(client, "default", all_send, note="Send everything <b>for the sale</b>")
     assert r.status_code == 200 and "Published" in r.text
     check = client.post("/v1/guard", json={"question": "q", "reply": "r [score=0.1]"}).json()
     assert check["policy"]["version"] == 2 and check["action"] == "send"
-    store = runtime_of(client).store
-    assert [v.author for v in store.policy_versions("default", newest_first=True)] == ["owner", "migration"]
+    versions = store.policy_versions("default", newest_first=True)
+    assert [v.author for v in versions] == ["owner", "migration"]
+    assert versions[0].note == "Send everything <b>for the sale</b>"
+    assert (
+        versions[0].preview_summary is not None
+        and "2 cases move from review to send" in versions[0].preview_summary
+    )
     page = client.get("/admin/policies/default").text
     assert "Roll back to v1" in page and "(first version)" in page
-    assert '<span class="del">-  action: escalate</span>' in page, (
-        "the diff shows what the new version dropped"
-    )
-    r = client.post("/admin/policies/default/rollback", data={"csrf_token": token, "version": "1"})
+    assert "Send everything &lt;b&gt;for the sale&lt;/b&gt;" in page, "the note, escaped"
+    change = '<th scope="row">scores [0.0,0.4)</th><td class="del">escalate</td><td class="add">send</td>'
+    assert change in page, "the versions list says which scores now get which action"
+
+    r = rollback(client, token, 1, note="The sale is over.")
     assert r.status_code == 200 and "Rolled back" in r.text
     check = client.post("/v1/guard", json={"question": "q", "reply": "r [score=0.1]"}).json()
     assert check["policy"]["version"] == 3 and check["action"] == "escalate"
-    actions = [e.action for e in queries_of(client).audit_entries()]
-    assert actions[:2] == ["policy.rollback", "policy.publish"]
-    before = queries_of(client).audit_entries()[1].before
+    newest = store.policy_versions("default", newest_first=True)[0]
+    assert (newest.rollback_of, newest.note) == (1, "The sale is over.")
+    assert "rollback to v1" in client.get("/admin/policies/default").text
+    entries = queries_of(client).audit_entries()
+    assert [e.action for e in entries[:2]] == ["policy.rollback", "policy.publish"]
+    assert [e.note for e in entries[:2]] == ["The sale is over.", "Send everything <b>for the sale</b>"]
+    assert {e.channel for e in entries[:2]} == {"default"}
+    before = entries[1].before
     assert before is not None and before["version"] == 1
+
+
+def test_rolling_back_needs_a_change_note_and_shows_its_preview(client: TestClient) -> None:
+    token = signed_in(client, "owner")
+    publish(client, "default", band_form([("0", "1", "send")], csrf=token))
+    client.post("/v1/guard", json={"question": "q", "reply": "r [score=0.1]"})
+    flush(client)
+    asked = client.post("/admin/policies/default/rollback", data={"csrf_token": token, "version": "1"})
+    assert "Roll back to v1?" in asked.text and "1 case moves from send to escalate" in asked.text
+    assert 'name="band_action_0"' in asked.text and 'id="preview"' in asked.text, "the editor shows v1"
+    refused = client.post(
+        "/admin/policies/default/rollback",
+        data={"csrf_token": token, "version": "1", "op": "confirm_rollback", "change_note": "  "},
+    )
+    assert refused.status_code == 422 and "Write a change note" in refused.text
+    assert len(runtime_of(client).store.policy_versions("default")) == 2
+
+
+def test_band_buttons_edit_the_draft_without_javascript_and_publish_nothing(client: TestClient) -> None:
+    token = signed_in(client, "owner")
+    r = client.post("/admin/policies/default", data=band_form(DEFAULT_FORM, csrf=token, op="remove:1"))
+    assert r.status_code == 200 and "Band 2 is removed; band 1 below it now reaches 0.5." in r.text
+    assert re.findall(r'name="band_hi_\d+" id="band_hi_\d+" value="([^"]*)"', r.text) == ["0.5", "0.7", "1"]
+    assert 'id="changed-count">' in r.text, "the preview shows the edited draft"
+    r = client.post("/admin/policies/default", data=band_form(DEFAULT_FORM, csrf=token, op="split:3"))
+    assert re.findall(r'name="band_lo_\d+" id="band_lo_\d+" value="([^"]*)"', r.text) == [
+        "0",
+        "0.4",
+        "0.5",
+        "0.7",
+        "0.85",
+    ]
+    r = client.post("/admin/policies/default", data=band_form(DEFAULT_FORM, csrf=token, op="merge:2"))
+    assert "Bands 3 and 4 are merged" in r.text
+    assert len(runtime_of(client).store.policy_versions("default")) == 1
+    for n in range(1, 5):
+        assert f'aria-label="Remove band {n}"' in client.get("/admin/policies/default").text
+
+
+def test_a_problem_names_the_row_on_the_page(client: TestClient) -> None:
+    """Row 2 emptied (the old way to remove a band) and row 3's lower edge blank: the page keeps the
+    rows where they were and names row 3, marked invalid."""
+    token = signed_in(client, "owner")
+    rows = [("0", "0.4", "escalate"), ("", "", "review"), ("", "0.7", "follow_up"), ("0.7", "1", "send")]
+    r = client.post("/admin/policies/default", data=band_form(rows, csrf=token, op="publish"))
+    assert r.status_code == 422 and "row 3: the lower edge is empty" in r.text
+    assert 'class="band-row invalid" data-row="2"' in r.text
+    assert 'name="band_lo_1" id="band_lo_1" value=""' in r.text, "the emptied row stays in its place"
+    fragment = client.post("/admin/policies/default/preview", data=band_form(rows, csrf=token)).text
+    assert 'data-bad-rows="2"' in fragment and "row 3: the lower edge is empty" in fragment
+
+
+def test_the_audit_log_shows_readable_changes_and_filters(client: TestClient) -> None:
+    held = held_case(client, score="0.45")
+    owner = signed_in(client, "owner")
+    publish(client, "shop-b", band_form(DEFAULT_FORM, csrf=owner), note="Shop B gets its own policy.")
+    moved = [
+        ("0", "0.44", "escalate"),
+        ("0.44", "0.5", "review"),
+        ("0.5", "0.7", "follow_up"),
+        ("0.7", "1", "send"),
+    ]
+    publish(client, "shop-b", band_form(moved, csrf=owner), note="Escalate up to 0.44.")
+    client.cookies.clear()
+    sup = signed_in(client, "sup")
+    client.post(f"/admin/cases/{held['escalation_id']}/act", data={"csrf_token": sup, "op": "approve"})
+    client.cookies.clear()
+    signed_in(client, "boss")
+    page = client.get("/admin/audit").text
+    assert "Escalate up to 0.44." in page and "v1 → v2" in page
+    assert (
+        '<th scope="row">scores [0.4,0.44)</th><td class="del">review</td><td class="add">escalate</td>'
+        in page
+    )
+    assert '"instruction"' not in page and "&#34;instruction&#34;" not in page, "no full JSON policies"
+    assert "case.approved" in page and "user.create" in page
+
+    def actions(query: str) -> list[str]:
+        r = client.get(f"/admin/audit?{query}")
+        assert r.status_code == 200
+        return re.findall(r'<tr data-action="([\w.]+)">', r.text)
+
+    assert actions("actor=owner") == ["policy.publish", "policy.publish"]
+    assert actions("channel=shop-b") == ["policy.publish", "policy.publish"]
+    assert actions("channel=default") == ["case.approved"]
+    assert actions("action=case.approved&actor=sup") == ["case.approved"]
+    today = utcnow().date()
+    assert "case.approved" in actions(f"from={today}&to={today}")
+    assert actions(f"from={today + timedelta(days=1)}") == []
+    assert client.get("/admin/audit?from=yesterday").status_code == 422
+    assert '<option value="shop-b">' in page and '<option value="owner">' in page, (
+        "the filters offer what is there"
+    )
 
 
 @pytest.mark.parametrize("uncertain_action", ["follow_up", "escalate", "review"])
@@ -541,8 +698,8 @@ def test_the_editor_shows_sets_and_keeps_the_uncertain_action(
         '<option value="review" selected>' in page.split('name="uncertain_action"')[1].split("</select>")[0]
     )
     assert '<option value="send"' not in page.split('name="uncertain_action"')[1].split("</select>")[0]
-    form = band_form(DEFAULT_FORM, csrf=token, op="publish", uncertain_action=uncertain_action)
-    assert client.post("/admin/policies/default", data=form).status_code == 200
+    form = band_form(DEFAULT_FORM, csrf=token, uncertain_action=uncertain_action)
+    assert publish(client, "default", form).status_code == 200
     store = runtime_of(client).store
     policy = store.active_policy("default")
     assert policy is not None and policy.uncertain_action == uncertain_action
@@ -550,11 +707,10 @@ def test_the_editor_shows_sets_and_keeps_the_uncertain_action(
         client.get("/admin/policies/default").text.split('name="uncertain_action"')[1].split("</select>")[0]
     )
     assert f'<option value="{uncertain_action}" selected>' in select, "the editor shows what is in force"
-    r = client.post(
-        "/admin/policies/default",
-        data=band_form(
-            DEFAULT_FORM, csrf=token, op="publish", on_error="review", uncertain_action=uncertain_action
-        ),
+    r = publish(
+        client,
+        "default",
+        band_form(DEFAULT_FORM, csrf=token, on_error="review", uncertain_action=uncertain_action),
     )
     assert r.status_code == 200
     again = store.active_policy("default")
@@ -571,7 +727,7 @@ def test_a_new_channel_gets_its_first_version(client: TestClient) -> None:
         .endswith("/admin/policies/shop-zh")
     )
     assert "no policy of its own" in client.get("/admin/policies/shop-zh").text
-    r = client.post("/admin/policies/shop-zh", data=band_form(DEFAULT_FORM, csrf=token, op="publish"))
+    r = publish(client, "shop-zh", band_form(DEFAULT_FORM, csrf=token))
     assert r.status_code == 200
     policy = runtime_of(client).store.active_policy("shop-zh")
     assert policy is not None and policy.version == 1

@@ -1,11 +1,11 @@
 """End to end in a real browser: Debian's chromium driven by Playwright against the guard served
 by uvicorn on a loopback port, with real PostgreSQL. Screenshots of the main pages go to
-docs/screenshots/. In CI (CI=true) a browser that cannot start fails the test; elsewhere it skips."""
+docs/screenshots/. The browser is the one all browser modules share (tests/browsertools.py, started
+by conftest.py); in CI (CI=true) a browser that cannot start fails the test, elsewhere it skips."""
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import threading
 import time
@@ -27,39 +27,8 @@ from tests.fakes import FakeScorer
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 PASSWORD = "correct horse battery"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def _unavailable(message: str) -> None:
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        _unavailable(f"playwright is not installed: {exc}")
-    with sync_playwright() as p:
-        try:
-            b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=30_000)
-        except Exception as exc:
-            _unavailable(f"chromium cannot start from {CHROMIUM}: {exc}")
-        yield b
-        b.close()
 
 
 def _free_port() -> int:
@@ -150,14 +119,12 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
     sign_in(page, base, "sam")
     assert page.url.endswith("/admin/queue")
     expect(page.locator("table.queue tbody tr")).to_have_count(4)
-    page.screenshot(path=str(SCREENSHOTS / "queue.png"), full_page=True)
     page.click(f"a[href='/admin/cases/{escalated['escalation_id']}']")
     expect(page.locator("blockquote.question")).to_contain_text("<script>alert(1)</script>")
     expect(page.locator("dd.conversation")).to_have_text("c-1029")
     photo = page.locator("img.photo")
     until(lambda: photo.evaluate("img => img.complete && img.naturalWidth") == 160)
     expect(page.locator("#score-bar rect.marked")).to_have_count(1)
-    page.screenshot(path=str(SCREENSHOTS / "case.png"), full_page=True)
     page.fill("#edit-reply", "已为您登记口袋开线问题，我们将免费为您修补。")
     page.click("#edit-send")
     expect(page.locator("p.notice")).to_contain_text("Done")
@@ -194,9 +161,12 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
         "We logged open seam on the pocket as RG-SAMPLE1."
     )
     page.screenshot(path=str(SCREENSHOTS / "policy.png"), full_page=True)
-    page.click("#publish-button")
+    page.click("#publish-button")  # asks first: the preview's summary and a change note
+    expect(page.locator("#confirm-summary")).to_contain_text("3 cases move from review to follow-up")
+    page.fill("#change-note", "Review only below 0.44.")
+    page.click("#confirm-button")
     expect(page.locator("p.notice")).to_contain_text("Published")
-    expect(page.locator("table.versions tbody tr")).to_have_count(2)
+    expect(page.locator("table.versions > tbody > tr")).to_have_count(2)
 
     # The next check uses the new version.
     after = api(base, "/v1/guard", {"question": "Seam came open", "reply": "We can fix it [score=0.45]"})

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from guard.store import Store
 from tests.apptools import png_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +79,16 @@ def test_policy_publish_makes_the_next_version(sqlite_url: str, tmp_path: Path) 
             {"bands": [{"lo": 0, "hi": 0.8, "action": "review"}, {"lo": 0.8, "hi": 1, "action": "send"}]}
         )
     )
-    published = guard("policy", "publish", str(policy), "--author", "alice", env=env)
+    published = guard("policy", "publish", str(policy), "--author", "alice", "--note", "Hold more.", env=env)
     assert published.returncode == 0, published.stderr
     assert "version 2" in published.stdout
     assert "0.8" in guard("policy", "show", env=env).stdout
+    store = Store.open(sqlite_url)
+    try:
+        newest = store.policy_versions("default", newest_first=True)[0]
+    finally:
+        store.close()
+    assert (newest.author, newest.note) == ("alice", "Hold more."), "the change note is kept"
 
 
 def test_bad_settings_are_a_clear_error() -> None:

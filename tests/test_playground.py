@@ -24,7 +24,7 @@ from guard.scoring.base import ScoreInput, ScoreResult
 from guard.store import Store
 from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
 from tests.fakes import FakeScorer
-from tests.test_admin import band_form, held_case, make_users, signed_in
+from tests.test_admin import band_form, held_case, make_users, publish, signed_in
 from tests.test_admin import cheap_hashes as cheap_hashes  # autouse: test-sized argon2
 
 URL = "/admin/playground"
@@ -284,9 +284,9 @@ def test_a_scorer_that_does_not_read_the_instruction_says_so_when_comparing(
 
 def test_unedited_instruction_follows_the_channel(client: TestClient) -> None:
     token = signed_in(client, "owner")
-    form = band_form([("0", "1", "send")], csrf=token, op="publish")
+    form = band_form([("0", "1", "send")], csrf=token)
     form["instruction"] = "Judge the shop channel."
-    assert client.post("/admin/policies/shop", data=form).status_code == 200
+    assert publish(client, "shop", form).status_code == 200
     shown = re.search(r'name="channel_instruction" value="([^"]*)"', client.get(URL).text)
     assert shown is not None
     # The box still holds the default channel's instruction, but the channel is now "shop".
@@ -582,3 +582,141 @@ def test_the_guard_answers_while_a_batch_is_being_scored(
         scorer.release.set()
         worker.join(30)
     assert done == [200]
+
+
+# The photo's text, read as a live check reads it ----------------------------------------------------
+
+
+class PhotoTextScorer(FakeScorer):
+    """Scores 0.62 when the photo's text reaches it and 0.457 when it does not (the issue's case);
+    a reply with a "[score=…]" marker gets the marker's score."""
+
+    def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
+        out = super().score_batch(items)
+        return [
+            r if "[score=" in item.reply else ScoreResult(0.62 if item.image_text else 0.457, r.inputs_used)
+            for item, r in zip(items, out, strict=True)
+        ]
+
+
+class SlowReader:
+    """A text reader that waits for ``release`` (when cleared) and counts its reads."""
+
+    name = "fake-ocr-playground"
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.reads = 0
+        self.release = threading.Event()
+        self.release.set()
+
+    def read(self, image: Image.Image) -> str:
+        self.reads += 1
+        self.release.wait(10)
+        return self.text
+
+
+PHOTO_TEXT = "SHOPLY ORDER 58213 zipper is broken"
+
+
+@pytest.fixture
+def reader(monkeypatch: pytest.MonkeyPatch) -> SlowReader:
+    import guard.ocr
+
+    fake = SlowReader(PHOTO_TEXT)
+    monkeypatch.setattr(guard.ocr, "load_reader", lambda threads: fake)
+    return fake
+
+
+@pytest.fixture
+def ocr_client(sqlite_url: str, reader: SlowReader) -> Iterator[TestClient]:
+    with guard_client(
+        sqlite_url, PhotoTextScorer(), secret_key="test-secret-key", ocr="on", ocr_budget_s=0.5
+    ) as c:
+        make_users(queries_of(c))
+        yield c
+
+
+def _score_and_action(page: str) -> tuple[str, str]:
+    score = re.search(r'id="score-value">([^<]+)<', page)
+    action = re.search(r'id="verdict" data-action="(\w+)"', page)
+    assert score is not None and action is not None, page[:2000]
+    return score.group(1), action.group(1)
+
+
+@pytest.mark.parametrize("source", ["upload", "case"])
+def test_a_playground_score_is_the_live_decision_of_the_same_case(
+    ocr_client: TestClient, reader: SlowReader, source: str
+) -> None:
+    """Same question, photo with text and reply: the playground reads the photo's text as the live
+    guard did (the same OCR service and cache) and reproduces its score, action and inputs."""
+    photo = png_bytes((64, 48), "white")
+    question, reply = "Look at this, what now?", "Sorry about that, we will replace it"
+    live = ocr_client.post(
+        "/v1/guard", json={"question": question, "reply": reply, "image": {"data": b64(photo)}}
+    ).json()
+    assert live["image_text_status"] in {"read", "cached"} and "image_text" in live["inputs_used"]
+    assert (live["score"], live["action"], live["uncertain"]) == (0.62, "follow_up", False)
+    flush(ocr_client)
+    role = "sup" if source == "case" else "owner"
+    token = signed_in(ocr_client, role)
+    if source == "case":  # a held copy of the case: the playground takes its photo from the queue
+        held = ocr_client.post(
+            "/v1/guard",
+            json={"question": question, "reply": "x [score=0.1]", "image": {"data": b64(photo)}},
+        ).json()
+        flush(ocr_client)
+        files = None
+        fields = {"case_id": held["escalation_id"]}
+    else:
+        files = {"photo": ("seam.png", photo, "image/png")}
+        fields = {}
+    page = post(ocr_client, token, "score", question=question, replies=reply, files=files, **fields).text
+    assert _score_and_action(page) == (f"{live['score']:.3f}", live["action"])
+    used = re.search(r'id="inputs-used">([^<]*)', page)
+    assert used is not None and used.group(1).strip().split(", ") == live["inputs_used"]
+    assert PHOTO_TEXT in page and 'data-status="cached"' in page
+    assert "nor read text from it" not in page
+    assert reader.reads == 1, "the playground used the text the live check read (the OCR cache)"
+
+
+def test_a_photo_not_read_in_time_is_scored_without_its_text_as_a_live_check_would(
+    ocr_client: TestClient, reader: SlowReader
+) -> None:
+    token = signed_in(ocr_client, "owner")
+    reader.release.clear()
+    photo = {"photo": ("p.png", png_bytes((64, 48), "blue"), "image/png")}
+    page = post(ocr_client, token, "score", question="What now?", replies="Sorry", files=photo).text
+    reader.release.set()
+    assert 'data-status="timeout"' in page and "not read in time" in page
+    assert _score_and_action(page) == ("0.457", "review")  # uncertain: nothing states the issue
+    live = ocr_client.post(
+        "/v1/guard",
+        json={"question": "What now?", "reply": "Sorry", "image": {"data": b64(png_bytes((64, 48), "blue"))}},
+    ).json()
+    assert live["image_text_status"] in {"read", "cached"}, "the reading went on and served the next one"
+
+
+def test_with_the_bundled_scorer_and_the_real_reader_the_playground_reproduces_a_live_score(
+    sqlite_url: str,
+) -> None:
+    """The issue's case with the real models: a screenshot whose text matters to the score (0.779 with
+    it, 0.863 without), scored live and then in the playground: the same score and action."""
+    from pathlib import Path
+
+    screenshot = (Path(__file__).parent / "data" / "scr_02.png").read_bytes()
+    question = "I was charged twice, why?"
+    reply = (
+        "I can see two charges of $42.78 for order 58213; we will refund the duplicate charge within 3 days."
+    )
+    with guard_client(sqlite_url, None, secret_key="test-secret-key", ocr="on", ocr_budget_s=60) as c:
+        live = c.post(
+            "/v1/guard", json={"question": question, "reply": reply, "image": {"data": b64(screenshot)}}
+        ).json()
+        assert live["image_text_status"] == "read" and "image_text" in live["inputs_used"], live
+        make_users(queries_of(c))
+        token = signed_in(c, "owner")
+        files = {"photo": ("scr.png", screenshot, "image/png")}
+        page = post(c, token, "score", question=question, replies=reply, files=files).text
+    assert _score_and_action(page) == (f"{live['score']:.3f}", live["action"])
+    assert 'data-status="cached"' in page and "58213" in page

@@ -1,6 +1,7 @@
 """The playground in a real browser (Debian's chromium via Playwright, the guard under uvicorn, real
-PostgreSQL; the fixtures are test_admin_browser's): score one reply, re-rank three, check the order
-and the colours, and save docs/screenshots/playground.png."""
+PostgreSQL; the server fixture is test_admin_browser's, the browser the one all browser modules
+share): score one reply, re-rank three, check the order and the colours, and save
+docs/screenshots/playground.png."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from guard.scoring.base import DEFAULT_INSTRUCTION
 from guard.store import Store
 from tests.apptools import png_bytes
 from tests.test_admin_browser import SCREENSHOTS, api, sign_in
-from tests.test_admin_browser import browser as browser  # fixture
 from tests.test_admin_browser import server as server  # fixture
 
 pytestmark = pytest.mark.integration
@@ -23,6 +23,12 @@ COLOURS = {
     "follow_up": "rgb(227, 177, 42)",
     "review": "rgb(239, 125, 34)",
     "escalate": "rgb(214, 52, 44)",
+}
+PILLS = {  # the pills carry text: darker shades of the same colours, at least 4.5:1 with their text
+    "send": "rgb(30, 125, 60)",
+    "follow_up": "rgb(227, 177, 42)",
+    "review": "rgb(179, 77, 0)",
+    "escalate": "rgb(192, 57, 43)",
 }
 QUESTION = "口袋开线怎么办？<script>alert(1)</script>"
 REPLIES = [
@@ -83,7 +89,7 @@ def test_score_and_rerank_in_a_real_browser(browser: Any, server: tuple[str, Sto
     for i, action in enumerate(("send", "follow_up", "escalate")):
         pill = rows.nth(i).locator(".pill")
         expect(pill).to_have_class(f"pill a-{action}")
-        assert pill.evaluate("p => getComputedStyle(p).backgroundColor") == COLOURS[action]
+        assert pill.evaluate("p => getComputedStyle(p).backgroundColor") == PILLS[action]
         lit = rows.nth(i).locator("svg rect:not(.old)")
         expect(lit).to_have_count(1)
         assert lit.evaluate("r => getComputedStyle(r).fill") == COLOURS[action]

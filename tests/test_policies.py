@@ -14,6 +14,8 @@ from guard.policies import (
     UNCERTAIN_ACTIONS,
     Band,
     PolicyError,
+    audit_rate,
+    audit_sampled,
     decide,
     default_policy,
     parse_policy,
@@ -121,7 +123,7 @@ def test_validation_names_the_problem(bands: list[tuple[float, float, str]], exp
     ("doc", "expected"),
     [
         ({"bands": [{"lo": 0, "hi": 1, "action": "shout"}]}, "unknown action 'shout'"),
-        ({"bands": [{"lo": 0, "hi": 1}]}, "exactly the keys lo, hi and action"),
+        ({"bands": [{"lo": 0, "hi": 1}]}, "must have the keys lo, hi and action"),
         ({"bands": [{"lo": "0", "hi": 1, "action": "send"}]}, "must be numbers"),
         ({"bands": []}, "non-empty list"),
         ({"bands": [{"lo": 0, "hi": 1, "action": "send"}], "on_error": "ignore"}, "on_error 'ignore'"),
@@ -207,3 +209,56 @@ def test_uncertain_action_round_trips_and_old_documents_get_the_default() -> Non
     assert parse_policy(policy_document(policy)) == policy
     old = {k: v for k, v in policy_document(POLICY).items() if k != "uncertain_action"}
     assert parse_policy(old).uncertain_action == "review"
+
+
+# Audit sampling -------------------------------------------------------------------------------
+
+
+def test_audit_sample_defaults_by_action() -> None:
+    rates = {b.action: b.audit_rate for b in POLICY.bands}
+    assert rates == {"send": 0.02, "follow_up": 0.05, "review": 0.0, "escalate": 0.0}
+    assert "audit_sample" not in str(policy_document(POLICY))  # the default is not written out
+
+
+def test_audit_sample_round_trips_and_is_validated() -> None:
+    doc = policy_document(POLICY)
+    doc["bands"][-1]["audit_sample"] = 0.5
+    policy = parse_policy(doc)
+    assert policy.bands[-1].audit_sample == 0.5 and policy.bands[-1].audit_rate == 0.5
+    assert parse_policy(policy_document(policy)) == policy
+    for bad, expected in (
+        (1.5, "must be a share between 0 and 1"),
+        (-0.1, "must be a share between 0 and 1"),
+        ("2%", "audit_sample must be a number"),
+        (True, "audit_sample must be a number"),
+    ):
+        doc["bands"][-1]["audit_sample"] = bad
+        with pytest.raises(PolicyError, match=expected):
+            parse_policy(doc)
+    doc["bands"][-1]["audit_sample"] = 0.0
+    doc["bands"][0]["audit_sample"] = 0.1  # the escalate band
+    with pytest.raises(PolicyError, match=r"\[0.0,0.4\): audit_sample must be 0 for a escalate band"):
+        parse_policy(doc)
+
+
+def test_audit_sampling_is_deterministic_and_near_its_rate() -> None:
+    ids = [f"d{i:06d}" for i in range(20_000)]
+    picked = [i for i in ids if audit_sampled(i, 0.05)]
+    assert picked == [i for i in ids if audit_sampled(i, 0.05)]
+    assert 0.045 < len(picked) / len(ids) < 0.055
+    assert set(i for i in ids if audit_sampled(i, 0.02)) <= set(picked)  # a smaller sample is inside
+    assert not any(audit_sampled(i, 0.0) for i in ids[:100]) and all(audit_sampled(i, 1.0) for i in ids[:100])
+
+
+def test_audit_rate_of_a_verdict() -> None:
+    doc = policy_document(POLICY)
+    doc["bands"][-1]["audit_sample"] = 0.3
+    policy = parse_policy(doc)
+    assert audit_rate(policy, decide(policy, 0.9)) == 0.3
+    assert audit_rate(policy, decide(policy, 0.65)) == 0.05
+    assert audit_rate(policy, decide(policy, 0.45)) == 0.0
+    assert audit_rate(policy, decide(policy, None)) == 0.0  # degraded: escalated
+    uncertain = decide(
+        policy.__class__(**{**policy.__dict__, "uncertain_action": "follow_up"}), 0.9, uncertain=True
+    )
+    assert uncertain.action == "follow_up" and audit_rate(policy, uncertain) == 0.05

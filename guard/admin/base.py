@@ -19,6 +19,7 @@ from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.admin.queries import AdminQueries
 from guard.followups import Messages
+from guard.issue_text import detect_locale
 from guard.policies import ACTIONS, UNCERTAIN_ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
 
@@ -31,6 +32,7 @@ STATE_LABELS = {
     "edited": "edited and sent",
     "taken_over": "taken over",
     "dismissed": "dismissed",
+    "audited": "audited (sent, marked)",
 }
 UNCERTAIN_LABELS = {
     "issue_not_stated": "neither the question nor the text in the photo states the issue, "
@@ -42,10 +44,20 @@ NOTICES = {
     "rolled_back": "Rolled back: the old version is published again as a new version.",
     "unchanged": "Nothing to publish: the draft is the policy in force.",
     "case_done": "Done: the case is resolved, and the chatbot is told where handoff delivery is set up.",
+    "case_done_next": "Done: the case is resolved, and the chatbot is told where handoff delivery is set "
+    "up. This is the next waiting case.",
     "user_created": "User created.",
     "user_updated": "User updated.",
     "user_refused": "Not changed: that would leave no active admin.",
+    "audit_done": "Marked: the audit counts on the outcomes page.",
+    "map_drafted": "Fitted: the new score map is a draft. Preview it, then publish it.",
+    "map_published": "Published: the new score map is in force; scores of the old map are not reused.",
+    "map_rolled_back": "Rolled back: the old score map is published again as a new version.",
+    "map_off": "Switched off: this channel's scores are the scorer's own again (as a new version).",
+    "map_discarded": "Draft discarded.",
 }
+PROBLEM_NOTICES = frozenset({"user_refused"})
+"""Notices that say something was refused: shown as a problem, not as a success."""
 
 
 P = ParamSpec("P")
@@ -90,8 +102,18 @@ def pretty_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=1, sort_keys=True, default=str)
 
 
+def text_lang(text: str | None) -> str:
+    """The language tag of customer text ("zh" or "en", by its script), for a ``lang`` attribute."""
+    return detect_locale(text or "")
+
+
 def fmt_pct(value: float | None) -> str:
     return "—" if value is None else f"{value * 100:.0f}%"
+
+
+def fmt_pct1(value: float | None) -> str:
+    """A small share: one decimal (0.4%)."""
+    return "—" if value is None else f"{value * 100:.1f}%"
 
 
 class Pages:
@@ -113,8 +135,10 @@ class Pages:
             time=fmt_time,
             ms=fmt_ms,
             pct=fmt_pct,
+            pct1=fmt_pct1,
             pretty_json=pretty_json,
             action=charts.ACTION_LABELS.get,
+            lang=text_lang,
         )
         self.env.globals.update(
             prefix=PREFIX,
@@ -137,9 +161,13 @@ class Pages:
         status: int = 200,
         **context: Any,
     ) -> HTMLResponse:
-        notice = NOTICES.get(request.query_params.get("notice", ""))
+        key = request.query_params.get("notice", "")
         html = self.env.get_template(name).render(
-            user=user, request_path=request.url.path, notice=notice, **context
+            user=user,
+            request_path=request.url.path,
+            notice=NOTICES.get(key),
+            notice_problem=key in PROBLEM_NOTICES,
+            **context,
         )
         return HTMLResponse(html, status_code=status)
 

@@ -90,7 +90,9 @@ def score_bar(
     if score is not None and math.isfinite(score):
         x = pad + min(max(score, 0.0), 1.0) * inner
         lines.append(Line(x, top - 6, x, top + bar_h + 4, "marker", f"score {score:.3f}"))
-        labels.append(Label(x, height - 2, f"score {score:.3f}", "middle", "marker-label"))
+        # Anchored so the label stays inside the chart near 0 and 1 ("score 0.025", not "core 0.025").
+        anchor = "start" if x < pad + 50 else "end" if x > pad + inner - 50 else "middle"
+        labels.append(Label(x, height - 2, f"score {score:.3f}", anchor, "marker-label"))
     legend = tuple((f"a-{a}", ACTION_LABELS[a]) for a in ACTIONS)
     return Chart(width, height, "score and policy bands", tuple(rects), tuple(lines), tuple(labels), legend)
 
@@ -197,6 +199,47 @@ def paired_bars(
     return Chart(
         width, height, "decisions per action: published vs draft", tuple(rects), lines, tuple(labels), legend
     )
+
+
+def rate_per_day(
+    days: Sequence[tuple[str, float | None, tuple[float, float] | None, str]],
+    *,
+    title: str,
+    width: float = 600,
+    height: float = 180,
+) -> Chart:
+    """A share per day: one bar per (day, share, 95% interval, tooltip), the interval as a whisker.
+    A day without a measurement (share None) has no bar."""
+    pad_l, pad_r, pad_t, pad_b = 44.0, 10.0, 12.0, 22.0
+    inner_w, inner_h = width - pad_l - pad_r, height - pad_t - pad_b
+    n = max(len(days), 1)
+    tops = [iv[1] for _, s, iv, _ in days if s is not None and iv is not None]
+    tops += [s for _, s, _, _ in days if s is not None]
+    peak = max(tops, default=0.0) or 0.01
+    peak = math.ceil(peak * 100) / 100 if peak > 0.01 else 0.01
+    bw = inner_w / max(n, 14)  # a few days do not make bars half the chart wide
+    rects: list[Rect] = []
+    lines: list[Line] = [Line(pad_l, pad_t + inner_h, pad_l + inner_w, pad_t + inner_h, "axis")]
+    labels: list[Label] = []
+    step = max(1, math.ceil(n / 8))
+
+    def y(v: float) -> float:
+        return pad_t + inner_h - min(v, peak) / peak * inner_h
+
+    for i, (day, share, bounds, tip) in enumerate(days):
+        x = pad_l + i * bw
+        if share is not None:
+            rects.append(
+                Rect(x + bw * 0.2, y(share), max(bw * 0.6, 1), pad_t + inner_h - y(share), "a-escalate", tip)
+            )
+            if bounds is not None:
+                mid = x + bw / 2
+                lines.append(Line(mid, y(bounds[0]), mid, y(bounds[1]), "interval", f"95% interval: {tip}"))
+        if i % step == 0:
+            labels.append(Label(x + bw / 2, height - 6, day[5:]))
+    labels.append(Label(pad_l - 4, pad_t + 8, f"{peak * 100:g}%", "end"))
+    labels.append(Label(pad_l - 4, pad_t + inner_h, "0%", "end"))
+    return Chart(width, height, title, tuple(rects), tuple(lines), tuple(labels))
 
 
 def band_edges(policy: Policy) -> list[float]:

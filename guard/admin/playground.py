@@ -7,7 +7,8 @@ channel's instruction; when it is edited, the scores under both are shown side b
 can bring a draft policy over from the editor and use its bands and templates.
 
 Nothing here writes a decision or changes a policy: scores come from ``Pipeline.score_texts`` (the
-score cache, then the scorer in its worker thread, off the event loop) and verdicts from the pure
+channel's score map in force applied, as in a live check; the score cache, then the scorer in its
+worker thread, off the event loop) and verdicts from the pure
 ``decide`` (through ``decide_case``: a photo that carries an unstated issue makes the case uncertain,
 as in the pipeline). Large batches are scored in chunks so that a script can show progress (a stream of
 NDJSON lines, see ``static/playground.js``); without the script the form posts and the page comes
@@ -36,8 +37,7 @@ from guard.admin.headers import CSP
 from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
 from guard.images import DecodedImage, decode_base64, decode_image
-from guard.issues import read_issue
-from guard.pipeline import Pipeline, Scored, Shown, compose, decide_case, uncertainty
+from guard.pipeline import CaseReading, Pipeline, Scored, Shown, compose, decide_case, uncertainty
 from guard.policies import (
     TEMPLATE_KEYS,
     Policy,
@@ -65,6 +65,14 @@ PAGE_CSP = CSP.replace("img-src 'self'", "img-src 'self' data:")
 """The admin CSP, plus data: images so the page can show the uploaded photo it carries."""
 
 Op = Literal["score", "rerank"]
+IMAGE_TEXT_LABELS = {
+    "empty": "none: the photo holds no text the reader could find",
+    "timeout": "not read in time (GUARD_OCR_BUDGET_S ran out): scored without it, as a live check would be",
+    "busy": "not read: too many photos were being read at once; scored without it, as a live check would be",
+    "error": "not read: the text reader failed (logged); scored without it, as a live check would be",
+    "off": "not read: reading text in photos is off (GUARD_OCR=off)",
+}
+"""Why no text from the photo was used, by guard/ocr.py ``Status``."""
 
 
 def split_replies(text: str) -> list[str]:
@@ -128,6 +136,8 @@ class Trial:
     policy: Policy
     draft: bool
     locale: str | None
+    channel: str = "default"
+    """The channel tried: its score map (guard/calibration.py) applies, as in a live check."""
 
     @property
     def compare(self) -> bool:
@@ -168,6 +178,10 @@ class Result:
     instruction_used: bool
     """The scorer read the instruction for some reply; when False, no instruction can change a score."""
     had_photo: bool
+    image_text: str | None
+    """The text read from the photo (None: none read; see ``image_text_status``)."""
+    image_text_status: str | None
+    """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
     bar: charts.Chart | None
     """The full score bar of a single reply (Score)."""
     customer_reply: str | None
@@ -183,16 +197,29 @@ class Run:
         self.total = len(trial.replies) * len(self.instructions)
         self.scored: list[list[Scored]] = []
         self.failed = False
+        self.reading: CaseReading | None = None
 
     async def steps(self) -> AsyncIterator[int]:
         t = self.trial
         done = 0
+        # The photo's text first, as a live check reads it: the same OCR service, cache and budget.
+        if t.image is not None:
+            self.guard.start_reading(t.image)
+        self.reading = reading = await self.guard.read_case(t.question, t.image, t.locale)
+        # The channel's score map in force, as a live check on the channel applies it.
+        calibration = await self.guard.calibrations.get(t.channel)
         for instruction in self.instructions:
             out: list[Scored] = []
             for start in range(0, len(t.replies), CHUNK):
                 part = t.replies[start : start + CHUNK]
                 scored, failed = await self.guard.score_texts(
-                    t.question, t.image, part, instruction, t.locale
+                    t.question,
+                    t.image,
+                    part,
+                    instruction,
+                    t.locale,
+                    image_text=reading.image_text,
+                    calibration=calibration,
                 )
                 self.failed = self.failed or failed
                 out.extend(scored)
@@ -209,7 +236,8 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
     """Rows in ranking order with their verdicts and messages. Pure apart from template rendering."""
     policy = trial.policy
     has_photo = trial.image is not None
-    issue = read_issue(trial.question, None, trial.locale, has_photo=has_photo)
+    assert run.reading is not None, "build_result runs after the run's steps"
+    issue = run.reading.issue
     locale = issue.locale
     ctx = MessageContext(locale, issue.phrase, SAMPLE_CASE_REF, response_time[locale])
 
@@ -265,6 +293,8 @@ def build_result(trial: Trial, run: Run, messages: Messages, response_time: Mapp
         inputs_used=tuple(used),
         instruction_used=any(s.instruction_used for s in main),
         had_photo=trial.image is not None,
+        image_text=run.reading.image_text,
+        image_text_status=run.reading.photo.status if run.reading.photo is not None else None,
         bar=charts.score_bar(policy, top.score, top.verdict.band) if trial.op == "score" else None,
         customer_reply=customer_reply,
     )
@@ -443,6 +473,7 @@ class Playground:
             policy=policy,
             draft=draft,
             locale=None if form.locale == "auto" else form.locale,
+            channel=form.channel,
         )
 
     def _draft(self, ctx: Ctx, form: TrialForm) -> Policy | str:
@@ -564,6 +595,7 @@ class Playground:
             "reply_count": len(split_replies(form.replies)),
             "editor_fields": editor_fields(in_use, form.instruction) if ctx.user.may("policies") else [],
             "scorer_name": scorer_name,
+            "image_text_labels": IMAGE_TEXT_LABELS,
             "csrf": ctx.user.csrf,
         }
 

@@ -8,40 +8,53 @@ the pages run them in a worker thread. ``AdminQueries`` is opened over the guard
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
+    Select,
+    and_,
     delete,
     func,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from guard.admin.records import (
+    AuditFilter,
     AuditRecord,
+    CalibrationRow,
     Case,
+    Neighbours,
     OutcomeRow,
+    QueueFilter,
     ReplayRow,
     ResolvedCase,
+    ScoreMapRecord,
     SessionUser,
     TrafficRow,
     UserRecord,
+    Viewer,
 )
+from guard.calibration import reweight
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
 from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, from_orm
 from guard.tables import (
     AdminSession,
     AuditEntry,
+    CaseViewer,
     Decision,
     LoginThrottle,
     PolicyVersion,
     QueueItem,
+    ScoreMapVersion,
     User,
     utcnow,
 )
@@ -57,14 +70,40 @@ class AdminQueries(Database):
         target: str,
         before: dict[str, Any] | None = None,
         after: dict[str, Any] | None = None,
+        *,
+        note: str | None = None,
+        channel: str | None = None,
     ) -> None:
         with self.session() as s:
-            _audit(s, actor, action, target, before, after)
+            _audit(s, actor, action, target, before, after, note=note, channel=channel)
 
-    def audit_entries(self, limit: int = 200, offset: int = 0) -> list[AuditRecord]:
+    def audit_entries(
+        self, limit: int = 200, offset: int = 0, where: AuditFilter | None = None
+    ) -> list[AuditRecord]:
+        """The newest entries first, those ``where`` selects."""
+        f = where or AuditFilter()
         with self.session() as s:
-            rows = s.scalars(select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit).offset(offset))
+            q = select(AuditEntry)
+            if f.actor:
+                q = q.where(AuditEntry.actor == f.actor)
+            if f.action:
+                q = q.where(AuditEntry.action == f.action)
+            if f.channel:
+                q = q.where(AuditEntry.channel == f.channel)
+            if f.since is not None:
+                q = q.where(AuditEntry.at >= f.since)
+            if f.until is not None:
+                q = q.where(AuditEntry.at < f.until)
+            rows = s.scalars(q.order_by(AuditEntry.id.desc()).limit(limit).offset(offset))
             return [from_orm(AuditRecord, r, "at") for r in rows]
+
+    def audit_facets(self) -> tuple[list[str], list[str], list[str]]:
+        """The actors, actions and channels the audit log holds (for its filters)."""
+        with self.session() as s:
+            actors = sorted(s.scalars(select(AuditEntry.actor).distinct()))
+            actions = sorted(s.scalars(select(AuditEntry.action).distinct()))
+            channels = sorted(c for c in s.scalars(select(AuditEntry.channel).distinct()) if c)
+            return actors, actions, channels
 
     # Queue
 
@@ -76,33 +115,146 @@ class AdminQueries(Database):
         kind: str | None = None,
         newest_first: bool = False,
         limit: int = 200,
+        offset: int = 0,
     ) -> list[Case]:
         """Queue items with the decision fields the queue shows, filtered and ordered."""
+        f = QueueFilter(tuple(states), channel, kind, newest_first)
         with self.session() as s:
-            q = (
-                select(QueueItem, Decision)
-                .join(Decision, Decision.id == QueueItem.decision_id)
-                .where(QueueItem.state.in_(list(states)))
-            )
-            if channel:
-                q = q.where(QueueItem.channel == channel)
-            if kind:
-                q = q.where(QueueItem.kind == kind)
-            order = QueueItem.created_at.desc() if newest_first else QueueItem.created_at.asc()
-            rows = s.execute(q.order_by(order, QueueItem.id).limit(limit)).all()
+            q = _filtered(select(QueueItem, Decision).join(Decision, Decision.id == QueueItem.decision_id), f)
+            rows = s.execute(q.order_by(*_order(f)).limit(limit).offset(offset)).all()
             return [_case(item, dec) for item, dec in rows]
+
+    def queue_count(self, f: QueueFilter) -> int:
+        """How many cases the filters match."""
+        with self.session() as s:
+            return int(s.scalar(_filtered(select(func.count()).select_from(QueueItem), f)) or 0)
+
+    def queue_state_counts(self, channel: str | None = None, kind: str | None = None) -> dict[str, int]:
+        """Cases per state under the channel and action filters (for the state filter's options)."""
+        with self.session() as s:
+            q = _filtered(
+                select(QueueItem.state, func.count()).select_from(QueueItem),
+                QueueFilter((), channel, kind),
+            )
+            return {state: int(n) for state, n in s.execute(q.group_by(QueueItem.state))}
+
+    def queue_neighbours(self, queue_item_id: str, f: QueueFilter) -> Neighbours | None:
+        """The cases before and after ``queue_item_id`` in the filtered, ordered queue (keyset on
+        (created_at, id), so a case that no longer matches the filters still has neighbours)."""
+        with self.session() as s:
+            item = s.get(QueueItem, queue_item_id)
+            if item is None:
+                return None
+            at, key = item.created_at, item.id
+            same = QueueItem.created_at == at
+            older = or_(QueueItem.created_at < at, and_(same, QueueItem.id < key))
+            newer = or_(QueueItem.created_at > at, and_(same, QueueItem.id > key))
+            if f.newest_first:  # ordered by created_at desc, then id asc
+                before = or_(QueueItem.created_at > at, and_(same, QueueItem.id < key))
+                after = or_(QueueItem.created_at < at, and_(same, QueueItem.id > key))
+            else:
+                before, after = older, newer
+            order = _order(f)
+            reverse = [QueueItem.created_at.asc() if f.newest_first else QueueItem.created_at.desc()]
+            previous = s.scalar(
+                _filtered(select(QueueItem.id), f)
+                .where(before)
+                .order_by(*reverse, QueueItem.id.desc())
+                .limit(1)
+            )
+            following = s.scalar(_filtered(select(QueueItem.id), f).where(after).order_by(*order).limit(1))
+            total = int(s.scalar(_filtered(select(func.count()).select_from(QueueItem), f)) or 0)
+            position: int | None = None
+            if (
+                item.state in f.states
+                and (not f.channel or item.channel == f.channel)
+                and (not f.kind or item.kind == f.kind)
+            ):
+                ahead = s.scalar(_filtered(select(func.count()).select_from(QueueItem), f).where(before))
+                position = int(ahead or 0) + 1
+            return Neighbours(previous, following, position, total)
+
+    def next_waiting(self, f: QueueFilter, *, viewer: str, ttl_s: float, look_ahead: int = 25) -> str | None:
+        """The first waiting case under the channel and action filters, in their order, that nobody
+        but ``viewer`` has open; the first waiting one when all of the next ``look_ahead`` are open
+        elsewhere; None when nothing waits. Without an action filter only held cases count (a
+        customer waits for them); audit items come next only under the "audit" filter."""
+        waiting = replace(f, states=("pending",))
+        with self.session() as s:
+            q = _filtered(select(QueueItem.id), waiting)
+            if not f.kind:
+                q = q.where(QueueItem.kind != "audit")
+            ids = [str(i) for i in s.scalars(q.order_by(*_order(waiting)).limit(look_ahead))]
+        busy = self.viewers(ids, ttl_s, except_user=viewer)
+        free = [i for i in ids if i not in busy]
+        return (free or ids)[0] if ids else None
+
+    # Presence: who has a case open
+
+    def touch_viewer(self, queue_item_id: str, username: str, ttl_s: float) -> list[Viewer]:
+        """Record that ``username`` has the case open now; the others who have it open (seen within
+        ``ttl_s``). Rows of pages closed long ago are swept here."""
+        now = utcnow()
+        with self.session() as s:
+            insert = pg_insert if s.get_bind().dialect.name == "postgresql" else sqlite_insert
+            s.execute(
+                insert(CaseViewer)
+                .values(queue_item_id=queue_item_id, username=username, seen_at=now)
+                .on_conflict_do_update(index_elements=["queue_item_id", "username"], set_={"seen_at": now})
+            )
+            s.execute(
+                delete(CaseViewer).where(CaseViewer.seen_at < now - timedelta(seconds=max(ttl_s, 60) * 10))
+            )
+        return self.viewers([queue_item_id], ttl_s, except_user=username).get(queue_item_id, [])
+
+    def leave_case(self, queue_item_id: str, username: str) -> None:
+        with self.session() as s:
+            s.execute(
+                delete(CaseViewer).where(
+                    CaseViewer.queue_item_id == queue_item_id, CaseViewer.username == username
+                )
+            )
+
+    def viewers(
+        self, queue_item_ids: Collection[str], ttl_s: float, *, except_user: str | None = None
+    ) -> dict[str, list[Viewer]]:
+        """Who has each of these cases open now (seen within ``ttl_s``), but ``except_user``."""
+        if not queue_item_ids:
+            return {}
+        since = utcnow() - timedelta(seconds=ttl_s)
+        out: dict[str, list[Viewer]] = {}
+        with self.session() as s:
+            q = select(CaseViewer).where(
+                CaseViewer.queue_item_id.in_(list(queue_item_ids)), CaseViewer.seen_at >= since
+            )
+            if except_user is not None:
+                q = q.where(CaseViewer.username != except_user)
+            for row in s.scalars(q.order_by(CaseViewer.username)):
+                seen = aware(row.seen_at)
+                assert seen is not None
+                out.setdefault(row.queue_item_id, []).append(Viewer(row.username, seen))
+        return out
 
     def queue_channels(self) -> list[str]:
         with self.session() as s:
             return sorted(s.scalars(select(QueueItem.channel).distinct()))
 
     def queue_summary(self) -> tuple[int, datetime | None]:
-        """(pending cases, when the oldest pending case arrived)."""
+        """(held cases waiting, when the oldest of them arrived): the customers waiting for a reply.
+        Pending audit items are not counted (their reply was sent; see ``audits_pending``)."""
         with self.session() as s:
             count, oldest = s.execute(
-                select(func.count(), func.min(QueueItem.created_at)).where(QueueItem.state == "pending")
+                select(func.count(), func.min(QueueItem.created_at)).where(
+                    QueueItem.state == "pending", QueueItem.kind != "audit"
+                )
             ).one()
             return int(count or 0), aware(oldest)
+
+    def audits_pending(self) -> int:
+        """Audit items waiting to be marked right or wrong."""
+        with self.session() as s:
+            q = select(func.count()).select_from(QueueItem)
+            return int(s.scalar(q.where(QueueItem.state == "pending", QueueItem.kind == "audit")) or 0)
 
     def case(self, queue_item_id: str) -> Case | None:
         with self.session() as s:
@@ -122,7 +274,11 @@ class AdminQueries(Database):
         with self.session() as s:
             result = s.execute(
                 update(QueueItem)
-                .where(QueueItem.id == queue_item_id, QueueItem.state == "pending")
+                .where(
+                    QueueItem.id == queue_item_id,
+                    QueueItem.state == "pending",
+                    QueueItem.kind != "audit",  # sent already: it is marked, not resolved
+                )
                 .values(
                     state=state,
                     claimed_by=actor,
@@ -139,26 +295,108 @@ class AdminQueries(Database):
             item = s.get(QueueItem, queue_item_id)
             assert item is not None
             after = {"state": state, "final_reply": final_reply, "note": note}
-            _audit(s, actor, f"case.{state}", f"case {queue_item_id}", {"state": "pending"}, after)
+            _audit(
+                s,
+                actor,
+                f"case.{state}",
+                f"case {queue_item_id}",
+                {"state": "pending"},
+                after,
+                channel=item.channel,
+            )
             return ResolvedCase(queue_item_id, item.decision_id, state, now)
+
+    def mark_audit(
+        self, queue_item_id: str, verdict: str, grade: int | None, actor: str, note: str | None = None
+    ) -> ResolvedCase | None:
+        """Mark a pending audit item right or wrong (with an optional corrected grade), atomically:
+        of two supervisors exactly one marks it; None for the other (or for a held case)."""
+        now = utcnow()
+        with self.session() as s:
+            result = s.execute(
+                update(QueueItem)
+                .where(
+                    QueueItem.id == queue_item_id,
+                    QueueItem.state == "pending",
+                    QueueItem.kind == "audit",
+                )
+                .values(
+                    state="audited",
+                    claimed_by=actor,
+                    resolved_by=actor,
+                    resolved_at=now,
+                    updated_at=now,
+                    audit_verdict=verdict,
+                    audit_grade=grade,
+                    note=note,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                return None
+            item = s.get(QueueItem, queue_item_id)
+            assert item is not None
+            after = {"state": "audited", "verdict": verdict, "grade": grade, "note": note}
+            _audit(s, actor, "case.audit", f"case {queue_item_id}", {"state": "pending"}, after)
+            return ResolvedCase(queue_item_id, item.decision_id, "audited", now)
+
+    def next_audit(self, after_id: str | None = None) -> str | None:
+        """The oldest pending audit item (other than ``after_id``), for marking one after another."""
+        with self.session() as s:
+            q = select(QueueItem.id).where(QueueItem.kind == "audit", QueueItem.state == "pending")
+            if after_id:
+                q = q.where(QueueItem.id != after_id)
+            return s.scalar(q.order_by(QueueItem.created_at, QueueItem.id).limit(1))
 
     # Outcomes and traffic
 
     def outcome_rows(self, channel: str | None = None, since: datetime | None = None) -> list[OutcomeRow]:
-        """Resolved cases as labels: the decision's band and action and what the supervisor did."""
+        """Labels: resolved held cases and marked audit items, by the decision's own channel, with the
+        band and action it was decided with, the policy version, and what the supervisor said."""
         with self.session() as s:
             q = (
                 select(
-                    Decision.policy_channel, Decision.band, Decision.action, Decision.score, QueueItem.state
+                    Decision.channel,
+                    Decision.band,
+                    Decision.action,
+                    Decision.score,
+                    QueueItem.state,
+                    QueueItem.kind,
+                    QueueItem.audit_verdict,
+                    QueueItem.audit_grade,
+                    Decision.policy_channel,
+                    Decision.policy_version,
+                    Decision.created_at,
+                    Decision.id,
+                    Decision.scorer_version,
                 )
                 .join(QueueItem, QueueItem.decision_id == Decision.id)
                 .where(QueueItem.state != "pending")
             )
             if channel:
-                q = q.where(Decision.policy_channel == channel)
+                q = q.where(Decision.channel == channel)
             if since is not None:
                 q = q.where(Decision.created_at >= since)
-            return [OutcomeRow(*r) for r in s.execute(q)]
+            return [
+                OutcomeRow(*r[:10], created_at=_aware_time(r[10]), decision_id=r[11], scorer_version=r[12])
+                for r in s.execute(q)
+            ]
+
+    def answered_per_day(self, since: datetime) -> list[tuple[str, str, str, int]]:
+        """(day "YYYY-MM-DD" in UTC, the decision's channel, action, decisions) since ``since``."""
+        with self.session() as s:
+            postgres = s.get_bind().dialect.name == "postgresql"
+            day = (
+                func.to_char(func.timezone("UTC", Decision.created_at), "YYYY-MM-DD")
+                if postgres
+                else func.strftime("%Y-%m-%d", Decision.created_at)
+            )
+            q = (
+                select(day, Decision.channel, Decision.action, func.count())
+                .where(Decision.created_at >= since)
+                .group_by(day, Decision.channel, Decision.action)
+            )
+            return [(str(d), str(c), str(a), int(n)) for d, c, a, n in s.execute(q)]
 
     def replay_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[ReplayRow]:
         """Decisions made for ``channel`` since ``since``: score, recorded action, outcome (if any) and
@@ -200,6 +438,155 @@ class AdminQueries(Database):
             )
             return [TrafficRow(_aware_time(r[0]), r[1], r[2], r[3], r[4], r[5] or {}) for r in s.execute(q)]
 
+    # Score maps (calibration from labels)
+
+    def calibration_rows(self, channel: str, since: datetime, limit: int = 50_000) -> list[CalibrationRow]:
+        """Decisions of ``channel`` since ``since`` with the scorer version that scored them."""
+        with self.session() as s:
+            q = (
+                select(
+                    Decision.score,
+                    Decision.action,
+                    Decision.degraded,
+                    Decision.uncertain_reason,
+                    Decision.scorer_version,
+                )
+                .where(Decision.channel == channel, Decision.created_at >= since)
+                .order_by(Decision.created_at.desc())
+                .limit(limit)
+            )
+            return [CalibrationRow(*r) for r in s.execute(q)]
+
+    def score_map_history(self, channel: str) -> list[ScoreMapRecord]:
+        """The channel's drafts (newest first) then its published versions (newest first)."""
+        with self.session() as s:
+            rows = s.scalars(
+                select(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state != "discarded")
+                .order_by(ScoreMapVersion.version.desc().nulls_first(), ScoreMapVersion.id.desc())
+            )
+            return [from_orm(ScoreMapRecord, r, "created_at", "published_at") for r in rows]
+
+    def score_map_channels(self) -> list[str]:
+        with self.session() as s:
+            return sorted(s.scalars(select(ScoreMapVersion.channel).distinct()))
+
+    def save_score_map_draft(self, channel: str, document: str, report: dict[str, Any], actor: str) -> int:
+        """Keep a fitted map as the channel's draft (an earlier draft is discarded); returns its id."""
+        now = utcnow()
+        with self.session() as s:
+            s.execute(
+                update(ScoreMapVersion)
+                .where(ScoreMapVersion.channel == channel, ScoreMapVersion.state == "draft")
+                .values(state="discarded")
+                .execution_options(synchronize_session=False)
+            )
+            row = ScoreMapVersion(
+                channel=channel,
+                version=None,
+                state="draft",
+                document=document,
+                report=report,
+                note=None,
+                author=actor,
+                created_at=now,
+            )
+            s.add(row)
+            s.flush()
+            _audit(s, actor, "calibration.draft", f"score map {channel} draft {row.id}", None, report)
+            return row.id
+
+    def discard_score_map_draft(self, channel: str, draft_id: int, actor: str) -> bool:
+        with self.session() as s:
+            result = s.execute(
+                update(ScoreMapVersion)
+                .where(
+                    ScoreMapVersion.id == draft_id,
+                    ScoreMapVersion.channel == channel,
+                    ScoreMapVersion.state == "draft",
+                )
+                .values(state="discarded")
+                .execution_options(synchronize_session=False)
+            )
+            if getattr(result, "rowcount", 0) != 1:
+                return False
+            _audit(s, actor, "calibration.discard", f"score map {channel} draft {draft_id}", None, None)
+            return True
+
+    def publish_score_map(
+        self,
+        channel: str,
+        actor: str,
+        *,
+        draft_id: int | None = None,
+        from_version: int | None = None,
+        note: str | None = None,
+    ) -> int | None:
+        """Publish the draft ``draft_id``, or again the published ``from_version`` (a rollback;
+        0 switches the map off), as the channel's next version; returns it, None when there is no
+        such draft or version."""
+        now = utcnow()
+        with self.session() as s:
+            latest = s.scalar(
+                select(func.max(ScoreMapVersion.version)).where(ScoreMapVersion.channel == channel)
+            )
+            version = (latest or 0) + 1
+            current = s.scalar(
+                select(ScoreMapVersion).where(
+                    ScoreMapVersion.channel == channel, ScoreMapVersion.version == latest
+                )
+            )
+            before = None if current is None else {"version": current.version, "document": current.document}
+            if draft_id is not None:
+                row = s.get(ScoreMapVersion, draft_id, with_for_update=True)
+                if row is None or row.channel != channel or row.state != "draft" or row.document is None:
+                    return None
+                row.document = reweight(row.document, channel, version)
+                row.version, row.state = version, "published"
+                row.published_by, row.published_at, row.note = actor, now, note
+                action = "calibration.publish"
+            else:
+                document: str | None = None
+                report: dict[str, object] | None = None
+                if from_version:
+                    old = s.scalar(
+                        select(ScoreMapVersion).where(
+                            ScoreMapVersion.channel == channel,
+                            ScoreMapVersion.version == from_version,
+                            ScoreMapVersion.state == "published",
+                        )
+                    )
+                    if old is None:
+                        return None
+                    document = None if old.document is None else reweight(old.document, channel, version)
+                    report = old.report
+                label = f"rollback to v{from_version}" if from_version else "switched off"
+                s.add(
+                    ScoreMapVersion(
+                        channel=channel,
+                        version=version,
+                        state="published",
+                        document=document,
+                        report=report,
+                        note=note or label,
+                        author=actor,
+                        created_at=now,
+                        published_by=actor,
+                        published_at=now,
+                    )
+                )
+                action = "calibration.rollback"
+            s.flush()
+            _audit(
+                s,
+                actor,
+                action,
+                f"score map {channel} v{version}",
+                before,
+                {"version": version, "from_version": from_version, "draft_id": draft_id, "note": note},
+            )
+            return version
+
     # Policy history
 
     def policy_channels(self) -> list[str]:
@@ -215,8 +602,19 @@ class AdminQueries(Database):
             )
             return None if row is None else parse_policy(row.document, channel=channel, version=version)
 
-    def publish_policy_audited(self, policy: Policy, actor: str, action: str = "policy.publish") -> Policy:
-        """publish_policy plus its audit entry (before: the version in force), in one transaction."""
+    def publish_policy_audited(
+        self,
+        policy: Policy,
+        actor: str,
+        action: str = "policy.publish",
+        *,
+        note: str | None = None,
+        summary: str | None = None,
+        rollback_of: int | None = None,
+    ) -> Policy:
+        """publish_policy plus its audit entry (before: the version in force), in one transaction.
+        ``note``: the publisher's change note; ``summary``: what the preview said; ``rollback_of``:
+        the version a rollback went back to."""
         with self.session() as s:
             current = s.scalar(
                 select(PolicyVersion)
@@ -233,15 +631,23 @@ class AdminQueries(Database):
                     document=document,
                     author=actor,
                     created_at=utcnow(),
+                    note=note,
+                    rollback_of=rollback_of,
+                    preview_summary=summary,
                 )
             )
+            after: dict[str, Any] = {"version": version, **document}
+            if rollback_of is not None:
+                after["rollback_of"] = rollback_of
             _audit(
                 s,
                 actor,
                 action,
                 f"policy {policy.channel} v{version}",
                 None if current is None else {"version": current.version, **current.document},
-                {"version": version, **document},
+                after,
+                note=note,
+                channel=policy.channel,
             )
         return parse_policy(document, channel=policy.channel, version=version)
 
@@ -399,6 +805,25 @@ def _aware_time(value: datetime) -> datetime:
     return found
 
 
+_Select = TypeVar("_Select", bound=Select[*tuple[Any, ...]])
+
+
+def _filtered(q: _Select, f: QueueFilter) -> _Select:
+    """``q`` (over queue_items) narrowed by the filters; no states: every state."""
+    if f.states:
+        q = q.where(QueueItem.state.in_(list(f.states)))
+    if f.channel:
+        q = q.where(QueueItem.channel == f.channel)
+    if f.kind:
+        q = q.where(QueueItem.kind == f.kind)
+    return q
+
+
+def _order(f: QueueFilter) -> tuple[Any, ...]:
+    first = QueueItem.created_at.desc() if f.newest_first else QueueItem.created_at.asc()
+    return (first, QueueItem.id)
+
+
 def _case(item: QueueItem, decision: Decision) -> Case:
     row = decision_row(decision)
     return Case(
@@ -414,5 +839,19 @@ def _audit(
     target: str,
     before: dict[str, Any] | None,
     after: dict[str, Any] | None,
+    *,
+    note: str | None = None,
+    channel: str | None = None,
 ) -> None:
-    s.add(AuditEntry(at=utcnow(), actor=actor, action=action, target=target, before=before, after=after))
+    s.add(
+        AuditEntry(
+            at=utcnow(),
+            actor=actor,
+            action=action,
+            target=target,
+            before=before,
+            after=after,
+            note=note,
+            channel=channel,
+        )
+    )

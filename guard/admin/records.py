@@ -62,17 +62,71 @@ class AuditRecord:
     target: str
     before: Mapping[str, Any] | None
     after: Mapping[str, Any] | None
+    note: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """What the audit log page shows: every field None or empty means "any"."""
+
+    actor: str | None = None
+    action: str | None = None
+    channel: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    """Exclusive."""
 
 
 @dataclass(frozen=True, slots=True)
 class OutcomeRow:
-    """A resolved case as a label: the decision's band and action, and what the supervisor did."""
+    """A label: a resolved held case (``outcome`` approved, edited, taken_over, dismissed) or a marked
+    audit item (``kind`` "audit", ``outcome`` "audited", ``audit_verdict`` right/wrong), with the
+    decision's own channel, band and action and the policy version that decided it."""
 
     channel: str
     band: str | None
     action: str
     score: float | None
     outcome: str
+    kind: str = ""
+    audit_verdict: str | None = None
+    audit_grade: int | None = None
+    policy_channel: str = ""
+    policy_version: int = 0
+    created_at: datetime | None = None
+    decision_id: str = ""
+    scorer_version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreMapRecord:
+    """A channel's score map: a draft (``version`` None) or a published version (``document`` None:
+    switched off, scores as the scorer gives them)."""
+
+    id: int
+    channel: str
+    version: int | None
+    state: str
+    document: str | None
+    report: Mapping[str, Any] | None
+    note: str | None
+    author: str
+    created_at: datetime | None
+    published_by: str | None
+    published_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class CalibrationRow:
+    """A logged decision to score again with a draft map: its score, the scorer version that names
+    the map it was scored under, and what was decided."""
+
+    score: float | None
+    action: str
+    degraded: bool
+    uncertain_reason: str | None
+    scorer_version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,3 +151,33 @@ class TrafficRow:
     cached: bool
     latency_ms: float
     timings_ms: Mapping[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueFilter:
+    """Which cases the queue shows, and in which order: the filters a supervisor works under, kept
+    from the list to each case and to the next case after an action."""
+
+    states: tuple[str, ...] = ("pending",)
+    channel: str | None = None
+    kind: str | None = None
+    newest_first: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbours:
+    """A case's place in the filtered queue: the cases before and after it (None: none), its
+    position from 1 (None: the case is not among them) and how many cases the filters match."""
+
+    previous: str | None
+    next: str | None
+    position: int | None
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """Someone who has a case open: seen at ``seen_at`` (refreshed while the page stays open)."""
+
+    username: str
+    seen_at: datetime

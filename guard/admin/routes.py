@@ -20,6 +20,7 @@ from guard.admin.auth import CurrentUser
 from guard.admin.base import PREFIX, STATIC_DIR, Ctx, Handler
 from guard.admin.headers import SecurityHeaders
 from guard.admin.playground import Playground
+from guard.admin.views.calibration import CalibrationViews
 from guard.admin.views.cases import CaseViews
 from guard.admin.views.policies import PolicyViews
 from guard.admin.views.session import SessionViews
@@ -28,7 +29,7 @@ from guard.errors import BadRequest, BodyTooLarge, LengthRequired, RequestError
 from guard.runtime import Runtime
 
 
-class Admin(SessionViews, CaseViews, PolicyViews, UserViews):
+class Admin(SessionViews, CaseViews, PolicyViews, CalibrationViews, UserViews):
     """The admin pages of one guard: the sign-in, role and CSRF checks, and the routes."""
 
     def __init__(self, rt: Runtime) -> None:
@@ -127,12 +128,22 @@ class Admin(SessionViews, CaseViews, PolicyViews, UserViews):
                 Route("/cases/{queue_item_id}", g("queue", self.case)),
                 Route("/cases/{queue_item_id}/photo", g("queue", self.photo)),
                 Route("/cases/{queue_item_id}/act", g("queue", self.act), methods=["POST"]),
+                Route("/cases/{queue_item_id}/presence", g("queue", self.presence), methods=["POST"]),
+                Route("/cases/{queue_item_id}/mark", g("queue", self.mark), methods=["POST"]),
                 Route(
                     "/playground",
                     g("playground", self.playground.page, upload=True),
                     methods=["GET", "POST"],
                 ),
                 Route("/outcomes", g("policies", self.outcomes)),
+                Route("/calibration", g("policies", self.calibration_index)),
+                Route("/calibration/{channel}", g("policies", self.calibration)),
+                Route("/calibration/{channel}/fit", g("policies", self.calibration_fit), methods=["POST"]),
+                Route(
+                    "/calibration/{channel}/publish",
+                    g("policies", self.calibration_publish),
+                    methods=["POST"],
+                ),
                 Route("/policies", g("policies", self.policies)),
                 Route("/policies/{channel}", g("policies", self.policy), methods=["GET", "POST"]),
                 Route("/policies/{channel}/preview", g("policies", self.preview_fragment), methods=["POST"]),

@@ -3,7 +3,8 @@
 Outcomes are labels. A supervisor who *approved* a held draft says no human was needed; one who
 *edited* it or *took over* says a human was needed; a *dismissed* case says nothing either way.
 A decision agrees with its label when it held the draft for a human (review, escalate) exactly
-when a human was needed.
+when a human was needed. A sent decision sampled for audit is labelled by the supervisor's mark:
+*right* agrees, *wrong* does not. Rates come with a 95% Wilson interval.
 """
 
 from __future__ import annotations
@@ -110,34 +111,124 @@ def replay(rows: Sequence[ReplayRow], draft: Policy) -> Replay:
     )
 
 
+def wilson(agreed: int, labelled: int, z: float = 1.96) -> tuple[float, float] | None:
+    """The Wilson score interval of ``agreed`` out of ``labelled`` (95% by default); None for no labels."""
+    if labelled <= 0:
+        return None
+    p = agreed / labelled
+    denom = 1 + z * z / labelled
+    centre = (p + z * z / (2 * labelled)) / denom
+    half = z * math.sqrt(p * (1 - p) / labelled + z * z / (4 * labelled * labelled)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def label_right(row: OutcomeRow) -> bool | None:
+    """Whether the guard was right on one label; None when it is no label (dismissed, unmarked)."""
+    if row.kind == "audit":
+        return None if row.audit_verdict is None else row.audit_verdict == "right"
+    return agrees(row.action, row.outcome)
+
+
 @dataclass(frozen=True)
 class BandOutcomes:
     channel: str
+    """The decision's own channel (not the channel of the policy it fell back to)."""
     band: str
     action: str
     outcomes: dict[str, int]
     agreement: Agreement
+    policies: tuple[str, ...] = ()
+    """The policy versions that decided these labels, e.g. ("default v3",)."""
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        return wilson(self.agreement.agreed, self.agreement.labelled)
+
+
+OUTCOME_KEYS = ("approved", "edited", "taken_over", "dismissed", "right", "wrong")
 
 
 def band_outcomes(rows: Iterable[OutcomeRow]) -> list[BandOutcomes]:
-    """Per (channel, band, action): what supervisors did with those decisions and how often it agreed."""
+    """Per (decision channel, band, action): what supervisors did with those decisions (held cases
+    resolved, audit items marked right or wrong) and how often the guard was right."""
     groups: dict[tuple[str, str, str], list[OutcomeRow]] = {}
     for row in rows:
         key = (row.channel, row.band or "degraded (no score)", row.action)
         groups.setdefault(key, []).append(row)
     out = []
     for (channel, band, action), items in sorted(groups.items()):
-        counts = Counter(r.outcome for r in items)
+        counts = Counter(r.audit_verdict if r.kind == "audit" else r.outcome for r in items)
+        labels = [v for v in (label_right(r) for r in items) if v is not None]
+        versions = sorted({(r.policy_channel, r.policy_version) for r in items if r.policy_channel})
         out.append(
             BandOutcomes(
                 channel,
                 band,
                 action,
-                {k: counts.get(k, 0) for k in ("approved", "edited", "taken_over", "dismissed")},
-                agreement((r.action, r.outcome) for r in items),
+                {k: counts.get(k, 0) for k in OUTCOME_KEYS},
+                Agreement(len(labels), sum(labels)),
+                tuple(f"{c} v{v}" for c, v in versions),
             )
         )
     return out
+
+
+@dataclass(frozen=True)
+class WrongSendDay:
+    """One day of one channel (or of all, ``channel`` ""): how many customers got a ``send``, how many
+    of those sends were audited and marked wrong, and the estimated share of the day's customers who
+    got a wrong send (the send share times the wrong share of the audited sends), with its 95%
+    interval (the Wilson interval of the audits, times the send share)."""
+
+    day: str
+    channel: str
+    decisions: int
+    sends: int
+    audited: int
+    wrong: int
+
+    @property
+    def share(self) -> float | None:
+        if not self.audited or not self.decisions:
+            return None
+        return self.sends / self.decisions * self.wrong / self.audited
+
+    @property
+    def interval(self) -> tuple[float, float] | None:
+        bounds = wilson(self.wrong, self.audited)
+        if bounds is None or not self.decisions:
+            return None
+        scale = self.sends / self.decisions
+        return bounds[0] * scale, bounds[1] * scale
+
+
+def wrong_send_days(
+    outcomes: Iterable[OutcomeRow], per_day: Iterable[tuple[str, str, str, int]], channel: str = ""
+) -> list[WrongSendDay]:
+    """Per day (UTC, oldest first) the share of customers who got a wrong ``send``, from the audit
+    marks of sent decisions and the day's counts (``AdminQueries.answered_per_day``)."""
+    decisions: Counter[str] = Counter()
+    sends: Counter[str] = Counter()
+    for day, chan, action, n in per_day:
+        if channel and chan != channel:
+            continue
+        decisions[day] += n
+        if action == "send":
+            sends[day] += n
+    audited: Counter[str] = Counter()
+    wrong: Counter[str] = Counter()
+    for row in outcomes:
+        if row.kind != "audit" or row.action != "send" or row.audit_verdict is None:
+            continue
+        if (channel and row.channel != channel) or row.created_at is None:
+            continue
+        day = row.created_at.strftime("%Y-%m-%d")
+        audited[day] += 1
+        wrong[day] += row.audit_verdict == "wrong"
+    return [
+        WrongSendDay(day, channel, decisions[day], sends[day], audited[day], wrong[day])
+        for day in sorted(set(decisions) | set(audited))
+    ]
 
 
 @dataclass(frozen=True)

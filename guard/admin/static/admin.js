@@ -38,6 +38,7 @@
       .then(function (html) {
         var doc = new DOMParser().parseFromString(html, "text/html");
         preview.replaceChildren.apply(preview, Array.from(doc.body.childNodes));
+        markRows();
         preview.setAttribute("aria-busy", "false");
         preview.dataset.updated = String(Date.now());
       })
@@ -59,11 +60,26 @@
       });
   }, 300);
 
+  // The rows the preview's problems name ("row 3: ..."): marked invalid where the user sees them.
+  function markRows() {
+    var body = preview.querySelector(".preview-body");
+    var bad = body && body.dataset.badRows ? body.dataset.badRows.split(" ") : [];
+    form.querySelectorAll("tr.band-row").forEach(function (row) {
+      var wrong = bad.indexOf(row.dataset.row) >= 0;
+      row.classList.toggle("invalid", wrong);
+      row.querySelectorAll("input").forEach(function (el) {
+        if (wrong) el.setAttribute("aria-invalid", "true");
+        else el.removeAttribute("aria-invalid");
+      });
+    });
+  }
+
   // Moving a band's upper edge moves the next band's lower edge with it (no gap, no overlap).
+  // Only to a value: clearing an edge (to type a new one) never blanks the next band's edge.
   form.querySelectorAll("input[data-band-hi]").forEach(function (hi) {
     hi.addEventListener("input", function () {
       var next = form.querySelector('input[data-band-lo="' + (Number(hi.dataset.bandHi) + 1) + '"]');
-      if (next && next.value !== "") next.value = hi.value;
+      if (next && next.value !== "" && hi.value.trim() !== "") next.value = hi.value;
     });
   });
 
@@ -75,13 +91,8 @@
     if (ev.target.matches("select")) refreshPreview();
   });
 
-  // Reveal one more (hidden) band row.
-  var add = document.getElementById("add-band");
-  if (add) {
-    add.hidden = false;
-    add.addEventListener("click", function () {
-      var row = form.querySelector("tr.band-row[hidden]");
-      if (row) row.hidden = false;
-    });
-  }
+  // The band buttons and the confirmation post the whole form (they work without this file); keep
+  // the place on the page: the server answers with the bands (#bands) or the confirmation in view.
+  var confirmBox = document.getElementById("confirm");
+  if (confirmBox) confirmBox.scrollIntoView({ block: "start" });
 })();

@@ -2,36 +2,70 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-import yaml
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from guard.admin import charts, traffic
+from guard.admin import charts, diffs, traffic
 from guard.admin.base import PREFIX, Ctx, Pages
 from guard.admin.forms import (
-    MAX_BANDS,
     TEMPLATE_LABELS,
     PolicyForm,
+    band_op,
     field_name,
     render_samples,
     valid_channel,
 )
-from guard.policies import TEMPLATE_KEYS, Policy, policy_document
+from guard.admin.records import ReplayRow
+from guard.pipeline import decide_case
+from guard.policies import DEFAULT_AUDIT_SAMPLE, TEMPLATE_KEYS, Policy, policy_document
 from guard.tables import utcnow
 
+MAX_NOTE_CHARS = 1000
 
-def policy_diff(older: Mapping[str, Any] | None, newer: Mapping[str, Any]) -> list[str]:
-    def dump(doc: Mapping[str, Any] | None) -> list[str]:
-        if doc is None:
-            return []
-        return yaml.safe_dump(dict(doc), allow_unicode=True, sort_keys=False).splitlines()
 
-    if older is None:
-        return []  # the first version: nothing to compare with
-    return list(difflib.unified_diff(dump(older), dump(newer), "before", "after", lineterm="", n=1))[2:]
+def policy_digest(policy: Policy) -> str:
+    """A fingerprint of what would be published: the confirmation is for this policy and no other."""
+    doc = json.dumps(policy_document(policy), ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def move_summary(replay: traffic.Replay, window: str) -> str:
+    """What publishing would change on logged traffic, in one sentence:
+    "9 cases move from review to escalate; 2 from send to follow-up (of 120 decisions logged)"."""
+    labels = charts.ACTION_LABELS
+    if not replay.total:
+        return f"no decision was logged in the last {window}, so nothing can be compared."
+    if not replay.changed:
+        return f"none of the {replay.total} decisions logged would be decided differently."
+    parts = []
+    for k, (a, b, n) in enumerate(replay.transitions):
+        noun = ("case moves" if n == 1 else "cases move") if k == 0 else ""
+        parts.append(f"{n} {noun + ' ' if noun else ''}from {labels[a]} to {labels[b]}")
+    return "; ".join(parts) + f" (of {replay.total} decisions logged)."
+
+
+def as_decided(rows: Sequence[ReplayRow], policy: Policy) -> list[ReplayRow]:
+    """The logged decisions with the action ``policy`` gives them (a replay of these under a draft
+    counts what publishing the draft changes, whatever policy made the recorded decisions)."""
+    out = []
+    for row in rows:
+        score = float(row.score) if row.score is not None and math.isfinite(row.score) else None
+        out.append(replace(row, action=decide_case(policy, score, row.uncertain_reason).action))
+    return out
+
+
+def note_problem(note: str) -> str | None:
+    if not note:
+        return "Write a change note: why this change? It is kept with the version and in the audit log."
+    if len(note) > MAX_NOTE_CHARS:
+        return f"The change note is {len(note):,} characters; the limit is {MAX_NOTE_CHARS:,}."
+    return None
 
 
 class PolicyViews(Pages):
@@ -56,17 +90,42 @@ class PolicyViews(Pages):
             return self.error(ctx.request, ctx.user, 404, "No such channel.")
         current, own = await self.in_force(channel)
         form = PolicyForm.from_policy(channel, current)
-        if ctx.request.method == "POST":
-            form = PolicyForm.from_form(channel, ctx.form, self.messages())
-            op = ctx.form.get("op")
-            if op == "publish" and form.policy is not None:
-                if own and policy_document(form.policy) == policy_document(current):
-                    return self._redirect_policy(channel, "unchanged")
-                await self.db(self.queries.publish_policy_audited, form.policy, ctx.user.username)
-                self._invalidate()
-                return self._redirect_policy(channel, "published")
-        status = 422 if form.problems else 200
-        return await self._policy_page(ctx, channel, form, current, own, status)
+        if ctx.request.method != "POST":
+            return await self._policy_page(ctx, channel, form, current, own, 200)
+        form = PolicyForm.from_form(channel, ctx.form, self.messages())
+        op = str(ctx.form.get("op") or "")
+        edit = band_op(op)
+        if edit is not None:  # a band's Split / Merge / Remove button: edit the draft, publish nothing
+            message = form.edit_bands(*edit)
+            form.validate(self.messages())
+            return await self._policy_page(ctx, channel, form, current, own, 200, band_message=message)
+        confirm: dict[str, Any] | None = None
+        if op in ("publish", "confirm_publish") and form.policy is not None:
+            if own and policy_document(form.policy) == policy_document(current):
+                return self._redirect_policy(channel, "unchanged")
+            confirm = {"kind": "publish", "note": "", "error": None}
+            if op == "confirm_publish":
+                note = str(ctx.form.get("change_note") or "").strip()
+                problem = note_problem(note)
+                if ctx.form.get("confirm_digest") != policy_digest(form.policy):
+                    problem = "The draft changed after you asked to publish it: check the summary again."
+                if problem is None:
+                    preview = await self._preview(channel, form, current, self._window(ctx))
+                    await self.db(
+                        self.queries.publish_policy_audited,
+                        form.policy,
+                        ctx.user.username,
+                        note=note,
+                        summary=move_summary(preview["moves"], preview["window"]),
+                    )
+                    self._invalidate()
+                    return self._redirect_policy(channel, "published")
+                confirm.update(note=note, error=problem)
+        status = 422 if form.problems or (confirm and confirm["error"]) else 200
+        return await self._policy_page(ctx, channel, form, current, own, status, confirm=confirm)
+
+    def _window(self, ctx: Ctx) -> str:
+        return str(ctx.form.get("window") or ctx.request.query_params.get("window") or "24h")
 
     def _redirect_policy(self, channel: str, notice: str) -> Response:
         return RedirectResponse(f"{PREFIX}/policies/{channel}?notice={notice}", status_code=303)
@@ -75,16 +134,40 @@ class PolicyViews(Pages):
         self.rt.pipeline.policies.invalidate()
 
     async def _policy_page(
-        self, ctx: Ctx, channel: str, form: PolicyForm, current: Policy, own: bool, status: int
+        self,
+        ctx: Ctx,
+        channel: str,
+        form: PolicyForm,
+        current: Policy,
+        own: bool,
+        status: int,
+        *,
+        confirm: dict[str, Any] | None = None,
+        band_message: str | None = None,
     ) -> Response:
-        key = str(ctx.form.get("window") or ctx.request.query_params.get("window") or "24h")
-        preview = await self._preview(channel, form, current, key)
+        preview = await self._preview(channel, form, current, self._window(ctx))
         versions = await self.db(self.rt.store.policy_versions, channel, newest_first=True)
         history = [
-            (entry, policy_diff(versions[i + 1].document if i + 1 < len(versions) else None, entry.document))
+            {
+                "version": entry,
+                "first": i + 1 == len(versions),
+                "changes": diffs.policy_changes(versions[i + 1].document, entry.document)
+                if i + 1 < len(versions)
+                else [],
+            }
             for i, entry in enumerate(versions)
         ]
-        bands = list(form.bands) + [("", "", "")] * (MAX_BANDS - len(form.bands))
+        if confirm is not None:
+            target = form.policy if confirm["kind"] == "publish" else confirm["policy"]
+            assert isinstance(target, Policy), "a confirmation is for a valid policy"
+            before = policy_document(current) if own else None
+            confirm = {
+                **confirm,
+                "next_version": (versions[0].version if versions else 0) + 1,
+                "summary": move_summary(preview["moves"], preview["window"]),
+                "changes": diffs.policy_changes(before, policy_document(target)) if before else [],
+                "digest": policy_digest(target),
+            }
         settings = self.rt.settings
         samples = render_samples(
             form,
@@ -98,17 +181,21 @@ class PolicyViews(Pages):
             status,
             channel=channel,
             form=form,
-            bands=bands,
+            rows=form.rows,
             own=own,
             current=current,
             history=history,
             preview=preview,
             samples=samples,
+            confirm=confirm,
+            band_message=band_message,
+            max_note=MAX_NOTE_CHARS,
             template_keys=TEMPLATE_KEYS,
             template_labels=TEMPLATE_LABELS,
             field_name=field_name,
             csrf=ctx.user.csrf,
             windows=list(traffic.WINDOWS),
+            audit_defaults=DEFAULT_AUDIT_SAMPLE,
         )
 
     async def _preview(self, channel: str, form: PolicyForm, current: Policy, key: str) -> dict[str, Any]:
@@ -118,9 +205,11 @@ class PolicyViews(Pages):
         result = traffic.replay(rows, draft if draft is not None else current)
         old = traffic.replay(rows, current)  # the recorded actions may predate the policy in force
         return {
+            "moves": traffic.replay(as_decided(rows, current), draft if draft is not None else current),
             "window": key,
             "valid": draft is not None,
             "problems": form.problems,
+            "bad_rows": sorted(form.bad_rows),
             "result": result,
             "recorded": old.old_counts,
             "counts_chart": charts.paired_bars(old.new_counts, result.new_counts),
@@ -156,6 +245,9 @@ class PolicyViews(Pages):
         return JSONResponse({"samples": rendered, "problems": form.problems})
 
     async def rollback(self, ctx: Ctx) -> Response:
+        """Roll back to an old version: first the editor with that version, its preview and a
+        confirmation asking for a change note; on confirmation the stored version is published again
+        as a new version, labelled a rollback."""
         channel = ctx.request.path_params["channel"]
         try:
             version = int(str(ctx.form.get("version")))
@@ -164,19 +256,64 @@ class PolicyViews(Pages):
         old = await self.db(self.queries.policy_at, channel, version) if valid_channel(channel) else None
         if old is None:
             return self.error(ctx.request, ctx.user, 404, "There is no such policy version.")
-        await self.db(self.queries.publish_policy_audited, old, ctx.user.username, "policy.rollback")
-        self._invalidate()
-        return self._redirect_policy(channel, "rolled_back")
+        current, own = await self.in_force(channel)
+        form = PolicyForm.from_policy(channel, old)
+        note, problem = "", None
+        if ctx.form.get("op") == "confirm_rollback":
+            note = str(ctx.form.get("change_note") or "").strip()
+            problem = note_problem(note)
+            if problem is None:
+                preview = await self._preview(channel, form, current, self._window(ctx))
+                await self.db(
+                    self.queries.publish_policy_audited,
+                    old,
+                    ctx.user.username,
+                    "policy.rollback",
+                    note=note,
+                    summary=move_summary(preview["moves"], preview["window"]),
+                    rollback_of=version,
+                )
+                self._invalidate()
+                return self._redirect_policy(channel, "rolled_back")
+        confirm = {"kind": "rollback", "version": version, "policy": old, "note": note, "error": problem}
+        return await self._policy_page(
+            ctx, channel, form, current, own, 422 if problem else 200, confirm=confirm
+        )
 
     async def outcomes(self, ctx: Ctx) -> Response:
-        key, span = traffic.window(ctx.request.query_params.get("window"), "30d")
-        rows = await self.db(self.queries.outcome_rows, None, utcnow() - span)
+        q = ctx.request.query_params
+        key, span = traffic.window(q.get("window"), "30d")
+        wanted = q.get("channel") or ""
+        since = utcnow() - span
+        rows = await self.db(self.queries.outcome_rows, None, since)
+        per_day = await self.db(self.queries.answered_per_day, since)
+        channels = sorted({r.channel for r in rows} | {c for _, c, _, _ in per_day})
+        channel = wanted if wanted in channels else ""
+        groups = traffic.band_outcomes(rows)
+        days = traffic.wrong_send_days(rows, per_day, channel)
+        chart = charts.rate_per_day(
+            [
+                (
+                    d.day,
+                    d.share,
+                    d.interval,
+                    f"{d.day}: {d.wrong} of {d.audited} audited sends wrong; "
+                    f"{d.sends} of {d.decisions} customers got a send",
+                )
+                for d in days
+            ],
+            title="share of customers who got a wrong send, per day",
+        )
         return self.render(
             ctx.request,
             "outcomes.html",
             ctx.user,
-            groups=traffic.band_outcomes(rows),
+            groups=[g for g in groups if not channel or g.channel == channel],
+            days=days,
+            wrong_chart=chart,
             window=key,
             windows=list(traffic.WINDOWS),
+            channel=channel,
+            channels=channels,
             needs_human=traffic.OUTCOME_NEEDS_HUMAN,
         )

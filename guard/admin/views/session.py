@@ -118,6 +118,7 @@ class SessionViews(Pages):
         rows = await self.db(self.queries.traffic_rows, now - span)
         data = traffic.dashboard(rows, now, span)
         queue_len, oldest = await self.db(self.queries.queue_summary)
+        audits = await self.db(self.queries.audits_pending)
         health = await self.health()
         return self.render(
             ctx.request,
@@ -129,6 +130,7 @@ class SessionViews(Pages):
             per_action_chart=charts.stacked_bars(data.buckets),
             score_chart=charts.histogram(data.scores),
             queue_len=queue_len,
+            audits_pending=audits,
             oldest_wait=None if oldest is None else (now - oldest).total_seconds(),
             health=health,
         )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlencode
+
 from starlette.responses import RedirectResponse, Response
 
-from guard.admin import auth
+from guard.admin import auth, diffs
 from guard.admin.base import PREFIX, Ctx, Pages
+from guard.admin.records import AuditFilter
 from guard.tables import USER_ROLES
 
 
@@ -65,9 +69,44 @@ class UserViews(Pages):
         return RedirectResponse(f"{PREFIX}/users?notice={notice}", status_code=303)
 
     async def audit(self, ctx: Ctx) -> Response:
+        q = ctx.request.query_params
         try:
-            page = max(int(ctx.request.query_params.get("page", "0")), 0)
+            page = max(int(q.get("page", "0")), 0)
         except ValueError:
             page = 0
-        entries = await self.db(self.queries.audit_entries, 100, page * 100)
-        return self.render(ctx.request, "audit.html", ctx.user, entries=entries, page=page)
+        wanted = {k: (q.get(k) or "").strip() for k in ("actor", "action", "channel", "from", "to")}
+        problems = []
+        days: dict[str, datetime | None] = {}
+        for key in ("from", "to"):
+            days[key] = None
+            if wanted[key]:
+                try:
+                    days[key] = datetime.strptime(wanted[key], "%Y-%m-%d").replace(tzinfo=UTC)
+                except ValueError:
+                    problems.append(f"The date {wanted[key]!r} is not a date (YYYY-MM-DD).")
+        until = days["to"] + timedelta(days=1) if days["to"] is not None else None
+        where = AuditFilter(
+            actor=wanted["actor"] or None,
+            action=wanted["action"] or None,
+            channel=wanted["channel"] or None,
+            since=days["from"],
+            until=until,
+        )
+        entries = await self.db(self.queries.audit_entries, 100, page * 100, where)
+        actors, actions, channels = await self.db(self.queries.audit_facets)
+        rows = [{"entry": e, "changes": diffs.changes(e.before, e.after)} for e in entries]
+        query = urlencode({k: v for k, v in wanted.items() if v})
+        return self.render(
+            ctx.request,
+            "audit.html",
+            ctx.user,
+            422 if problems else 200,
+            rows=rows,
+            page=page,
+            wanted=wanted,
+            problems=problems,
+            actors=actors,
+            audit_actions=actions,
+            channels=channels,
+            query=query,
+        )
