@@ -9,7 +9,8 @@ relative to the JSONL file, or null). Metrics:
   grade 0 -> escalate or review) and its confusion matrix (grade x action);
 
 each for all cases and split by language, by with / without an image, for the swapped replies
-(``id`` ending in ``-s``) and for the cases the scorer marked uncertain; then the generated
+(``id`` ending in ``-s``) and for the cases the guard marks uncertain (as the pipeline does: the
+issue reader finds no issue stated and the scorer did not see the photo); then the generated
 negatives (``guard.scoring.perturb``: good replies paired with questions of other issues or in the
 other language, repeated / padded / spammed / refused / keyword-listed replies; all must not be
 sent): per kind, the share scoring >= 0.4 and the share sent; plus latency per case (p50 / p95,
@@ -32,6 +33,8 @@ from typing import Any
 
 from guard.issue_eval import IssueCase, evaluate_issue_reading
 from guard.issue_text import detect_locale
+from guard.issues import read_issue
+from guard.pipeline import decide_case, uncertainty
 from guard.policies import Policy, decide, default_policy
 from guard.scoring.base import ScoreInput, Scorer
 from guard.scoring.perturb import Source, generate
@@ -399,11 +402,13 @@ def run(
             raw = float(result.score)
             score: float | None = raw if math.isfinite(raw) and 0.0 <= raw <= 1.0 else None
             inputs = result.inputs_used
-            uncertain = result.uncertain
         except Exception:
-            score, inputs, uncertain = None, (), False
+            score, inputs = None, ()
+        reading = read_issue(case.question, image_text, case.lang, has_photo=case.image is not None)
+        doubt = uncertainty(reading, has_photo=case.image is not None, inputs_used=inputs)
+        uncertain = doubt is not None
         latency = (time.perf_counter() - started) * 1000
-        verdict = decide(policy, score, uncertain=uncertain)
+        verdict = decide_case(policy, score, doubt)
         outcomes.append(Outcome(case, score, verdict.action, inputs, latency, uncertain))
     ocr: dict[str, Any] = {}
     if read_text is not None:

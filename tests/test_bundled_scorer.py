@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from guard.issues import read_issue
+from guard.pipeline import UNCERTAIN_NOT_STATED, uncertainty
 from guard.scoring.base import ScoreInput, ScorerError
 from guard.scoring.bundled import CALIBRATION_PATH, BundledScorer, UseEncoder, parse_calibration
 from guard.scoring.features import has_injection, strip_injection
@@ -226,18 +228,25 @@ def test_version_names_features_and_calibration(scorer: BundledScorer) -> None:
     assert d["features_version"] == FEATURES_VERSION != "f1"
 
 
-def test_result_says_instruction_unused_and_uncertain_without_issue(scorer: BundledScorer) -> None:
-    vague, stated, no_photo = scorer.score_batch(
-        [
-            ScoreInput(question="这个怎么办？", reply="亲，抱歉给您带来不便", has_image=True),
-            ScoreInput(question="快递箱子被压扁了，里面的杯子碎了", reply="亲，给您补发", has_image=True),
-            ScoreInput(question="这个怎么办？", reply="亲，抱歉给您带来不便"),
-        ]
-    )
-    assert vague.uncertain and vague.uncertain_reason == "no_issue_stated"
-    assert not stated.uncertain and stated.uncertain_reason is None
-    assert not no_photo.uncertain
-    assert not any(r.instruction_used for r in (vague, stated, no_photo))
+def test_result_says_instruction_unused_and_the_reader_decides_uncertain(scorer: BundledScorer) -> None:
+    """The bundled scorer never reads the instruction; whether a case is uncertain is the issue
+    reader's call (one source, the pipeline's ``uncertainty``), not the scorer's."""
+    items = [
+        ScoreInput(question="这个怎么办？", reply="亲，抱歉给您带来不便", has_image=True),
+        ScoreInput(question="快递箱子被压扁了，里面的杯子碎了", reply="亲，给您补发", has_image=True),
+        ScoreInput(question="这个怎么办？", reply="亲，抱歉给您带来不便"),
+    ]
+    results = scorer.score_batch(items)
+    assert not any(r.instruction_used for r in results)
+    doubts = [
+        uncertainty(
+            read_issue(it.question, None, "zh", has_photo=it.has_image),
+            has_photo=it.has_image,
+            inputs_used=r.inputs_used,
+        )
+        for it, r in zip(items, results, strict=True)
+    ]
+    assert doubts == [UNCERTAIN_NOT_STATED, None, None]
 
 
 def test_whole_reply_is_read(scorer: BundledScorer) -> None:

@@ -108,13 +108,17 @@ def test_run_with_a_fake_scorer_reports_every_split(tmp_path: Path) -> None:
         "en, without image",
         "zh, with image",
         "zh, without image",
+        "uncertain",
     }
     assert g["en"]["auroc_2_vs_rest"] == 1.0 and g["en"]["agreement"] == 1.0
-    # zh: the photo's grade-2 reply scores 0.45 (review) and its grade-0 reply 0.8 (send): both wrong.
-    assert g["with image"]["agreement"] == 0.0
-    assert g["with image"]["confusion"]["0"]["send"] == 1
+    # zh: "这个怎么办？" with a photo states no issue (the issue reader, as in the pipeline): both photo
+    # cases are uncertain and at most reviewed. The grade-2 reply (0.45, review) is wrong; the grade-0
+    # reply scored 0.8 would have been sent, and is reviewed instead (right for grade 0).
+    assert g["uncertain"]["n"] == 2
+    assert g["with image"]["agreement"] == 0.5
+    assert g["with image"]["confusion"]["0"]["review"] == 1 and g["with image"]["confusion"]["0"]["send"] == 0
     assert g["with image"]["confusion"]["2"]["review"] == 1
-    assert g["all"]["agreement"] == pytest.approx(4 / 6)
+    assert g["all"]["agreement"] == pytest.approx(5 / 6)
     assert g["all"]["auroc_2_vs_rest"] == pytest.approx(5 / 8)
     assert g["all"]["grades"] == {"0": 2, "1": 2, "2": 2}
     assert report.ocr["images"] == 1 and report.ocr["with_text"] == 1

@@ -57,10 +57,6 @@ class ScoreResult:
     inputs_used: tuple[str, ...]
     """Which inputs the score was computed from: "question", "image_text", "image", "reply"."""
     _: KW_ONLY
-    uncertain: bool = False
-    """The scorer cannot judge this case (e.g. no issue stated and the photo unseen)."""
-    uncertain_reason: str | None = None
-    """Why, when ``uncertain``: a short code such as "no_issue_stated"."""
     instruction_used: bool = False
     """The backend read the scoring instruction (a different instruction can change the score)."""
 

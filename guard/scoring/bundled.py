@@ -116,9 +116,7 @@ class Calibration:
     """A reply with less than this share of its characters embedded and about the customer is scaled
     down (``mass_factor``)."""
     about: SentenceHead
-    """Which sentences are customer-service talk at all (``about_share``)."""
-    uncertain_issue_cos: float
-    """A photo question whose text is at most this close to every issue prototype states no issue."""
+    """Which sentences are customer-service talk at all (``about_mass``)."""
     generic_prototypes: tuple[str, ...]
     offtopic_prototypes: tuple[str, ...]
     issue_prototypes: tuple[tuple[str, tuple[str, ...]], ...]
@@ -165,7 +163,6 @@ def parse_calibration(raw: bytes) -> Calibration:
             about=SentenceHead(
                 w=np.asarray(d["about"]["w"], dtype=np.float64).reshape(DENSE_DIM), b=float(d["about"]["b"])
             ),
-            uncertain_issue_cos=float(d["uncertain"]["issue_cos"]),
             generic_prototypes=tuple(str(s) for s in d["prototypes"]["generic"]),
             offtopic_prototypes=tuple(str(s) for s in d["prototypes"]["offtopic"]),
             issue_prototypes=tuple(
@@ -237,8 +234,6 @@ class Features:
     core_share: NDArray[np.float64]
     """Share of what the customer reads of each reply (repetitions counted) that the model read and
     judged to be about the customer (``about_mass``); the rest is unseen or unrelated mass."""
-    states_issue: tuple[bool, ...]
-    """The question (with its photo's text) is close to some issue prototype."""
 
 
 def canonical_reply(reply: str) -> tuple[CanonicalReply, bool]:
@@ -270,7 +265,6 @@ def build_features(
     encoder: Encoder,
     protos: Prototypes,
     about: SentenceHead,
-    uncertain_issue_cos: float = 0.0,
 ) -> Features:
     """Embed each question and each reply's unique sentences once, then compute every feature.
 
@@ -285,7 +279,6 @@ def build_features(
     named: list[NDArray[np.float64]] = []
     stuffing: list[bool] = []
     unrelated: list[bool] = []
-    states: list[bool] = []
     shares: list[float] = []
     for item, q, (c, _) in zip(items, q_texts, canon, strict=True):
         e_q = emb[index[q]]
@@ -305,7 +298,6 @@ def build_features(
         named.append(feature_vector(q, lang, e_q, core, protos))
         shares.append(about_mass(c, talk))
         stuffing.append(bool(core.text) and is_keyword_stuffing(q, core.text, lexical_features(q, core.text)))
-        states.append(bool(protos.issue.shape[0]) and float(np.max(protos.issue @ e_q)) > uncertain_issue_cos)
     n_dense = DENSE_DIM * len(DENSE_BLOCKS)
     return Features(
         dense=np.vstack(dense) if dense else np.zeros((0, n_dense)),
@@ -315,7 +307,6 @@ def build_features(
         unrelated=tuple(unrelated),
         empty=tuple(not c.sentences for c, _ in canon),
         core_share=np.asarray(shares, dtype=np.float64),
-        states_issue=tuple(states),
     )
 
 
@@ -340,10 +331,6 @@ def apply_calibration(cal: Calibration, f: Features) -> NDArray[np.float64]:
     s = np.where(np.asarray(f.unrelated, dtype=bool), np.minimum(s, cal.unrelated_cap), s)
     s = np.where(np.asarray(f.empty, dtype=bool), 0.0, s)
     return np.asarray(np.clip(s, 0.0, 1.0), dtype=np.float64)
-
-
-UNCERTAIN_NO_ISSUE = "no_issue_stated"
-"""uncertain_reason: neither the question nor the photo's text states an issue, and the photo is unseen."""
 
 
 class BundledScorer:
@@ -380,7 +367,7 @@ class BundledScorer:
             return []
         try:
             cal = self._cal
-            f = build_features(items, self._encoder, self._protos, cal.about, cal.uncertain_issue_cos)
+            f = build_features(items, self._encoder, self._protos, cal.about)
             scores = apply_calibration(self._cal, f)
         except ScorerError:
             raise
@@ -388,16 +375,7 @@ class BundledScorer:
             raise ScorerError(f"bundled scorer failed: {exc}") from exc
         if not np.all(np.isfinite(scores)):
             raise ScorerError("bundled scorer produced a non-finite score")
-        results: list[ScoreResult] = []
-        for s, it, states in zip(scores, items, f.states_issue, strict=True):
-            uncertain = it.has_image and not states
-            results.append(
-                ScoreResult(
-                    score=float(s),
-                    inputs_used=inputs_used(it),
-                    uncertain=uncertain,
-                    uncertain_reason=UNCERTAIN_NO_ISSUE if uncertain else None,
-                    instruction_used=False,
-                )
-            )
-        return results
+        return [
+            ScoreResult(score=float(s), inputs_used=inputs_used(it), instruction_used=False)
+            for s, it in zip(scores, items, strict=True)
+        ]

@@ -76,7 +76,6 @@ STUFFING_CAP = 0.3
 UNRELATED_CAP = 0.45
 """A reply with a line that is surely not customer-service talk is held for review (the review band)."""
 ISSUE_TEMP = 0.05
-UNCERTAIN_ISSUE_COS = 0.3
 MASS_FULL_SHARE = 0.4
 BANDS = (0.4, 0.5, 0.7)
 SENT_PENALTY = 1.0
@@ -480,7 +479,7 @@ def features_for(
     cases: Sequence[Case], encoder: Encoder, protos: Prototypes, about: dict[str, Any]
 ) -> Features:
     head = SentenceHead(w=np.asarray(about["w"], dtype=np.float64), b=float(about["b"]))
-    return build_features([c.item for c in cases], encoder, protos, head, UNCERTAIN_ISSUE_COS)
+    return build_features([c.item for c in cases], encoder, protos, head)
 
 
 def fit_all(f: Features, y: NDArray[np.int64], cases: Sequence[Case]) -> dict[str, Any]:
@@ -513,7 +512,6 @@ def take(f: Features, mask: NDArray[np.bool_]) -> Features:
         unrelated=tuple(f.unrelated[i] for i in idx),
         empty=tuple(f.empty[i] for i in idx),
         core_share=f.core_share[idx],
-        states_issue=tuple(f.states_issue[i] for i in idx),
     )
 
 
@@ -621,7 +619,6 @@ def base_calibration_dict() -> dict[str, Any]:
         },
         "mass": {"full_share": MASS_FULL_SHARE},
         "about": {"w": [0.0] * DENSE_DIM, "b": 0.0},
-        "uncertain": {"issue_cos": UNCERTAIN_ISSUE_COS},
         "targets": list(GRADE_TARGETS),
         "prototypes": {
             "generic": list(GENERIC_PROTOTYPES),
