@@ -199,10 +199,10 @@ def one_off(settings: Settings, scratch_dir: Path, *, ocr: bool) -> Settings:
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.errors import ScorerError
     from guard.evaluation import EvalError, format_report, load_cases, run
     from guard.ocr import load_reader
     from guard.runtime import load_scorer
-    from guard.scoring.base import ScorerError
 
     if args.scorer:
         settings = dataclasses.replace(settings, scorer=args.scorer)
@@ -244,10 +244,11 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.errors import ScorerError
     from guard.issue_text import detect_locale
     from guard.ocr import load_reader
     from guard.runtime import load_scorer
-    from guard.scoring.base import ScoreInput, ScorerError
+    from guard.scoring.base import ScoreInput
 
     if args.scorer:
         settings = dataclasses.replace(settings, scorer=args.scorer)

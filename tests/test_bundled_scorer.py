@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from guard.scoring.base import ScoreInput, ScorerError
+from guard.errors import ScorerError
+from guard.scoring.base import ScoreInput
 from guard.scoring.bundled import CALIBRATION_PATH, BundledScorer, UseEncoder, parse_calibration
 from guard.scoring.features import has_injection, strip_injection
 

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from guard.app import load_scorer
-from guard.scoring.base import ScoreInput, ScorerError
+from guard.errors import ScorerError
+from guard.scoring.base import ScoreInput
 from guard.scoring.remote import RemoteConfig, RemoteScorer, image_data_url
 from guard.scoring.score_map import load_score_map
 from guard.settings import Settings

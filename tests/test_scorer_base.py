@@ -9,7 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from guard.scoring.base import MAX_TEXT_CHARS, ModelScorer, ScoreInput, ScorerError, cap_pixels
+from guard.errors import ScorerError
+from guard.scoring.base import MAX_TEXT_CHARS, ModelScorer, ScoreInput, cap_pixels
 
 PHOTO = Image.new("RGB", (4, 4))
 

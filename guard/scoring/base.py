@@ -19,6 +19,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from guard.errors import ScorerError as ScorerError  # its home is the error tree; re-exported here
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -28,10 +30,6 @@ DEFAULT_INSTRUCTION = (
 MAX_TEXT_CHARS = 2000
 """The most characters of a question, of the text read from a photo and of a reply that a model
 backend reads; longer ones are cut (bounds latency and memory)."""
-
-
-class ScorerError(Exception):
-    """The scorer could not produce a score (model missing, bad calibration, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
