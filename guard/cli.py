@@ -228,14 +228,17 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
             )
             return reader.read(image.rgb) or None
 
-    report = run(
-        cases,
-        scorer,
-        read_text=read_text,
-        source=str(args.cases),
-        reader_name=reader_name,
-        with_generated=not args.no_generated,
-    )
+    try:
+        report = run(
+            cases,
+            scorer,
+            read_text=read_text,
+            source=str(args.cases),
+            reader_name=reader_name,
+            with_generated=not args.no_generated,
+        )
+    finally:
+        scorer.close()
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
     else:
@@ -261,6 +264,10 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
             image_text = load_reader(max(1, settings.ocr_threads)).read(image.rgb) or None
     try:
         scorer = load_scorer(settings)
+    except (ScorerError, ValueError) as exc:
+        print(f"guard: the scorer failed: {exc}", file=sys.stderr)
+        return 1
+    try:
         result = scorer.score_batch(
             [
                 ScoreInput(
@@ -275,6 +282,8 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     except (ScorerError, ValueError) as exc:
         print(f"guard: the scorer failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        scorer.close()
     body = {
         "score": round(result.score, 4),
         "inputs_used": list(result.inputs_used),

@@ -23,6 +23,7 @@ class FakeScorer:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.closed = False
         self.release = threading.Event()
 
     def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
@@ -40,3 +41,6 @@ class FakeScorer:
                 used += ("image",)
             out.append(ScoreResult(score, used))
         return out
+
+    def close(self) -> None:
+        self.closed = True

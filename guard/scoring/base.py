@@ -76,6 +76,11 @@ class Scorer(Protocol):
         """Score each item; blocking. Raises ScorerError when the model cannot score."""
         ...
 
+    def close(self) -> None:
+        """Release what the scorer holds (connections, model memory); blocking. The runtime that
+        opened the scorer calls it once, at shutdown, after the last ``score_batch``."""
+        ...
+
 
 def cut(text: str | None) -> str:
     """``text`` stripped and cut to MAX_TEXT_CHARS ("" for None)."""
@@ -113,7 +118,7 @@ class ModelScorer(ABC):
     def query_text(self, item: ScoreInput) -> str:
         """The question, then the text read from the photo when the backend reads it; each cut."""
         if self.uses_image_text(item):
-            return f"{cut(item.question)}\n{cut(item.image_text)}".strip()
+            return "\n".join(t for t in (cut(item.question), cut(item.image_text)) if t)
         return cut(item.question)
 
     @staticmethod

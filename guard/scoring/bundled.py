@@ -359,3 +359,6 @@ class BundledScorer:
                 )
             )
         return results
+
+    def close(self) -> None:
+        """Nothing to release: the encoder lives as long as the process."""
