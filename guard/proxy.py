@@ -53,6 +53,7 @@ from guard.images import DecodedImage, decode_base64, decode_image
 from guard.keys import request_channel
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
+from guard.sse import Event, EventReader
 from guard.ssrf import ImageFetcher
 
 log = logging.getLogger(__name__)
@@ -369,19 +370,29 @@ class Proxy:
     async def _read_stream(self, response: httpx2.Response) -> StreamRead:
         limit = self.settings.upstream_max_bytes
         got = StreamRead()
+        reader = EventReader()
         size = 0
         try:
-            async for line in response.aiter_lines():
-                size += len(line) + 1
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
                 if size > limit:
                     raise UpstreamError("upstream_too_large", f"the upstream stream is over {limit} bytes")
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    got.done = True
-                    break
-                got.take(data)
+                if self._take_events(got, reader.feed(chunk)):
+                    return got
         except httpx2.HTTPError as exc:
             raise UpstreamError("upstream_unavailable", f"the upstream stream broke off: {exc}") from None
+        self._take_events(got, reader.end())
         return got
+
+    @staticmethod
+    def _take_events(got: StreamRead, events: list[Event]) -> bool:
+        """Take each event's data (a chunk) into ``got``; True once the stream said ``[DONE]``."""
+        for event in events:
+            if event.data is None:
+                continue
+            data = event.data.strip()
+            if data == "[DONE]":
+                got.done = True
+                return True
+            got.take(data)
+        return False

@@ -68,8 +68,10 @@ async def upstream_chat(request: Request) -> Response:
         return JSONResponse({"error": {"message": "no such model", "type": "invalid_request_error"}}, 400)
     if model == "malformed":
         return JSONResponse({"choices": "nope"}) if not body.get("stream") else PlainTextResponse("hi")
-    if model == "huge":
+    if model == "huge" and not body.get("stream"):
         return JSONResponse(_completion(model, "x" * 50_000))
+    if model == "huge":
+        content = " ".join(["x" * 100] * 500)  # 500 chunks, over 50 kB of stream
     if model == "slow":
         await asyncio.sleep(4)
     if not body.get("stream"):
@@ -222,6 +224,7 @@ def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple
         ("malformed", True, 502, "upstream_malformed"),
         ("broken-stream", True, 502, "upstream_malformed"),
         ("huge", False, 502, "upstream_too_large"),
+        ("huge", True, 502, "upstream_too_large"),
         ("slow", False, 504, "upstream_timeout"),
         ("bad-request", False, 400, None),
     ],
