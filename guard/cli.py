@@ -248,7 +248,7 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
     from guard.errors import ScorerError
-    from guard.issue_text import detect_locale
+    from guard.issues.text import detect_locale
     from guard.ocr import load_reader
     from guard.runtime import load_scorer
     from guard.scoring.base import ScoreInput
