@@ -26,7 +26,7 @@ from guard.runtime import Runtime
 from guard.ssrf import HostAllowlist, ImageFetcher, literal_ip, public_address
 from guard.store import Store
 from guard.tables import Decision
-from tests.apptools import SSE_DONE, chat_upstream, openai_client, png_bytes, served_guard, sse_data
+from tests.apptools import SSE_DONE, openai_client, png_bytes, served_guard, sse_data
 from tests.serving import closed_port, serve
 
 _MARK = re.compile(r"\[score=[0-9.]+\]")
@@ -91,12 +91,6 @@ async def upstream_chat(request: Request) -> Response:
         yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with chat_upstream(upstream_chat) as url:
-        yield url
 
 
 @pytest.fixture

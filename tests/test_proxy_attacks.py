@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from guard.keys import create_key
 from guard.runtime import Runtime
-from tests.apptools import SSE_DONE, chat_upstream, openai_client, served_guard, sse_data
+from tests.apptools import SSE_DONE, openai_client, served_guard, sse_data
 
 HELD = "Buy our premium plan today and get a free mug [score=0.1]"
 """A draft the guard holds back (escalate): the customer must never see it."""
@@ -97,12 +97,6 @@ async def upstream_chat(request: Request) -> Response:
         yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    with chat_upstream(upstream_chat) as url:
-        yield url
 
 
 @pytest.fixture

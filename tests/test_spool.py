@@ -19,10 +19,10 @@ from typing import Any, ParamSpec
 import pytest
 
 from guard.decision_log import DecisionLog, SpoolUnavailable
-from guard.records import DecisionRecord, DecisionRow
+from guard.records import Candidate, DecisionRecord
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
 from guard.store import Store, migrate
-from tests.test_store import decision
+from tests.fakes import decision_row
 
 ROOT = Path(__file__).resolve().parents[1]
 P = ParamSpec("P")
@@ -40,21 +40,20 @@ def sync(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
 
 def record(i: int, *, image: bool = False, text: str = "口袋开线怎么办？") -> DecisionRecord:
     return DecisionRecord(
-        row=DecisionRow.from_columns(
-            decision(f"{i:032x}", "review" if image else "follow_up")
-            | {
-                "created_at": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
-                "conversation_id": f"c-{i}",
-                "locale": "zh",
-                "question": text,
-                "image_sha256": "ab" * 32 if image else None,
-                "reply": "<script>alert(1)</script>'; DROP TABLE decisions; --",
-                "candidates": [{"reply": "a", "score": 0.5}],
-                "score": 0.55,
-                "band": "[0.5,0.6)",
-                "follow_up": "\u202eRTL\u200b",
-                "holding_message": None,
-            }
+        row=decision_row(
+            f"{i:032x}",
+            "review" if image else "follow_up",
+            created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+            conversation_id=f"c-{i}",
+            locale="zh",
+            question=text,
+            image_sha256="ab" * 32 if image else None,
+            draft="<script>alert(1)</script>'; DROP TABLE decisions; --",
+            candidates=(Candidate("a", 0.5),),
+            score=0.55,
+            band="[0.5,0.6)",
+            follow_up="\u202eRTL\u200b",
+            holding_message=None,
         ),
         queue_item_id=f"{i:031x}q" if image else None,
         image=("ab" * 32, "image/png", 3, 2, b"\x89PNG\x00\xff") if image else None,

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import inspect
 
 from guard.policies import Band, Policy, default_policy
-from guard.records import DecisionRecord, DecisionRow
+from guard.records import DecisionRecord
 from guard.store import Store, downgrade, migrate
-from guard.tables import utcnow
+from tests.fakes import decision_row
 
 TABLES = {"decisions", "queue_items", "policy_versions", "images", "alembic_version"}
 
@@ -18,41 +18,6 @@ def db_url(request: pytest.FixtureRequest) -> str:
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     url: str = request.getfixturevalue(name)
     return url
-
-
-def decision(decision_id: str, action: str = "escalate") -> dict[str, object]:
-    return {
-        "id": decision_id,
-        "created_at": utcnow(),
-        "conversation_id": "c-1",
-        "channel": "default",
-        "locale": "en",
-        "question": "q <script>alert(1)</script>'; DROP TABLE decisions; --",
-        "image_sha256": None,
-        "reply": "r",
-        "candidates": None,
-        "score": 0.1,
-        "band": "[0.0,0.4)",
-        "action": action,
-        "final_reply": None,
-        "follow_up": None,
-        "holding_message": "held",
-        "issue_phrase": None,
-        "issue_kind": None,
-        "uncertain": False,
-        "uncertain_reason": None,
-        "policy_channel": "default",
-        "policy_version": 1,
-        "scorer_name": "fake",
-        "scorer_version": "1",
-        "inputs_used": ["question", "reply"],
-        "instruction_used": False,
-        "cached": False,
-        "degraded": False,
-        "reason": None,
-        "latency_ms": 1.5,
-        "timings_ms": {"total": 1.5},
-    }
 
 
 def test_upgrade_downgrade_round_trip(db_url: str) -> None:
@@ -75,11 +40,11 @@ def test_record_is_idempotent_and_queues_held_decisions(db_url: str) -> None:
     store = Store.open(db_url)
     records = [
         DecisionRecord(
-            DecisionRow.from_columns(decision("d1", "escalate")),
+            decision_row("d1", "escalate"),
             queue_item_id="q1",
             image=("a" * 64, "image/png", 1, 1, b"png"),
         ),
-        DecisionRecord(DecisionRow.from_columns(decision("d2", "send"))),
+        DecisionRecord(decision_row("d2", "send")),
     ]
     store.record(records)
     store.record(records)  # a retried batch adds nothing twice
