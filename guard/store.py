@@ -202,12 +202,7 @@ class Store(Database):
     def active_policy(self, channel: str) -> Policy | None:
         """The highest published version of ``channel``'s policy, or None if it has none."""
         with self.session() as s:
-            row = s.scalar(
-                select(PolicyVersion)
-                .where(PolicyVersion.channel == channel)
-                .order_by(PolicyVersion.version.desc())
-                .limit(1)
-            )
+            row = latest_policy_version(s, channel)
             if row is None:
                 return None
             return parse_policy(row.document, channel=row.channel, version=row.version)
@@ -224,20 +219,8 @@ class Store(Database):
     def publish_policy(self, policy: Policy, author: str) -> Policy:
         """Store ``policy`` as the next version of its channel and return it with that version."""
         with self.session() as s:
-            current = s.scalar(
-                select(func.max(PolicyVersion.version)).where(PolicyVersion.channel == policy.channel)
-            )
-            version = (current or 0) + 1
-            s.add(
-                PolicyVersion(
-                    channel=policy.channel,
-                    version=version,
-                    document=policy_document(policy),
-                    author=author,
-                    created_at=utcnow(),
-                )
-            )
-        return parse_policy(policy_document(policy), channel=policy.channel, version=version)
+            published, _previous = add_policy_version(s, policy, author)
+        return published
 
     def policy_versions(self, channel: str, *, newest_first: bool = False) -> list[PolicyVersionRow]:
         """Every version of ``channel``'s policy, with author, time (UTC) and document."""
@@ -382,3 +365,28 @@ class Store(Database):
                 .order_by(WebhookDelivery.created_at)
             )
             return [from_orm(Delivery, r) for r in rows]
+
+
+def latest_policy_version(s: Session, channel: str) -> PolicyVersion | None:
+    """The row of the highest published version of ``channel``'s policy, in the session ``s``."""
+    return s.scalar(
+        select(PolicyVersion)
+        .where(PolicyVersion.channel == channel)
+        .order_by(PolicyVersion.version.desc())
+        .limit(1)
+    )
+
+
+def add_policy_version(s: Session, policy: Policy, author: str) -> tuple[Policy, PolicyVersion | None]:
+    """Add ``policy`` as the next version of its channel in the session ``s`` (the caller's
+    transaction: the admin writes its audit entry in the same one). Returns the policy with its
+    version, and the row of the version it follows (None for a channel's first)."""
+    previous = latest_policy_version(s, policy.channel)
+    version = (previous.version if previous else 0) + 1
+    document = policy_document(policy)
+    s.add(
+        PolicyVersion(
+            channel=policy.channel, version=version, document=document, author=author, created_at=utcnow()
+        )
+    )
+    return parse_policy(document, channel=policy.channel, version=version), previous

@@ -564,14 +564,11 @@ class Playground:
             "reply_count": len(split_replies(form.replies)),
             "editor_fields": editor_fields(in_use, form.instruction) if ctx.user.may("policies") else [],
             "scorer_name": scorer_name,
-            "csrf": ctx.user.csrf,
         }
 
     async def _html(self, ctx: Ctx, form: TrialForm, result: Result | None) -> str:
         context = await self._context(ctx, form, result)
-        return self.admin.env.get_template("playground.html").render(
-            user=ctx.user, request_path=ctx.request.url.path, notice=None, **context
-        )
+        return self.admin.page(ctx.request, "playground.html", ctx.user, **context)
 
     async def _show(self, ctx: Ctx, form: TrialForm, result: Result | None, status: int) -> Response:
         html = await self._html(ctx, form, result)

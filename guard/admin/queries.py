@@ -34,6 +34,7 @@ from guard.admin.records import (
 )
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
+from guard.store import add_policy_version
 from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, from_orm
 from guard.tables import (
     AdminSession,
@@ -218,32 +219,16 @@ class AdminQueries(Database):
     def publish_policy_audited(self, policy: Policy, actor: str, action: str = "policy.publish") -> Policy:
         """publish_policy plus its audit entry (before: the version in force), in one transaction."""
         with self.session() as s:
-            current = s.scalar(
-                select(PolicyVersion)
-                .where(PolicyVersion.channel == policy.channel)
-                .order_by(PolicyVersion.version.desc())
-                .limit(1)
-            )
-            version = (current.version if current else 0) + 1
-            document = policy_document(policy)
-            s.add(
-                PolicyVersion(
-                    channel=policy.channel,
-                    version=version,
-                    document=document,
-                    author=actor,
-                    created_at=utcnow(),
-                )
-            )
+            published, previous = add_policy_version(s, policy, actor)
             _audit(
                 s,
                 actor,
                 action,
-                f"policy {policy.channel} v{version}",
-                None if current is None else {"version": current.version, **current.document},
-                {"version": version, **document},
+                f"policy {policy.channel} v{published.version}",
+                None if previous is None else {"version": previous.version, **previous.document},
+                {"version": published.version, **policy_document(policy)},
             )
-        return parse_policy(document, channel=policy.channel, version=version)
+        return published
 
     # Accounts
 

@@ -80,7 +80,6 @@ class CaseViews(Pages):
             case_ref=case_ref(decision.id),
             waiting_s=case.waiting_s(utcnow()),
             message=message,
-            csrf=ctx.user.csrf,
         )
 
     async def case(self, ctx: Ctx) -> Response:
