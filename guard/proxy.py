@@ -22,8 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx2
 from starlette.requests import Request
@@ -57,6 +58,7 @@ from guard.sse import Event, EventReader
 from guard.ssrf import ImageFetcher
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -305,13 +307,9 @@ class Proxy:
         check: CheckRequest,
         image_task: asyncio.Task[DecodedImage] | None,
     ) -> Response:
-        response = await self._send(url, body, headers)
-        try:
-            if response.status_code != 200:
-                return await self._upstream_error(response)
-            raw = await self._read(response)
-        finally:
-            await response.aclose()
+        raw = await self._fetch(url, body, headers, self._read)
+        if isinstance(raw, Response):  # the upstream's own 4xx
+            return raw
         try:
             doc = json.loads(raw)
         except (ValueError, RecursionError):
@@ -324,12 +322,8 @@ class Proxy:
             rewrite_plain(choice, visible[i], None if result is None else customer_text(result))
             if result is not None and len(results) > 1:
                 choice["guard"] = guard_summary(result)
-        if not results:  # tool calls only: nothing the customer reads
-            doc["guard"] = NO_TEXT_SUMMARY
-            return JSONResponse(doc, headers=UNGUARDED)
-        primary = results[min(results)]
-        doc["guard"] = guard_summary(primary)
-        return JSONResponse(doc, headers=guard_headers(primary))
+        doc["guard"], answer_headers = _answer(results)
+        return JSONResponse(doc, headers=answer_headers)
 
     async def _streaming(
         self,
@@ -339,35 +333,37 @@ class Proxy:
         check: CheckRequest,
         image_task: asyncio.Task[DecodedImage] | None,
     ) -> Response:
+        got = await self._fetch(url, body, headers, self._read_stream)
+        if isinstance(got, Response):  # the upstream's own 4xx
+            return got
+        if got.first is None or not got.finished:
+            raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
+        visible = {index: choice.visible for index, choice in got.choices.items()}
+        results = await self._guard_choices(check, visible, image_task)
+        guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
+        summary, answer_headers = _answer(results)
+        return Response(
+            rewrite_stream(got, guarded, summary),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", **answer_headers},
+        )
+
+    async def _fetch(
+        self, url: str, body: bytes, headers: dict[str, str], read: Callable[[httpx2.Response], Awaitable[T]]
+    ) -> T | Response:
+        """Send the request upstream and ``read`` a 200 answer; any other answer as the error it is."""
         response = await self._send(url, body, headers)
         try:
             if response.status_code != 200:
                 return await self._upstream_error(response)
-            ctype = response.headers.get("content-type", "")
-            if not ctype.startswith("text/event-stream"):
-                raise UpstreamError(
-                    "upstream_malformed", f"the upstream did not stream (content-type {ctype!r})"
-                )
-            got = await self._read_stream(response)
+            return await read(response)
         finally:
             await response.aclose()
-        if got.first is None or not got.finished:
-            raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
-        sse: dict[str, str] = {"cache-control": "no-cache"}
-        visible = {index: choice.visible for index, choice in got.choices.items()}
-        results = await self._guard_choices(check, visible, image_task)
-        guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
-        if not results:  # tool calls only: nothing the customer reads
-            body = rewrite_stream(got, guarded, NO_TEXT_SUMMARY)
-            return Response(body, media_type="text/event-stream", headers={**sse, **UNGUARDED})
-        primary = results[min(results)]
-        return Response(
-            rewrite_stream(got, guarded, guard_summary(primary)),
-            media_type="text/event-stream",
-            headers={**sse, **guard_headers(primary)},
-        )
 
     async def _read_stream(self, response: httpx2.Response) -> StreamRead:
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise UpstreamError("upstream_malformed", f"the upstream did not stream (content-type {ctype!r})")
         limit = self.settings.upstream_max_bytes
         got = StreamRead()
         reader = EventReader()
@@ -396,3 +392,12 @@ class Proxy:
                 return True
             got.take(data)
         return False
+
+
+def _answer(results: dict[int, CheckResult]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``guard`` summary and the headers of an answer: its first guarded choice's decision, or
+    "unguarded" when no choice had text (tool calls only: nothing the customer reads)."""
+    if not results:
+        return NO_TEXT_SUMMARY, UNGUARDED
+    primary = results[min(results)]
+    return guard_summary(primary), guard_headers(primary)
