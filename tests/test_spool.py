@@ -81,6 +81,15 @@ class FlakyStore:
                     self.inserts += 1
 
 
+def log_over_a_dead_store(spool_dir: Path, url: str = "sqlite:///x.db") -> tuple[FlakyStore, DecisionLog]:
+    """A started decision log whose store is down: it spools, retrying SQL every 0.05 s at most."""
+    store = FlakyStore()
+    store.down = True
+    log = DecisionLog(store, spool=Spool(spool_dir, url), max_retry_delay_s=0.05)  # type: ignore[arg-type]
+    log.start()
+    return store, log
+
+
 def segments(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.rglob("*.jsonl"))
 
@@ -100,10 +109,7 @@ def test_the_spool_key_ignores_the_password_but_not_the_database() -> None:
 
 @sync
 async def test_put_returns_only_after_the_decision_is_in_the_spool(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    log = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///x.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    log.start()
+    store, log = log_over_a_dead_store(tmp_path)
     await log.put(record(1))
     on_disk = [r for seg in segments(tmp_path) for r in read_segment(seg)[0]]
     assert [r.row.id for r in on_disk] == [record(1).row.id]
@@ -154,10 +160,7 @@ async def test_database_down_then_back_nothing_lost_nothing_doubled(tmp_path: Pa
 
 @sync
 async def test_decisions_not_in_sql_at_shutdown_stay_for_the_next_start(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    log = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///x.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    log.start()
+    store, log = log_over_a_dead_store(tmp_path)
     for i in range(10):
         await log.put(record(i))
     await log.stop(timeout_s=0.3)
@@ -175,10 +178,7 @@ async def test_decisions_not_in_sql_at_shutdown_stay_for_the_next_start(tmp_path
 
 @sync
 async def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    first = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///x.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    first.start()
+    store, first = log_over_a_dead_store(tmp_path)
     await first.put(record(1))
     other = FlakyStore()
     second = DecisionLog(other, spool=Spool(tmp_path, "sqlite:///x.db"))  # type: ignore[arg-type]
@@ -194,10 +194,7 @@ async def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
 
 @sync
 async def test_another_databases_spool_is_left_alone(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    log = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///a.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    log.start()
+    _store, log = log_over_a_dead_store(tmp_path, "sqlite:///a.db")
     await log.put(record(1))
     await log.stop(timeout_s=0.2)
     other = FlakyStore()
