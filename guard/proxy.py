@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx2
 from starlette.requests import Request
@@ -58,7 +58,6 @@ from guard.sse import Event, EventReader
 from guard.ssrf import ImageFetcher
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @dataclass
@@ -203,9 +202,7 @@ class Proxy:
             )
             try:
                 async with asyncio.timeout(s.upstream_timeout_s):
-                    if stream:
-                        return await self._streaming(url, body, headers, check, image_task)
-                    return await self._complete(url, body, headers, check, image_task)
+                    return await self._forward(url, body, headers, check, image_task, stream=stream)
             except TimeoutError:
                 raise UpstreamTimeout(
                     "upstream_timeout", f"the upstream did not answer within {s.upstream_timeout_s}s"
@@ -254,19 +251,22 @@ class Proxy:
                 "upstream_unavailable", f"the upstream model server cannot be reached: {exc}"
             ) from None
 
-    async def _read(self, response: httpx2.Response) -> bytes:
+    async def _chunks(self, response: httpx2.Response, what: str) -> AsyncGenerator[bytes]:
+        """The bytes of the upstream's ``what`` (answer, stream) as they arrive: over
+        GUARD_UPSTREAM_MAX_BYTES, or broken off, it is a 502."""
         limit = self.settings.upstream_max_bytes
-        chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise UpstreamError("upstream_too_large", f"the upstream answer is over {limit} bytes")
-                chunks.append(chunk)
+                    raise UpstreamError("upstream_too_large", f"the upstream {what} is over {limit} bytes")
+                yield chunk
         except httpx2.HTTPError as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream answer broke off: {exc}") from None
-        return b"".join(chunks)
+            raise UpstreamError("upstream_unavailable", f"the upstream {what} broke off: {exc}") from None
+
+    async def _read(self, response: httpx2.Response) -> bytes:
+        return b"".join([chunk async for chunk in self._chunks(response, "answer")])
 
     async def _upstream_error(self, response: httpx2.Response) -> Response:
         raw = await self._read(response)
@@ -299,17 +299,32 @@ class Proxy:
         results = await asyncio.gather(*(self._decide(check, text, image_task) for text in texts.values()))
         return dict(zip(texts, results, strict=True))
 
-    async def _complete(
+    async def _forward(
         self,
         url: str,
         body: bytes,
         headers: dict[str, str],
         check: CheckRequest,
         image_task: asyncio.Task[DecodedImage] | None,
+        *,
+        stream: bool,
     ) -> Response:
-        raw = await self._fetch(url, body, headers, self._read)
-        if isinstance(raw, Response):  # the upstream's own 4xx
-            return raw
+        """Send the request upstream, read its answer (a stream to its end), guard the text of every
+        choice and answer in the upstream's format; any answer but a 200 as the error it is."""
+        response = await self._send(url, body, headers)
+        try:
+            if response.status_code != 200:
+                return await self._upstream_error(response)
+            got = await self._read_stream(response) if stream else await self._read(response)
+        finally:
+            await response.aclose()
+        if isinstance(got, StreamRead):
+            return await self._streamed(got, check, image_task)
+        return await self._completed(got, check, image_task)
+
+    async def _completed(
+        self, raw: bytes, check: CheckRequest, image_task: asyncio.Task[DecodedImage] | None
+    ) -> Response:
         try:
             doc = json.loads(raw)
         except (ValueError, RecursionError):
@@ -325,17 +340,9 @@ class Proxy:
         doc["guard"], answer_headers = _answer(results)
         return JSONResponse(doc, headers=answer_headers)
 
-    async def _streaming(
-        self,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        check: CheckRequest,
-        image_task: asyncio.Task[DecodedImage] | None,
+    async def _streamed(
+        self, got: StreamRead, check: CheckRequest, image_task: asyncio.Task[DecodedImage] | None
     ) -> Response:
-        got = await self._fetch(url, body, headers, self._read_stream)
-        if isinstance(got, Response):  # the upstream's own 4xx
-            return got
         if got.first is None or not got.finished:
             raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
         visible = {index: choice.visible for index, choice in got.choices.items()}
@@ -348,35 +355,16 @@ class Proxy:
             headers={"cache-control": "no-cache", **answer_headers},
         )
 
-    async def _fetch(
-        self, url: str, body: bytes, headers: dict[str, str], read: Callable[[httpx2.Response], Awaitable[T]]
-    ) -> T | Response:
-        """Send the request upstream and ``read`` a 200 answer; any other answer as the error it is."""
-        response = await self._send(url, body, headers)
-        try:
-            if response.status_code != 200:
-                return await self._upstream_error(response)
-            return await read(response)
-        finally:
-            await response.aclose()
-
     async def _read_stream(self, response: httpx2.Response) -> StreamRead:
         ctype = response.headers.get("content-type", "")
         if not ctype.startswith("text/event-stream"):
             raise UpstreamError("upstream_malformed", f"the upstream did not stream (content-type {ctype!r})")
-        limit = self.settings.upstream_max_bytes
         got = StreamRead()
         reader = EventReader()
-        size = 0
-        try:
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > limit:
-                    raise UpstreamError("upstream_too_large", f"the upstream stream is over {limit} bytes")
+        async with contextlib.aclosing(self._chunks(response, "stream")) as chunks:
+            async for chunk in chunks:
                 if self._take_events(got, reader.feed(chunk)):
-                    return got
-        except httpx2.HTTPError as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream stream broke off: {exc}") from None
+                    return got  # [DONE]: what follows is not read
         self._take_events(got, reader.end())
         return got
 
