@@ -63,9 +63,12 @@ async def bounded(timeout_s: float, fn: Callable[..., T], *args: Any) -> T:
     """Run the blocking ``fn(*args)`` in a worker thread and wait at most ``timeout_s`` for it.
 
     Past the deadline TimeoutError is raised; the thread is left to finish (or fail) on its own,
-    so a database that accepts connections but never answers cannot hold a request.
+    so a database that accepts connections but never answers cannot hold a request. A task
+    cancelled while it waits is cancelled (``asyncio.wait_for`` on Python 3.11 can swallow a
+    cancel that arrives as the thread finishes: a stopping loop then ran on and its stop hung).
     """
-    return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await asyncio.to_thread(fn, *args)
 
 
 def alembic_config(url: str) -> Config:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from sqlalchemy import inspect
 
 from guard.policies import Band, Policy, default_policy
 from guard.records import DecisionRecord
-from guard.store import Store, downgrade, migrate
+from guard.store import Store, bounded, downgrade, migrate
 from tests.fakes import decision_row
 
 TABLES = {"decisions", "queue_items", "policy_versions", "images", "alembic_version"}
@@ -68,3 +71,28 @@ def test_policy_versions_per_channel(db_url: str) -> None:
     assert [(v.version, v.author) for v in store.policy_versions("vip")] == [(1, "alice"), (2, "bob")]
     assert store.active_policy("nobody") is None
     store.close()
+
+
+def test_bounded_times_out_and_never_swallows_a_cancel() -> None:
+    """A SQL call past its deadline is a TimeoutError; a task cancelled while it waits ends
+    cancelled, even when the cancel lands as the thread returns (asyncio.wait_for on Python 3.11
+    returned the result instead, and a stopping background loop then ran on)."""
+
+    async def main() -> None:
+        release = threading.Event()
+        with pytest.raises(TimeoutError):
+            await bounded(0.05, release.wait, 5.0)
+        release.set()
+        for steps in range(4):
+            for _ in range(50):
+                returned = threading.Event()
+                task = asyncio.create_task(bounded(5.0, returned.set))
+                while not returned.is_set():  # noqa: ASYNC110 (a thread's event, one loop step at a time)
+                    await asyncio.sleep(0)
+                for _ in range(steps):  # land the cancel a few loop steps after the thread returned
+                    await asyncio.sleep(0)
+                if task.cancel():  # still waiting: it must end cancelled
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+
+    asyncio.run(main())
