@@ -242,10 +242,10 @@ def one_off(settings: Settings, scratch_dir: Path, *, ocr: bool) -> Settings:
 
 
 def _eval(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.errors import ScorerError
     from guard.evaluation import EvalError, format_report, load_cases, run
     from guard.ocr import load_reader
     from guard.runtime import load_scorer
-    from guard.scoring.base import ScorerError
 
     if args.scorer:
         settings = dataclasses.replace(settings, scorer=args.scorer)
@@ -271,14 +271,17 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
             )
             return reader.read(image.rgb) or None
 
-    report = run(
-        cases,
-        scorer,
-        read_text=read_text,
-        source=str(args.cases),
-        reader_name=reader_name,
-        with_generated=not args.no_generated,
-    )
+    try:
+        report = run(
+            cases,
+            scorer,
+            read_text=read_text,
+            source=str(args.cases),
+            reader_name=reader_name,
+            with_generated=not args.no_generated,
+        )
+    finally:
+        scorer.close()
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
     else:
@@ -287,10 +290,11 @@ def _eval(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _score(args: argparse.Namespace, settings: Settings) -> int:
-    from guard.issue_text import detect_locale
+    from guard.errors import ScorerError
+    from guard.issues.text import detect_locale
     from guard.ocr import load_reader
     from guard.runtime import load_scorer
-    from guard.scoring.base import ScoreInput, ScorerError
+    from guard.scoring.base import ScoreInput
 
     if args.scorer:
         settings = dataclasses.replace(settings, scorer=args.scorer)
@@ -303,6 +307,10 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
             image_text = load_reader(max(1, settings.ocr_threads)).read(image.rgb) or None
     try:
         scorer = load_scorer(settings)
+    except (ScorerError, ValueError) as exc:
+        print(f"guard: the scorer failed: {exc}", file=sys.stderr)
+        return 1
+    try:
         result = scorer.score_batch(
             [
                 ScoreInput(
@@ -317,6 +325,8 @@ def _score(args: argparse.Namespace, settings: Settings) -> int:
     except (ScorerError, ValueError) as exc:
         print(f"guard: the scorer failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        scorer.close()
     body = {
         "score": round(result.score, 4),
         "inputs_used": list(result.inputs_used),

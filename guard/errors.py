@@ -23,7 +23,8 @@ fields as a page.
     │       └── FetchError          422 image_url_not_allowed, image_fetch_failed (an image URL)
     └── ServiceError                5xx: the guard or a service it depends on failed
         ├── Unavailable             503 database_unavailable, scorer_unavailable, upstream_not_configured
-        │   └── KeysUnavailable     503 database_unavailable (guard.keys: an API key cannot be checked)
+        │   ├── KeysUnavailable     503 database_unavailable (guard.keys: an API key cannot be checked)
+        │   └── ScorerError         503 scorer_unavailable (guard.scoring: the scorer cannot load or score)
         ├── UpstreamError           502 upstream_unavailable, upstream_error, upstream_malformed,
         │                               upstream_too_large
         └── UpstreamTimeout         504 upstream_timeout
@@ -139,6 +140,15 @@ class Unavailable(ServiceError):
     status = 503
 
 
+class ScorerError(Unavailable):
+    """The scorer could not produce a score, or cannot be loaded (model missing, bad calibration, a
+    dead rerank server, ...). Raised by the backends in ``guard.scoring`` with a message only; on a
+    request's path the pipeline turns it into the policy's ``on_error`` action."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("scorer_unavailable", message)
+
+
 class UpstreamError(ServiceError):
     status = 502
 
@@ -165,6 +175,7 @@ __all__ = [
     "LengthRequired",
     "NotFound",
     "RequestError",
+    "ScorerError",
     "ServiceError",
     "SettingsError",
     "Unauthorized",

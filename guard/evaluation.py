@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard.issue_eval import IssueCase, evaluate_issue_reading
-from guard.issue_text import detect_locale
 from guard.issues import read_issue
+from guard.issues.eval import IssueCase, evaluate_issue_reading
+from guard.issues.text import detect_locale
 from guard.pipeline import decide_case, uncertainty
 from guard.policies import Policy, decide, default_policy
 from guard.scoring.base import ScoreInput, Scorer

@@ -12,7 +12,7 @@ output of at most :data:`MAX_MESSAGE_CHARS`. A template that breaks any of these
 fixed sentence, so a customer always gets a message and the process never stalls.
 
 The output is plain chat text (not HTML): autoescape is off here, and whatever shows it in a
-page escapes it there. The issue phrase is plain text already (guard.issue_text).
+page escapes it there. The issue phrase is plain text already (guard.issues.text).
 """
 
 from __future__ import annotations

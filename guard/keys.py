@@ -28,18 +28,16 @@ import re
 import secrets
 import time
 from pathlib import Path
-from typing import get_args
 
 from starlette.types import Scope
 
-from guard.errors import ConfigError, Forbidden, Unavailable
-from guard.settings import AuthMode, Settings
+from guard.errors import Forbidden, Unavailable
+from guard.settings import Settings
 from guard.spool import spool_key
 from guard.store import Store, bounded
 
 log = logging.getLogger(__name__)
 
-AUTH_MODES: tuple[str, ...] = get_args(AuthMode)
 _KEY = re.compile(r"rg_([0-9a-f]{16})_[A-Za-z0-9_-]{20,100}")
 PROTECTED_PREFIX = "/v1/"
 
@@ -75,14 +73,8 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def check_mode(settings: Settings) -> None:
-    if settings.auth not in AUTH_MODES:
-        raise ConfigError(f"GUARD_AUTH={settings.auth!r} is not one of {', '.join(AUTH_MODES)}")
-
-
 def ensure_first_key(store: Store, settings: Settings) -> str | None:
     """On a first start that listens beyond loopback with no key yet: create one and return it."""
-    check_mode(settings)
     if settings.auth != "auto" or is_loopback_host(settings.host) or store.count_api_keys() > 0:
         return None
     return create_key(store, "default", name="created on first start")
@@ -145,7 +137,6 @@ class KeyRing:
         copy: KeyCopy | None = None,
         copy_every_s: float = 10.0,
     ) -> None:
-        check_mode(settings)
         self._store = store
         self._settings = settings
         self._ttl = ttl_s

@@ -90,7 +90,7 @@ class CheckResult:
     locale: str
     issue_phrase: str | None
     issue_kind: str
-    """The kind of the customer's issue (guard.issue_lexicon.KINDS, or "other")."""
+    """The kind of the customer's issue (guard.issues.lexicon.KINDS, or "other")."""
     uncertain_reason: str | None
     """Why the guard cannot judge this case (e.g. "issue_not_stated"); None when it can."""
     ranked: tuple[Scored, ...]

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,7 @@ from guard.images import DecodedImage, decode_base64, decode_image
 from guard.keys import request_channel
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
+from guard.sse import Event, EventReader
 from guard.ssrf import ImageFetcher
 
 log = logging.getLogger(__name__)
@@ -200,9 +202,7 @@ class Proxy:
             )
             try:
                 async with asyncio.timeout(s.upstream_timeout_s):
-                    if stream:
-                        return await self._streaming(url, body, headers, check, image_task)
-                    return await self._complete(url, body, headers, check, image_task)
+                    return await self._forward(url, body, headers, check, image_task, stream=stream)
             except TimeoutError:
                 raise UpstreamTimeout(
                     "upstream_timeout", f"the upstream did not answer within {s.upstream_timeout_s}s"
@@ -251,19 +251,22 @@ class Proxy:
                 "upstream_unavailable", f"the upstream model server cannot be reached: {exc}"
             ) from None
 
-    async def _read(self, response: httpx2.Response) -> bytes:
+    async def _chunks(self, response: httpx2.Response, what: str) -> AsyncGenerator[bytes]:
+        """The bytes of the upstream's ``what`` (answer, stream) as they arrive: over
+        GUARD_UPSTREAM_MAX_BYTES, or broken off, it is a 502."""
         limit = self.settings.upstream_max_bytes
-        chunks: list[bytes] = []
         size = 0
         try:
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > limit:
-                    raise UpstreamError("upstream_too_large", f"the upstream answer is over {limit} bytes")
-                chunks.append(chunk)
+                    raise UpstreamError("upstream_too_large", f"the upstream {what} is over {limit} bytes")
+                yield chunk
         except httpx2.HTTPError as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream answer broke off: {exc}") from None
-        return b"".join(chunks)
+            raise UpstreamError("upstream_unavailable", f"the upstream {what} broke off: {exc}") from None
+
+    async def _read(self, response: httpx2.Response) -> bytes:
+        return b"".join([chunk async for chunk in self._chunks(response, "answer")])
 
     async def _upstream_error(self, response: httpx2.Response) -> Response:
         raw = await self._read(response)
@@ -296,21 +299,32 @@ class Proxy:
         results = await asyncio.gather(*(self._decide(check, text, image_task) for text in texts.values()))
         return dict(zip(texts, results, strict=True))
 
-    async def _complete(
+    async def _forward(
         self,
         url: str,
         body: bytes,
         headers: dict[str, str],
         check: CheckRequest,
         image_task: asyncio.Task[DecodedImage] | None,
+        *,
+        stream: bool,
     ) -> Response:
+        """Send the request upstream, read its answer (a stream to its end), guard the text of every
+        choice and answer in the upstream's format; any answer but a 200 as the error it is."""
         response = await self._send(url, body, headers)
         try:
             if response.status_code != 200:
                 return await self._upstream_error(response)
-            raw = await self._read(response)
+            got = await self._read_stream(response) if stream else await self._read(response)
         finally:
             await response.aclose()
+        if isinstance(got, StreamRead):
+            return await self._streamed(got, check, image_task)
+        return await self._completed(got, check, image_task)
+
+    async def _completed(
+        self, raw: bytes, check: CheckRequest, image_task: asyncio.Task[DecodedImage] | None
+    ) -> Response:
         try:
             doc = json.loads(raw)
         except (ValueError, RecursionError):
@@ -323,65 +337,55 @@ class Proxy:
             rewrite_plain(choice, visible[i], None if result is None else customer_text(result))
             if result is not None and len(results) > 1:
                 choice["guard"] = guard_summary(result)
-        if not results:  # tool calls only: nothing the customer reads
-            doc["guard"] = NO_TEXT_SUMMARY
-            return JSONResponse(doc, headers=UNGUARDED)
-        primary = results[min(results)]
-        doc["guard"] = guard_summary(primary)
-        return JSONResponse(doc, headers=guard_headers(primary))
+        doc["guard"], answer_headers = _answer(results)
+        return JSONResponse(doc, headers=answer_headers)
 
-    async def _streaming(
-        self,
-        url: str,
-        body: bytes,
-        headers: dict[str, str],
-        check: CheckRequest,
-        image_task: asyncio.Task[DecodedImage] | None,
+    async def _streamed(
+        self, got: StreamRead, check: CheckRequest, image_task: asyncio.Task[DecodedImage] | None
     ) -> Response:
-        response = await self._send(url, body, headers)
-        try:
-            if response.status_code != 200:
-                return await self._upstream_error(response)
-            ctype = response.headers.get("content-type", "")
-            if not ctype.startswith("text/event-stream"):
-                raise UpstreamError(
-                    "upstream_malformed", f"the upstream did not stream (content-type {ctype!r})"
-                )
-            got = await self._read_stream(response)
-        finally:
-            await response.aclose()
         if got.first is None or not got.finished:
             raise UpstreamError("upstream_malformed", "the upstream stream ended before the answer did")
-        sse: dict[str, str] = {"cache-control": "no-cache"}
         visible = {index: choice.visible for index, choice in got.choices.items()}
         results = await self._guard_choices(check, visible, image_task)
         guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
-        if not results:  # tool calls only: nothing the customer reads
-            body = rewrite_stream(got, guarded, NO_TEXT_SUMMARY)
-            return Response(body, media_type="text/event-stream", headers={**sse, **UNGUARDED})
-        primary = results[min(results)]
+        summary, answer_headers = _answer(results)
         return Response(
-            rewrite_stream(got, guarded, guard_summary(primary)),
+            rewrite_stream(got, guarded, summary),
             media_type="text/event-stream",
-            headers={**sse, **guard_headers(primary)},
+            headers={"cache-control": "no-cache", **answer_headers},
         )
 
     async def _read_stream(self, response: httpx2.Response) -> StreamRead:
-        limit = self.settings.upstream_max_bytes
+        ctype = response.headers.get("content-type", "")
+        if not ctype.startswith("text/event-stream"):
+            raise UpstreamError("upstream_malformed", f"the upstream did not stream (content-type {ctype!r})")
         got = StreamRead()
-        size = 0
-        try:
-            async for line in response.aiter_lines():
-                size += len(line) + 1
-                if size > limit:
-                    raise UpstreamError("upstream_too_large", f"the upstream stream is over {limit} bytes")
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    got.done = True
-                    break
-                got.take(data)
-        except httpx2.HTTPError as exc:
-            raise UpstreamError("upstream_unavailable", f"the upstream stream broke off: {exc}") from None
+        reader = EventReader()
+        async with contextlib.aclosing(self._chunks(response, "stream")) as chunks:
+            async for chunk in chunks:
+                if self._take_events(got, reader.feed(chunk)):
+                    return got  # [DONE]: what follows is not read
+        self._take_events(got, reader.end())
         return got
+
+    @staticmethod
+    def _take_events(got: StreamRead, events: list[Event]) -> bool:
+        """Take each event's data (a chunk) into ``got``; True once the stream said ``[DONE]``."""
+        for event in events:
+            if event.data is None:
+                continue
+            data = event.data.strip()
+            if data == "[DONE]":
+                got.done = True
+                return True
+            got.take(data)
+        return False
+
+
+def _answer(results: dict[int, CheckResult]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The ``guard`` summary and the headers of an answer: its first guarded choice's decision, or
+    "unguarded" when no choice had text (tool calls only: nothing the customer reads)."""
+    if not results:
+        return NO_TEXT_SUMMARY, UNGUARDED
+    primary = results[min(results)]
+    return guard_summary(primary), guard_headers(primary)

@@ -117,9 +117,7 @@ class Runtime:
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
             model = scorer if scorer is not None else await asyncio.to_thread(load_scorer, s)
-            close_model = getattr(model, "close", None)  # backends holding connections (remote)
-            if callable(close_model):
-                stack.callback(close_model)
+            stack.callback(model.close)
             store = Store.open(s.database_url)
             stack.callback(store.close)
             cache = open_cache(s)

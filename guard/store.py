@@ -65,9 +65,12 @@ async def bounded(timeout_s: float, fn: Callable[..., T], *args: Any) -> T:
     """Run the blocking ``fn(*args)`` in a worker thread and wait at most ``timeout_s`` for it.
 
     Past the deadline TimeoutError is raised; the thread is left to finish (or fail) on its own,
-    so a database that accepts connections but never answers cannot hold a request.
+    so a database that accepts connections but never answers cannot hold a request. A task
+    cancelled while it waits is cancelled (``asyncio.wait_for`` on Python 3.11 can swallow a
+    cancel that arrives as the thread finishes: a stopping loop then ran on and its stop hung).
     """
-    return await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout_s)
+    async with asyncio.timeout(timeout_s):
+        return await asyncio.to_thread(fn, *args)
 
 
 def alembic_config(url: str) -> Config:
@@ -205,12 +208,7 @@ class Store(Database):
     def active_policy(self, channel: str) -> Policy | None:
         """The highest published version of ``channel``'s policy, or None if it has none."""
         with self.session() as s:
-            row = s.scalar(
-                select(PolicyVersion)
-                .where(PolicyVersion.channel == channel)
-                .order_by(PolicyVersion.version.desc())
-                .limit(1)
-            )
+            row = latest_policy_version(s, channel)
             if row is None:
                 return None
             return parse_policy(row.document, channel=row.channel, version=row.version)
@@ -228,21 +226,8 @@ class Store(Database):
         """Store ``policy`` as the next version of its channel and return it with that version;
         ``note``: why (the change note shown with the version)."""
         with self.session() as s:
-            current = s.scalar(
-                select(func.max(PolicyVersion.version)).where(PolicyVersion.channel == policy.channel)
-            )
-            version = (current or 0) + 1
-            s.add(
-                PolicyVersion(
-                    channel=policy.channel,
-                    version=version,
-                    document=policy_document(policy),
-                    author=author,
-                    created_at=utcnow(),
-                    note=note,
-                )
-            )
-        return parse_policy(policy_document(policy), channel=policy.channel, version=version)
+            published, _previous = add_policy_version(s, policy, author, note=note)
+        return published
 
     def policy_versions(self, channel: str, *, newest_first: bool = False) -> list[PolicyVersionRow]:
         """Every version of ``channel``'s policy, with author, time (UTC) and document."""
@@ -416,3 +401,45 @@ class Store(Database):
                 .order_by(WebhookDelivery.created_at)
             )
             return [from_orm(Delivery, r) for r in rows]
+
+
+def latest_policy_version(s: Session, channel: str) -> PolicyVersion | None:
+    """The row of the highest published version of ``channel``'s policy, in the session ``s``."""
+    return s.scalar(
+        select(PolicyVersion)
+        .where(PolicyVersion.channel == channel)
+        .order_by(PolicyVersion.version.desc())
+        .limit(1)
+    )
+
+
+def add_policy_version(
+    s: Session,
+    policy: Policy,
+    author: str,
+    *,
+    note: str | None = None,
+    rollback_of: int | None = None,
+    preview_summary: str | None = None,
+) -> tuple[Policy, PolicyVersion | None]:
+    """Add ``policy`` as the next version of its channel in the session ``s`` (the caller's
+    transaction: the admin writes its audit entry in the same one). Returns the policy with its
+    version, and the row of the version it follows (None for a channel's first). ``note``: the
+    change note; ``rollback_of``: the version a rollback went back to; ``preview_summary``: what the
+    preview said when it was published."""
+    previous = latest_policy_version(s, policy.channel)
+    version = (previous.version if previous else 0) + 1
+    document = policy_document(policy)
+    s.add(
+        PolicyVersion(
+            channel=policy.channel,
+            version=version,
+            document=document,
+            author=author,
+            created_at=utcnow(),
+            note=note,
+            rollback_of=rollback_of,
+            preview_summary=preview_summary,
+        )
+    )
+    return parse_policy(document, channel=policy.channel, version=version), previous

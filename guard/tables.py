@@ -66,7 +66,7 @@ class Decision(Base):
     holding_message: Mapped[str | None] = mapped_column(Text)
     issue_phrase: Mapped[str | None] = mapped_column(String(200))
     issue_kind: Mapped[str | None] = mapped_column(String(32))
-    """The kind of the customer's issue (guard.issue_lexicon.KINDS or "other"); None in old rows."""
+    """The kind of the customer's issue (guard.issues.lexicon.KINDS or "other"); None in old rows."""
     uncertain: Mapped[bool | None] = mapped_column(Boolean)
     """The guard could not judge the case: no text states the issue and the scorer did not see
     the photo (the policy's uncertain_action applied); None in rows recorded before."""

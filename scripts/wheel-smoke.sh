@@ -55,6 +55,7 @@ names = set(zipfile.ZipFile(sys.argv[1]).namelist())
 files = [p for top in ("templates", "migrations") for p in Path(top).rglob("*") if p.is_file()]
 wanted = [f"guard/{p.as_posix()}" for p in files if "__pycache__" not in p.parts]
 wanted += [p.as_posix() for d in ("guard/admin/static", "guard/scoring/calibration") for p in Path(d).iterdir()]
+wanted += [p.as_posix() for p in Path("guard/issues").glob("*.json")]  # the fitted issue model
 missing = [n for n in wanted if n not in names]
 if missing:
     sys.exit("missing from the wheel: " + ", ".join(sorted(missing)))

@@ -1,14 +1,21 @@
-"""Helpers to run the guard app in tests: migrated database, fake or real scorer, flushing the log."""
+"""Helpers to run the guard app in tests: migrated database, fake or real scorer, flushing the log,
+the guard and a scripted model server served by real uvicorn servers."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
+import json
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from openai import OpenAI
 from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,6 +27,7 @@ from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.store import migrate
 from tests.fakes import FakeScorer
+from tests.serving import serve
 
 
 @contextmanager
@@ -81,3 +89,39 @@ def png_bytes(size: tuple[int, int] = (32, 24), color: str = "red", fmt: str = "
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- the guard and an upstream model server, served for real (the proxy's tests) -----------------
+
+
+@contextmanager
+def served_guard(database_url: str, **overrides: Any) -> Iterator[tuple[str, Runtime]]:
+    """The guard (fake scorer, migrated database, settings ``overrides``) served by uvicorn:
+    its base URL and its runtime."""
+    migrate(database_url)
+    app = KeepsState(create_app(Settings(database_url=database_url, **overrides), scorer=FakeScorer()))
+    with serve(app) as base:
+        yield base, app.runtime
+
+
+@contextmanager
+def chat_upstream(handler: Callable[[Request], Awaitable[Response]]) -> Iterator[str]:
+    """A model server whose ``POST /v1/chat/completions`` is ``handler``, served by uvicorn: its
+    base URL (``http://127.0.0.1:<port>/v1``, what ``GUARD_UPSTREAM_URL`` takes)."""
+    app = Starlette(routes=[Route("/v1/chat/completions", handler, methods=["POST"])])
+    with serve(app) as base:
+        yield base + "/v1"
+
+
+def sse_data(doc: Any) -> bytes:
+    """One server-sent event carrying ``doc`` as JSON: a chunk of a streamed chat completion."""
+    return b"data: " + json.dumps(doc).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+"""The event that ends an OpenAI-style stream."""
+
+
+def openai_client(base: str, key: str = "sk-client", *, timeout: float = 10) -> OpenAI:
+    """The openai SDK pointed at a guard (or a guarded app) served at ``base``, without retries."""
+    return OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=timeout)

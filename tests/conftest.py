@@ -13,6 +13,8 @@ import psycopg
 import pytest
 import redis
 
+from tests.apptools import chat_upstream
+
 REDIS_URL = os.environ.get("GUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 PG_ADMIN_DSN = os.environ.get("GUARD_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 SHARED_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"
@@ -77,3 +79,11 @@ def browser() -> Iterator[Any]:
     from tests.browsertools import launched
 
     yield from launched()
+
+
+@pytest.fixture(scope="module")
+def upstream(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A model server scripted by the test module: its ``upstream_chat(request)`` handler served as
+    ``POST /v1/chat/completions`` (real uvicorn); the base URL ``GUARD_UPSTREAM_URL`` takes."""
+    with chat_upstream(request.module.upstream_chat) as url:
+        yield url

@@ -1,12 +1,16 @@
-"""In-memory fakes for unit tests (real services are used in the integration tests)."""
+"""In-memory fakes for unit tests (real services are used in the integration tests): a scorer,
+and a decision row to write."""
 
 from __future__ import annotations
 
 import re
 import threading
 from collections.abc import Sequence
+from typing import Any
 
+from guard.records import DecisionRow
 from guard.scoring.base import ScoreInput, ScoreResult
+from guard.tables import utcnow
 
 _MARK = re.compile(r"\[score=([0-9.]+|nan|inf)\]")
 
@@ -23,6 +27,7 @@ class FakeScorer:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.closed = False
         self.release = threading.Event()
 
     def score_batch(self, items: Sequence[ScoreInput]) -> list[ScoreResult]:
@@ -40,3 +45,45 @@ class FakeScorer:
                 used += ("image",)
             out.append(ScoreResult(score, used))
         return out
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def decision_row(decision_id: str = "a" * 32, action: str = "escalate", **changes: Any) -> DecisionRow:
+    """A decision row as the pipeline would record it, made now: an escalated English question
+    (with markup and SQL in it, to be stored verbatim) unless ``changes`` (by field name) say otherwise."""
+    values: dict[str, Any] = {
+        "id": decision_id,
+        "created_at": utcnow(),
+        "conversation_id": "c-1",
+        "channel": "default",
+        "locale": "en",
+        "question": "q <script>alert(1)</script>'; DROP TABLE decisions; --",
+        "image_sha256": None,
+        "draft": "r",
+        "candidates": None,
+        "score": 0.1,
+        "band": "[0.0,0.4)",
+        "action": action,
+        "final_reply": None,
+        "follow_up": None,
+        "holding_message": "held",
+        "issue_phrase": None,
+        "issue_kind": None,
+        "uncertain": False,
+        "uncertain_reason": None,
+        "image_text": None,
+        "policy_channel": "default",
+        "policy_version": 1,
+        "scorer_name": "fake",
+        "scorer_version": "1",
+        "inputs_used": ("question", "reply"),
+        "instruction_used": False,
+        "cached": False,
+        "degraded": False,
+        "reason": None,
+        "latency_ms": 1.5,
+        "timings_ms": {"total": 1.5},
+    }
+    return DecisionRow(**(values | changes))

@@ -39,21 +39,28 @@ QWEN_SPECIAL_TOKENS = [
 ]
 
 
-def _qwen_tokenizer(out: Path, vocab_size: int = 400) -> dict[str, int]:
-    """A byte-level BPE tokenizer with Qwen's special tokens; returns the special tokens' ids."""
+def _trained_bpe(special_tokens: list[str], vocab_size: int) -> Any:
+    """A byte-level BPE tokenizer (``tokenizers.Tokenizer``) trained on CORPUS, with ``special_tokens``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=QWEN_SPECIAL_TOKENS,
+        special_tokens=special_tokens,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    return tok
+
+
+def _qwen_tokenizer(out: Path, vocab_size: int = 400) -> dict[str, int]:
+    """A byte-level BPE tokenizer with Qwen's special tokens; returns the special tokens' ids."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _trained_bpe(QWEN_SPECIAL_TOKENS, vocab_size)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -212,20 +219,11 @@ def build_cross_encoder(out: Path, *, seed: int = 0) -> Path:
 
 def _bpe_tokenizer(out: Path, *, bos: str, eos: str, pad: str, vocab_size: int = 400) -> dict[str, int]:
     """Byte-level BPE that wraps every text as ``bos text eos`` (as CLIP's tokenizer does)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
     specials = list(dict.fromkeys([pad, bos, eos]))
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    tok = _trained_bpe(specials, vocab_size)
     ids = {t: tok.token_to_id(t) for t in specials}
     tok.post_processor = processors.TemplateProcessing(
         single=f"{bos} $A {eos}", special_tokens=[(bos, ids[bos]), (eos, ids[eos])]

@@ -14,10 +14,10 @@ from sqlalchemy import inspect
 from guard.admin.queries import AdminQueries
 from guard.admin.records import OutcomeRow
 from guard.policies import Band, Policy
-from guard.records import DecisionRecord, DecisionRow
+from guard.records import DecisionRecord
 from guard.store import Store, downgrade, migrate
 from guard.tables import utcnow
-from tests.test_store import decision
+from tests.fakes import decision_row
 
 ADMIN_TABLES = {"users", "admin_sessions", "login_throttle", "audit_log"}
 
@@ -40,7 +40,7 @@ def queries(store: Store) -> AdminQueries:
 def queue_cases(store: Store, n: int) -> list[str]:
     records = [
         DecisionRecord(
-            DecisionRow.from_columns(decision(f"d{i}", "escalate" if i % 2 else "review")),
+            decision_row(f"d{i}", "escalate" if i % 2 else "review"),
             queue_item_id=f"q{i}",
         )
         for i in range(n)
@@ -171,7 +171,7 @@ def test_publish_audited_and_history(store: Store, queries: AdminQueries) -> Non
 
 def test_traffic_replay_and_outcome_rows(store: Store, queries: AdminQueries) -> None:
     queue_cases(store, 2)
-    store.record([DecisionRecord(DecisionRow.from_columns(decision("s1", "send")))])
+    store.record([DecisionRecord(decision_row("s1", "send"))])
     queries.resolve_case("q0", "edited", "ann", final_reply="x", note=None)
     since = utcnow() - timedelta(hours=1)
     assert len(queries.traffic_rows(since)) == 3

@@ -36,6 +36,9 @@ class GatedScorer:
             raise RuntimeError("model exploded")
         return [ScoreResult(int(it.reply[1:]) / 100, ("question", "reply")) for it in items]
 
+    def close(self) -> None:
+        pass
+
 
 def item(k: int | str) -> ScoreInput:
     return ScoreInput(question="q", reply=f"r{k}" if isinstance(k, int) else k)

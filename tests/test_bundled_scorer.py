@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from guard.errors import ScorerError
 from guard.issues import read_issue
 from guard.pipeline import UNCERTAIN_NOT_STATED, uncertainty
-from guard.scoring.base import ScoreInput, ScorerError
+from guard.scoring.base import ModelScorer, ScoreInput
 from guard.scoring.bundled import CALIBRATION_PATH, BundledScorer, UseEncoder, parse_calibration
 from guard.scoring.features import has_injection, strip_injection
 
@@ -174,6 +175,20 @@ def test_image_text_is_used(scorer: BundledScorer) -> None:
     item = ScoreInput(question="这个怎么办？", reply="亲，抱歉", image_text="订单 实付¥168", has_image=True)
     [r] = scorer.score_batch([item])
     assert r.inputs_used == ("question", "image_text", "reply")
+
+
+def test_it_is_a_model_scorer_whose_scores_are_its_results(scorer: BundledScorer) -> None:
+    items = [
+        ScoreInput("口袋开线怎么办？", "已为您登记口袋开线问题，专员将在2小时内联系您。"),
+        ScoreInput("Look at this", "Sorry!", image_text="SIZE M", has_image=True),
+    ]
+    assert isinstance(scorer, ModelScorer)
+    results = scorer.score_batch(items)
+    assert scorer.scores(items) == [r.score for r in results]
+    assert [r.inputs_used for r in results] == [scorer.inputs_used(it) for it in items]
+    scorer.close()  # the base's: the encoder holds nothing to release
+    [again] = scorer.score_batch(items[:1])
+    assert again.score == pytest.approx(results[0].score, abs=1e-6)  # a batch of one: float noise only
 
 
 def test_version_changes_with_calibration(encoder: UseEncoder, scorer: BundledScorer, tmp_path: Path) -> None:

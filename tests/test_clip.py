@@ -13,7 +13,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from guard.app import load_scorer
-from guard.scoring.base import ScoreInput, ScorerError
+from guard.errors import ScorerError
+from guard.scoring.base import ScoreInput
 from guard.scoring.clip import ClipConfig, ClipScorer
 from guard.settings import Settings
 from tests.models import build_clip

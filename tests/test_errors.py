@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from guard import errors, keys
 from guard.errors import GuardError, ImageError, RequestError, ServiceError
 from guard.responses import guard_error
+from guard.scoring.base import ScorerError
 
 
 def error_classes() -> list[type[GuardError]]:
@@ -51,7 +52,11 @@ def test_an_image_errors_status_follows_its_code(code: errors.ImageErrorCode, st
 
 @given(
     cls=st.sampled_from(
-        [c for c in error_classes() if c not in (errors.ConfigError, ImageError, errors.FetchError)]
+        [
+            c
+            for c in error_classes()
+            if c not in (errors.ConfigError, errors.ScorerError, ImageError, errors.FetchError)
+        ]
     ).filter(lambda c: c is not keys.KeysUnavailable),
     code=st.from_regex(r"[a-z_]{1,30}", fullmatch=True),
     message=st.text(max_size=200),
@@ -60,3 +65,10 @@ def test_the_handler_writes_the_documented_json(cls: type[GuardError], code: str
     response = asyncio.run(guard_error(None, cls(code, message)))  # type: ignore[arg-type]
     assert response.status_code == cls.status
     assert json.loads(bytes(response.body)) == {"error": {"code": code, "message": message}}
+
+
+def test_a_scorer_error_is_in_the_tree_as_the_scorer_being_unavailable() -> None:
+    exc = errors.ScorerError("the model is missing")
+    assert isinstance(exc, errors.Unavailable) and isinstance(exc, GuardError)
+    assert (exc.status, exc.code, exc.message) == (503, "scorer_unavailable", "the model is missing")
+    assert ScorerError is errors.ScorerError  # the scorers' own import path names the same class

@@ -16,11 +16,20 @@ import httpx2
 import pytest
 
 from guard.store import migrate
-from tests.serving import closed_port
+from tests.serving import closed_port, stop
 from tests.test_faults import drive, logged, wait_for
 
 pytestmark = pytest.mark.integration
 BIN = Path(sys.executable).parent
+
+
+def serve_env(database_url: str, spool_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a ``guard serve`` process: this one's, with the database, the spool,
+    no OCR, no Redis (a GUARD_REDIS_URL of the test run is dropped) and ``settings`` (GUARD_*)."""
+    env = {**os.environ, "GUARD_DATABASE_URL": database_url, "GUARD_SPOOL_DIR": str(spool_dir)}
+    env["GUARD_OCR"] = "off"
+    env.pop("GUARD_REDIS_URL", None)
+    return env | settings
 
 
 @contextmanager
@@ -46,27 +55,15 @@ def guard_serve(env: dict[str, str], port: int, log_path: Path) -> Iterator[subp
         yield proc
     finally:
         if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc, wait_s=30)
 
 
 def test_sigkill_mid_load_then_restart_every_received_decision_lands(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'guard.db'}"
     migrate(url)
     port = closed_port()
-    env = {
-        **os.environ,
-        "GUARD_DATABASE_URL": url,
-        "GUARD_SPOOL_DIR": str(tmp_path / "spool"),
-        "GUARD_OCR": "off",
-        # A writer that is slow to reach SQL: many decisions are only in the spool at the kill.
-        "GUARD_LOG_BATCH_SIZE": "5",
-    }
-    env.pop("GUARD_REDIS_URL", None)
+    # A writer that is slow to reach SQL: many decisions are only in the spool at the kill.
+    env = serve_env(url, tmp_path / "spool", GUARD_LOG_BATCH_SIZE="5")
     base_url = f"http://127.0.0.1:{port}"
     # Another writer holds SQLite's write lock from 3 s on, so the decisions made after that are
     # only in the spool when the guard is killed at 6 s.

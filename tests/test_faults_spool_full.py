@@ -15,7 +15,7 @@ import pytest
 from guard.store import migrate
 from tests.serving import closed_port
 from tests.test_faults import drive, logged, proxied, wait_for
-from tests.test_faults_kill import guard_serve
+from tests.test_faults_kill import guard_serve, serve_env
 from tests.test_spool_faults import tiny_disk
 
 pytestmark = pytest.mark.integration
@@ -48,14 +48,7 @@ def test_a_full_spool_answers_503_and_loses_no_acknowledged_decision(pg_url: str
         seen["metrics"] = httpx2.get(base_url + "/metrics", timeout=10).text
 
     with tiny_disk(tmp_path, "16m") as disk:
-        env = {
-            **os.environ,
-            "GUARD_DATABASE_URL": url,
-            "GUARD_SPOOL_DIR": str(disk / "spool"),
-            "GUARD_OCR": "off",
-            "GUARD_SQL_TIMEOUT_S": "1",
-        }
-        env.pop("GUARD_REDIS_URL", None)
+        env = serve_env(url, disk / "spool", GUARD_SQL_TIMEOUT_S="1")
         env.pop("GUARD_SPOOL_ON_ERROR", None)  # the default
         filler: list[Path] = []
         try:

@@ -17,8 +17,8 @@ from guard.followups import (
     case_ref,
     template_problems,
 )
-from guard.issue_text import detect_locale
 from guard.issues import read_issue
+from guard.issues.text import detect_locale
 from guard.policies import TEMPLATE_KEYS
 
 MESSAGES = Messages()

@@ -15,6 +15,7 @@ import select
 import socket
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
@@ -468,12 +469,10 @@ def test_a_policy_whose_bands_tile_the_unit_interval_is_accepted(
 # --- a body over the limit, sent slowly -----------------------------------------------------------
 
 
-def test_a_slow_chunked_body_over_the_limit_is_refused_before_it_is_all_sent(sqlite_url: str) -> None:
-    migrate(sqlite_url)
-    limit = 16 * 1024
-    settings_ = Settings(database_url=sqlite_url, max_body_bytes=limit, body_timeout_s=20.0)
-    chunk = b"x" * 1024
-    total_chunks = 200  # 200 kB: far over the limit
+@contextmanager
+def _chunked_post(settings_: Settings) -> Iterator[socket.socket]:
+    """A guard served for real, and a raw connection to it that has sent the head of a chunked
+    ``POST /v1/guard`` (the test sends the body, at its own pace)."""
     with serve(create_app(settings_, scorer=FakeScorer())) as base_url:
         host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
         assert host is not None and port is not None
@@ -482,21 +481,31 @@ def test_a_slow_chunked_body_over_the_limit_is_refused_before_it_is_all_sent(sql
                 b"POST /v1/guard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Transfer-Encoding: chunked\r\n\r\n"
             )
-            sent = 0
-            answered = False
-            for _ in range(total_chunks):
-                try:
-                    s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-                except (BrokenPipeError, ConnectionResetError):
-                    answered = True
-                    break
-                sent += 1
-                time.sleep(0.01)
-                if select.select([s], [], [], 0)[0]:
-                    answered = True
-                    break
-            assert answered, "the server read the whole 200 kB body without answering"
-            answer = s.recv(65536).decode(errors="replace")
+            yield s
+
+
+def test_a_slow_chunked_body_over_the_limit_is_refused_before_it_is_all_sent(sqlite_url: str) -> None:
+    migrate(sqlite_url)
+    limit = 16 * 1024
+    settings_ = Settings(database_url=sqlite_url, max_body_bytes=limit, body_timeout_s=20.0)
+    chunk = b"x" * 1024
+    total_chunks = 200  # 200 kB: far over the limit
+    with _chunked_post(settings_) as s:
+        sent = 0
+        answered = False
+        for _ in range(total_chunks):
+            try:
+                s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except (BrokenPipeError, ConnectionResetError):
+                answered = True
+                break
+            sent += 1
+            time.sleep(0.01)
+            if select.select([s], [], [], 0)[0]:
+                answered = True
+                break
+        assert answered, "the server read the whole 200 kB body without answering"
+        answer = s.recv(65536).decode(errors="replace")
     assert sent * len(chunk) < limit + 8 * len(chunk), sent  # stopped soon after the limit
     assert answer.startswith("HTTP/1.1 413"), answer
     assert "body_too_large" in answer
@@ -505,25 +514,18 @@ def test_a_slow_chunked_body_over_the_limit_is_refused_before_it_is_all_sent(sql
 def test_a_slow_body_under_the_limit_times_out(tmp_path: Path, sqlite_url: str) -> None:
     migrate(sqlite_url)
     settings_ = Settings(database_url=sqlite_url, body_timeout_s=0.5)
-    with serve(create_app(settings_, scorer=FakeScorer())) as base_url:
-        host, port = urlsplit(base_url).hostname, urlsplit(base_url).port
-        assert host is not None and port is not None
-        with socket.create_connection((host, port), timeout=10) as s:
-            s.sendall(
-                b"POST /v1/guard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Transfer-Encoding: chunked\r\n\r\n"
-            )
-            started = time.monotonic()
-            answered = False
-            while time.monotonic() - started < 8:  # generous: no hang
-                try:
-                    s.sendall(b"1\r\n \r\n")
-                except (BrokenPipeError, ConnectionResetError):
-                    answered = True
-                    break
-                if select.select([s], [], [], 0.1)[0]:
-                    answered = True
-                    break
-            assert answered, "a trickling body held the connection for 8 s"
-            answer = s.recv(65536).decode(errors="replace")
+    with _chunked_post(settings_) as s:
+        started = time.monotonic()
+        answered = False
+        while time.monotonic() - started < 8:  # generous: no hang
+            try:
+                s.sendall(b"1\r\n \r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                answered = True
+                break
+            if select.select([s], [], [], 0.1)[0]:
+                answered = True
+                break
+        assert answered, "a trickling body held the connection for 8 s"
+        answer = s.recv(65536).decode(errors="replace")
     assert answer.startswith("HTTP/1.1 408") and "body_timeout" in answer, answer

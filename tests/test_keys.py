@@ -13,6 +13,7 @@ from sqlalchemy import select
 from starlette.testclient import TestClient
 
 from guard.app import create_app
+from guard.errors import ConfigError
 from guard.keys import create_key, hash_key, is_loopback_host
 from guard.settings import Settings
 from guard.store import Store, migrate
@@ -119,7 +120,7 @@ def test_a_guard_on_a_public_address_makes_a_key_on_first_start(
 def test_an_unknown_auth_mode_is_refused(sqlite_url: str) -> None:
     migrate(sqlite_url)
     app = create_app(Settings(database_url=sqlite_url, auth="none"), scorer=FakeScorer())
-    with pytest.raises(Exception, match="GUARD_AUTH"), TestClient(app):
+    with pytest.raises(ConfigError, match="GUARD_AUTH='none' is not one of auto, required"), TestClient(app):
         pass
 
 

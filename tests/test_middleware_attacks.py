@@ -11,7 +11,6 @@ from typing import Any
 
 import httpx2
 import pytest
-from openai import OpenAI
 from starlette.applications import Starlette
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
@@ -24,6 +23,7 @@ from starlette.websockets import WebSocket
 from guard.middleware import GuardMiddleware, LocalGuard
 from guard.settings import Settings
 from guard.store import migrate
+from tests.apptools import SSE_DONE, openai_client, sse_data
 from tests.fakes import FakeScorer
 from tests.serving import serve
 
@@ -53,16 +53,15 @@ async def completions(request: Request) -> Response:
     await request.json()
     base = {"id": "c-1", "object": "chat.completion.chunk", "created": 1700000000, "model": "m"}
 
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-        doc = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-        return "data: " + json.dumps(doc) + "\n\n"
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return sse_data({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
-    async def events() -> AsyncIterator[str]:
+    async def events() -> AsyncIterator[bytes]:
         yield chunk({"role": "assistant", "content": ""})
         for word in HELD.split(" "):
             yield chunk({"content": word + " "})
         yield chunk({}, "stop")
-        yield "data: [DONE]\n\n"
+        yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -187,7 +186,7 @@ def test_the_openai_sdk_reads_a_guarded_stream(sqlite_url: str) -> None:
         stream_reply="choices[0].delta.content",
     )
     with serve(mw) as base:
-        client = OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=15)
+        client = openai_client(base, "unused", timeout=15)
         stream = client.chat.completions.create(
             model="m", messages=[{"role": "user", "content": "My seam came open"}], stream=True
         )

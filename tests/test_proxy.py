@@ -14,23 +14,19 @@ from typing import Any
 import httpx2
 import openai
 import pytest
-from openai import OpenAI
 from sqlalchemy import select
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from guard.app import create_app
 from guard.errors import FetchError
 from guard.keys import create_key
 from guard.runtime import Runtime
-from guard.settings import Settings
 from guard.ssrf import HostAllowlist, ImageFetcher, literal_ip, public_address
-from guard.store import Store, migrate
+from guard.store import Store
 from guard.tables import Decision
-from tests.apptools import KeepsState, png_bytes
-from tests.fakes import FakeScorer
+from tests.apptools import SSE_DONE, openai_client, png_bytes, served_guard, sse_data
 from tests.serving import closed_port, serve
 
 _MARK = re.compile(r"\[score=[0-9.]+\]")
@@ -68,8 +64,10 @@ async def upstream_chat(request: Request) -> Response:
         return JSONResponse({"error": {"message": "no such model", "type": "invalid_request_error"}}, 400)
     if model == "malformed":
         return JSONResponse({"choices": "nope"}) if not body.get("stream") else PlainTextResponse("hi")
-    if model == "huge":
+    if model == "huge" and not body.get("stream"):
         return JSONResponse(_completion(model, "x" * 50_000))
+    if model == "huge":
+        content = " ".join(["x" * 100] * 500)  # 500 chunks, over 50 kB of stream
     if model == "slow":
         await asyncio.sleep(4)
     if not body.get("stream"):
@@ -79,8 +77,7 @@ async def upstream_chat(request: Request) -> Response:
         base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            doc = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-            return b"data: " + json.dumps(doc).encode() + b"\n\n"
+            return sse_data({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
 
         yield chunk({"role": "assistant", "content": ""})
         for i, word in enumerate(content.split(" ")):
@@ -90,36 +87,16 @@ async def upstream_chat(request: Request) -> Response:
         yield chunk({}, "stop")
         if (body.get("stream_options") or {}).get("include_usage"):
             usage = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
-            yield b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            yield sse_data({**base, "choices": [], "usage": usage})
+        yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    app = Starlette(routes=[Route("/v1/chat/completions", upstream_chat, methods=["POST"])])
-    with serve(app) as base:
-        yield base + "/v1"
-
-
-def _serve_guard(url: str, **overrides: Any) -> Any:
-    migrate(url)
-    settings = Settings(database_url=url, **overrides)
-    return create_app(settings, scorer=FakeScorer())
-
-
 @pytest.fixture
 def guard_pg(pg_url: str, redis_url: str, upstream: str) -> Iterator[tuple[str, Runtime]]:
-    app = KeepsState(
-        _serve_guard(pg_url, redis_url=redis_url, upstream_url=upstream, upstream_timeout_s=15.0)
-    )
-    with serve(app) as base:
-        yield base, app.runtime
-
-
-def _client(base: str, key: str = "sk-client") -> OpenAI:
-    return OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10)
+    with served_guard(pg_url, redis_url=redis_url, upstream_url=upstream, upstream_timeout_s=15.0) as served:
+        yield served
 
 
 def _ask(score: float, image: str | None = None, question: str = "My pocket seam came open") -> list[Any]:
@@ -138,7 +115,7 @@ DATA_URL = "data:image/png;base64," + base64.b64encode(png_bytes()).decode()
 @pytest.mark.integration
 def test_openai_sdk_all_four_actions_plain_and_streaming(guard_pg: tuple[str, Runtime], pg_url: str) -> None:
     base, _app = guard_pg
-    client = _client(base)
+    client = openai_client(base)
     seen: dict[str, str] = {}
     for score in (0.9, 0.55, 0.45, 0.2):
         raw = client.chat.completions.with_raw_response.create(
@@ -202,9 +179,9 @@ def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple
     key = create_key(app.store, "shop")
     app.keys._any = None
     with pytest.raises(openai.AuthenticationError):
-        _client(base, "sk-not-a-guard-key").chat.completions.create(model="m", messages=_ask(0.9))
+        openai_client(base, "sk-not-a-guard-key").chat.completions.create(model="m", messages=_ask(0.9))
     SEEN_AUTH.clear()
-    completion = _client(base, key).chat.completions.create(model="m", messages=_ask(0.9))
+    completion = openai_client(base, key).chat.completions.create(model="m", messages=_ask(0.9))
     assert (completion.model_extra or {})["guard"]["action"] == "send"
     assert SEEN_AUTH == [None]
     deadline = time.monotonic() + 10
@@ -222,6 +199,7 @@ def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple
         ("malformed", True, 502, "upstream_malformed"),
         ("broken-stream", True, 502, "upstream_malformed"),
         ("huge", False, 502, "upstream_too_large"),
+        ("huge", True, 502, "upstream_too_large"),
         ("slow", False, 504, "upstream_timeout"),
         ("bad-request", False, 400, None),
     ],
@@ -229,11 +207,12 @@ def test_the_guard_key_never_goes_upstream_and_binds_the_channel(guard_pg: tuple
 def test_upstream_failures_are_clear_json_errors(
     sqlite_url: str, upstream: str, model: str, stream: bool, status: int, code: str | None
 ) -> None:
-    app = _serve_guard(sqlite_url, upstream_url=upstream, upstream_timeout_s=1.5, upstream_max_bytes=20_000)
-    with serve(app) as base:
+    with served_guard(
+        sqlite_url, upstream_url=upstream, upstream_timeout_s=1.5, upstream_max_bytes=20_000
+    ) as (base, _):
         started = time.monotonic()
         with pytest.raises(openai.APIStatusError) as info:
-            _client(base).chat.completions.create(model=model, messages=_ask(0.9), stream=stream)
+            openai_client(base).chat.completions.create(model=model, messages=_ask(0.9), stream=stream)
         assert time.monotonic() - started < 5
     assert info.value.status_code == status
     body = info.value.body
@@ -245,12 +224,11 @@ def test_upstream_failures_are_clear_json_errors(
 
 
 def test_upstream_down_is_a_502_not_a_hang(sqlite_url: str) -> None:
-    app = _serve_guard(sqlite_url, upstream_url=f"http://127.0.0.1:{closed_port()}/v1")
-    with serve(app) as base:
+    with served_guard(sqlite_url, upstream_url=f"http://127.0.0.1:{closed_port()}/v1") as (base, _):
         for stream in (False, True):
             started = time.monotonic()
             with pytest.raises(openai.APIStatusError) as info:
-                _client(base).chat.completions.create(model="m", messages=_ask(0.9), stream=stream)
+                openai_client(base).chat.completions.create(model="m", messages=_ask(0.9), stream=stream)
             assert time.monotonic() - started < 5
             assert info.value.status_code == 502
             assert isinstance(info.value.body, dict) and info.value.body["code"] == "upstream_unavailable"
@@ -272,8 +250,7 @@ def test_upstream_down_is_a_502_not_a_hang(sqlite_url: str) -> None:
 def test_bad_requests_are_4xx_json(
     sqlite_url: str, upstream: str, body: bytes, status: int, code: str | None
 ) -> None:
-    app = _serve_guard(sqlite_url, upstream_url=upstream, max_body_bytes=2000)
-    with serve(app) as base:
+    with served_guard(sqlite_url, upstream_url=upstream, max_body_bytes=2000) as (base, _):
         resp = httpx2.post(
             base + "/v1/chat/completions", content=body, headers={"content-type": "application/json"}
         )
@@ -286,8 +263,10 @@ def test_bad_requests_are_4xx_json(
 def test_image_urls_outside_the_allowlist_or_on_private_addresses_are_refused(
     sqlite_url: str, upstream: str
 ) -> None:
-    app = _serve_guard(sqlite_url, upstream_url=upstream, image_fetch_allow_hosts="localhost,127.0.0.1")
-    with serve(app) as base:
+    with served_guard(sqlite_url, upstream_url=upstream, image_fetch_allow_hosts="localhost,127.0.0.1") as (
+        base,
+        _,
+    ):
         for url in (
             "http://cdn.example.com/seam.png",  # not allowed
             "http://localhost:1/seam.png",  # allowed, but resolves to loopback
@@ -296,7 +275,7 @@ def test_image_urls_outside_the_allowlist_or_on_private_addresses_are_refused(
             "http://[::ffff:127.0.0.1]/seam.png",
         ):
             with pytest.raises(openai.UnprocessableEntityError) as info:
-                _client(base).chat.completions.create(model="m", messages=_ask(0.9, url))
+                openai_client(base).chat.completions.create(model="m", messages=_ask(0.9, url))
             assert isinstance(info.value.body, dict) and info.value.body["code"] == "image_url_not_allowed", (
                 url
             )

@@ -4,7 +4,6 @@ must never see text the guard did not decide on."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,19 +13,12 @@ import httpx2
 import openai
 import pytest
 from openai import OpenAI
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
-from guard.app import create_app
 from guard.keys import create_key
 from guard.runtime import Runtime
-from guard.settings import Settings
-from guard.store import migrate
-from tests.apptools import KeepsState
-from tests.fakes import FakeScorer
-from tests.serving import serve
+from tests.apptools import SSE_DONE, openai_client, served_guard, sse_data
 
 HELD = "Buy our premium plan today and get a free mug [score=0.1]"
 """A draft the guard holds back (escalate): the customer must never see it."""
@@ -101,31 +93,16 @@ async def upstream_chat(request: Request) -> Response:
 
     async def events() -> AsyncIterator[bytes]:
         for choices in _stream_chunks(messages):
-            doc = {**base, "object": "chat.completion.chunk", "choices": choices}
-            yield b"data: " + json.dumps(doc).encode() + b"\n\n"
-        yield b"data: [DONE]\n\n"
+            yield sse_data({**base, "object": "chat.completion.chunk", "choices": choices})
+        yield SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[str]:
-    app = Starlette(routes=[Route("/v1/chat/completions", upstream_chat, methods=["POST"])])
-    with serve(app) as base:
-        yield base + "/v1"
-
-
 @pytest.fixture
 def guard(sqlite_url: str, upstream: str) -> Iterator[tuple[str, Runtime]]:
-    migrate(sqlite_url)
-    settings = Settings(database_url=sqlite_url, upstream_url=upstream, upstream_timeout_s=10.0)
-    app = KeepsState(create_app(settings, scorer=FakeScorer()))
-    with serve(app) as base:
-        yield base, app.runtime
-
-
-def _client(base: str, key: str = "sk-client") -> OpenAI:
-    return OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=10)
+    with served_guard(sqlite_url, upstream_url=upstream, upstream_timeout_s=10.0) as served:
+        yield served
 
 
 QUESTION = [{"role": "user", "content": "The pocket seam on my new jeans came open"}]
@@ -146,7 +123,7 @@ def _stream(client: OpenAI, model: str) -> tuple[dict[str, str], str, list[Any]]
 
 
 def test_the_held_draft_never_leaves_the_proxy(guard: tuple[str, Runtime]) -> None:
-    client = _client(guard[0])
+    client = openai_client(guard[0])
     headers, text, completion = _plain(client, "held")
     assert headers["x-guard-action"] == "escalate"
     assert "premium plan" not in text, "the held draft is not in the plain response"
@@ -165,7 +142,7 @@ def _visible(texts: list[str | None]) -> str:
 def test_no_visible_text_passes_unguarded_in_any_shape(guard: tuple[str, Runtime], model: str) -> None:
     """Refusals, text beside tool calls, every choice, text parts: the held draft never reaches the
     customer, the answer is never ``unguarded``, and tool calls still come through."""
-    client = _client(guard[0])
+    client = openai_client(guard[0])
     headers, text, completion = _plain(client, model)
     assert headers["x-guard-action"] != "unguarded", "an answer with visible text is guarded"
     assert "premium plan" not in text, "the held draft is not in the plain response"
@@ -194,7 +171,7 @@ def test_no_visible_text_passes_unguarded_in_any_shape(guard: tuple[str, Runtime
 
 
 def test_an_answer_with_only_tool_calls_is_marked_unguarded(guard: tuple[str, Runtime]) -> None:
-    client = _client(guard[0])
+    client = openai_client(guard[0])
     headers, _text, completion = _plain(client, "tool-call-only")
     assert headers["x-guard-action"] == "unguarded" and headers["x-guard-reason"] == "no_text_to_guard"
     assert completion.choices[0].message.tool_calls
@@ -217,7 +194,7 @@ def test_a_key_stays_in_its_channel_on_every_route(guard: tuple[str, Runtime]) -
     base, rt = guard
     shop, other = create_key(rt.store, "shop"), create_key(rt.store, "other")
     rt.keys._any = None  # the keys exist now: forget the "no key yet" answer
-    client = _client(base, shop)
+    client = openai_client(base, shop)
 
     with pytest.raises(openai.PermissionDeniedError) as info:
         client.chat.completions.create(model="held", messages=QUESTION, extra_body={"channel": "other"})

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guard.records import Candidate, DecisionRecord, DecisionRow
+from guard.records import Candidate, DecisionRecord
 from guard.spool import decode_record, encode_record
 from guard.store import Store, migrate
 from guard.tables import Decision
+from tests.fakes import decision_row
 
 # A line exactly as the spool wrote it while the record was a dict keyed by column names.
 OLD_LINE = (
@@ -30,7 +31,7 @@ OLD_LINE = (
 
 
 def test_the_rows_columns_are_the_decisions_tables() -> None:
-    assert set(_row().columns()) == {c.name for c in Decision.__table__.columns}
+    assert set(decision_row().columns()) == {c.name for c in Decision.__table__.columns}
 
 
 def test_a_spool_line_in_the_old_format_replays_into_the_store(sqlite_url: str) -> None:
@@ -94,7 +95,7 @@ def test_any_row_survives_the_spool_line_unchanged(
     micros: int,
     held: bool,
 ) -> None:
-    row = _row(
+    row = decision_row(
         draft=draft,
         question=question,
         final_reply=final,
@@ -105,41 +106,3 @@ def test_any_row_survives_the_spool_line_unchanged(
     )
     record = DecisionRecord(row, queue_item_id="q" * 32 if held else None)
     assert decode_record(encode_record(record)) == record
-
-
-def _row(**changes: object) -> DecisionRow:
-    values: dict[str, object] = {
-        "id": "a" * 32,
-        "created_at": datetime(2026, 1, 1, tzinfo=UTC),
-        "conversation_id": None,
-        "channel": "default",
-        "locale": "en",
-        "question": "q",
-        "image_sha256": None,
-        "draft": "r",
-        "candidates": None,
-        "score": 0.5,
-        "band": "[0.4,0.6)",
-        "action": "review",
-        "final_reply": None,
-        "follow_up": None,
-        "holding_message": "held",
-        "issue_phrase": None,
-        "issue_kind": None,
-        "uncertain": False,
-        "uncertain_reason": None,
-        "image_text": None,
-        "policy_channel": "default",
-        "policy_version": 1,
-        "scorer_name": "fake",
-        "scorer_version": "1",
-        "inputs_used": ("question", "reply"),
-        "instruction_used": False,
-        "cached": False,
-        "degraded": False,
-        "reason": None,
-        "latency_ms": 1.0,
-        "timings_ms": {"total": 1.0},
-    }
-    values.update(changes)
-    return DecisionRow(**values)  # type: ignore[arg-type]

@@ -23,11 +23,13 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from guard.app import load_scorer
-from guard.scoring.base import ScoreInput, ScorerError
+from guard.errors import ScorerError
+from guard.scoring.base import ScoreInput
 from guard.scoring.remote import RemoteConfig, RemoteScorer, image_data_url
 from guard.scoring.score_map import load_score_map
 from guard.settings import Settings
 from tests import vllm_protocol as vllm
+from tests.serving import closed_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 INFINITY = ROOT / ".venv-infinity" / "bin" / "infinity_emb"
@@ -417,9 +419,7 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
             pytest.fail(message)
         pytest.skip(message)
     model_dir = build_cross_encoder(tmp_path_factory.mktemp("infinity") / "tiny-ce")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = closed_port()
     log = (model_dir.parent / "infinity.log").open("wb")
     env = {**os.environ, "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [str(INFINITY), "v2", "--model-id", str(model_dir), "--served-model-name", "tiny-ce",
@@ -443,12 +443,7 @@ def infinity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
             time.sleep(0.5)
         yield base, model_dir
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc, wait_s=15)
         log.close()
 
 

@@ -18,7 +18,8 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from guard.app import create_app, load_scorer
-from guard.scoring.base import ScoreInput, ScorerError
+from guard.errors import ScorerError
+from guard.scoring.base import ScoreInput
 from guard.scoring.reranker import SYSTEM_PROMPT, RerankerConfig, RerankerScorer
 from guard.settings import Settings
 from tests import vllm_protocol as vllm

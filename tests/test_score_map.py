@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from guard.scoring.base import ScorerError
+from guard.errors import ScorerError
 from guard.scoring.score_map import fit_logistic, load_score_map, parse_score_map, score_map_json
 
 

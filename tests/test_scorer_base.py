@@ -1,4 +1,4 @@
-"""What the model backends share (guard/scoring/base.py): inputs, text limit, errors."""
+"""What the model backends share (guard/scoring/base.py): inputs, text limit, errors, close()."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from guard.scoring.base import MAX_TEXT_CHARS, ModelScorer, ScoreInput, ScorerError, cap_pixels
+from guard.errors import ScorerError
+from guard.scoring.base import MAX_TEXT_CHARS, ModelScorer, ScoreInput, cap_pixels
+from tests.apptools import guard_client
+from tests.fakes import FakeScorer
 
 PHOTO = Image.new("RGB", (4, 4))
 
@@ -90,3 +93,11 @@ def test_cap_pixels_shrinks_to_the_cap_and_never_enlarges(w: int, h: int, cap: i
         assert out is img
     else:
         assert out.width * out.height <= cap or min(out.size) == 1
+
+
+def test_the_runtime_closes_its_scorer_once_at_shutdown(sqlite_url: str) -> None:
+    scorer = FakeScorer()
+    with guard_client(sqlite_url, scorer=scorer) as client:
+        assert client.post("/v1/guard", json={"question": "q", "reply": "r"}).status_code == 200
+        assert not scorer.closed
+    assert scorer.closed

@@ -19,10 +19,10 @@ from typing import Any, ParamSpec
 import pytest
 
 from guard.decision_log import DecisionLog, SpoolUnavailable
-from guard.records import DecisionRecord, DecisionRow
+from guard.records import Candidate, DecisionRecord
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
 from guard.store import Store, migrate
-from tests.test_store import decision
+from tests.fakes import decision_row
 
 ROOT = Path(__file__).resolve().parents[1]
 P = ParamSpec("P")
@@ -40,21 +40,20 @@ def sync(fn: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
 
 def record(i: int, *, image: bool = False, text: str = "口袋开线怎么办？") -> DecisionRecord:
     return DecisionRecord(
-        row=DecisionRow.from_columns(
-            decision(f"{i:032x}", "review" if image else "follow_up")
-            | {
-                "created_at": datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
-                "conversation_id": f"c-{i}",
-                "locale": "zh",
-                "question": text,
-                "image_sha256": "ab" * 32 if image else None,
-                "reply": "<script>alert(1)</script>'; DROP TABLE decisions; --",
-                "candidates": [{"reply": "a", "score": 0.5}],
-                "score": 0.55,
-                "band": "[0.5,0.6)",
-                "follow_up": "\u202eRTL\u200b",
-                "holding_message": None,
-            }
+        row=decision_row(
+            f"{i:032x}",
+            "review" if image else "follow_up",
+            created_at=datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC),
+            conversation_id=f"c-{i}",
+            locale="zh",
+            question=text,
+            image_sha256="ab" * 32 if image else None,
+            draft="<script>alert(1)</script>'; DROP TABLE decisions; --",
+            candidates=(Candidate("a", 0.5),),
+            score=0.55,
+            band="[0.5,0.6)",
+            follow_up="\u202eRTL\u200b",
+            holding_message=None,
         ),
         queue_item_id=f"{i:031x}q" if image else None,
         image=("ab" * 32, "image/png", 3, 2, b"\x89PNG\x00\xff") if image else None,
@@ -82,6 +81,15 @@ class FlakyStore:
                     self.inserts += 1
 
 
+def log_over_a_dead_store(spool_dir: Path, url: str = "sqlite:///x.db") -> tuple[FlakyStore, DecisionLog]:
+    """A started decision log whose store is down: it spools, retrying SQL every 0.05 s at most."""
+    store = FlakyStore()
+    store.down = True
+    log = DecisionLog(store, spool=Spool(spool_dir, url), max_retry_delay_s=0.05)  # type: ignore[arg-type]
+    log.start()
+    return store, log
+
+
 def segments(spool_dir: Path) -> list[Path]:
     return sorted(spool_dir.rglob("*.jsonl"))
 
@@ -101,10 +109,7 @@ def test_the_spool_key_ignores_the_password_but_not_the_database() -> None:
 
 @sync
 async def test_put_returns_only_after_the_decision_is_in_the_spool(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    log = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///x.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    log.start()
+    store, log = log_over_a_dead_store(tmp_path)
     await log.put(record(1))
     on_disk = [r for seg in segments(tmp_path) for r in read_segment(seg)[0]]
     assert [r.row.id for r in on_disk] == [record(1).row.id]
@@ -155,10 +160,7 @@ async def test_database_down_then_back_nothing_lost_nothing_doubled(tmp_path: Pa
 
 @sync
 async def test_decisions_not_in_sql_at_shutdown_stay_for_the_next_start(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    log = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///x.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    log.start()
+    store, log = log_over_a_dead_store(tmp_path)
     for i in range(10):
         await log.put(record(i))
     await log.stop(timeout_s=0.3)
@@ -176,10 +178,7 @@ async def test_decisions_not_in_sql_at_shutdown_stay_for_the_next_start(tmp_path
 
 @sync
 async def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    first = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///x.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    first.start()
+    store, first = log_over_a_dead_store(tmp_path)
     await first.put(record(1))
     other = FlakyStore()
     second = DecisionLog(other, spool=Spool(tmp_path, "sqlite:///x.db"))  # type: ignore[arg-type]
@@ -195,10 +194,7 @@ async def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
 
 @sync
 async def test_another_databases_spool_is_left_alone(tmp_path: Path) -> None:
-    store = FlakyStore()
-    store.down = True
-    log = DecisionLog(store, spool=Spool(tmp_path, "sqlite:///a.db"), max_retry_delay_s=0.05)  # type: ignore[arg-type]
-    log.start()
+    _store, log = log_over_a_dead_store(tmp_path, "sqlite:///a.db")
     await log.put(record(1))
     await log.stop(timeout_s=0.2)
     other = FlakyStore()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 from sqlalchemy import inspect
 
 from guard.policies import Band, Policy, default_policy
-from guard.records import DecisionRecord, DecisionRow
-from guard.store import Store, downgrade, migrate
-from guard.tables import utcnow
+from guard.records import DecisionRecord
+from guard.store import Store, bounded, downgrade, migrate
+from tests.fakes import decision_row
 
 TABLES = {"decisions", "queue_items", "policy_versions", "images", "alembic_version"}
 
@@ -18,41 +21,6 @@ def db_url(request: pytest.FixtureRequest) -> str:
     name = "sqlite_url" if request.param == "sqlite" else "pg_url"
     url: str = request.getfixturevalue(name)
     return url
-
-
-def decision(decision_id: str, action: str = "escalate") -> dict[str, object]:
-    return {
-        "id": decision_id,
-        "created_at": utcnow(),
-        "conversation_id": "c-1",
-        "channel": "default",
-        "locale": "en",
-        "question": "q <script>alert(1)</script>'; DROP TABLE decisions; --",
-        "image_sha256": None,
-        "reply": "r",
-        "candidates": None,
-        "score": 0.1,
-        "band": "[0.0,0.4)",
-        "action": action,
-        "final_reply": None,
-        "follow_up": None,
-        "holding_message": "held",
-        "issue_phrase": None,
-        "issue_kind": None,
-        "uncertain": False,
-        "uncertain_reason": None,
-        "policy_channel": "default",
-        "policy_version": 1,
-        "scorer_name": "fake",
-        "scorer_version": "1",
-        "inputs_used": ["question", "reply"],
-        "instruction_used": False,
-        "cached": False,
-        "degraded": False,
-        "reason": None,
-        "latency_ms": 1.5,
-        "timings_ms": {"total": 1.5},
-    }
 
 
 def test_upgrade_downgrade_round_trip(db_url: str) -> None:
@@ -75,11 +43,11 @@ def test_record_is_idempotent_and_queues_held_decisions(db_url: str) -> None:
     store = Store.open(db_url)
     records = [
         DecisionRecord(
-            DecisionRow.from_columns(decision("d1", "escalate")),
+            decision_row("d1", "escalate"),
             queue_item_id="q1",
             image=("a" * 64, "image/png", 1, 1, b"png"),
         ),
-        DecisionRecord(DecisionRow.from_columns(decision("d2", "send"))),
+        DecisionRecord(decision_row("d2", "send")),
     ]
     store.record(records)
     store.record(records)  # a retried batch adds nothing twice
@@ -103,3 +71,28 @@ def test_policy_versions_per_channel(db_url: str) -> None:
     assert [(v.version, v.author) for v in store.policy_versions("vip")] == [(1, "alice"), (2, "bob")]
     assert store.active_policy("nobody") is None
     store.close()
+
+
+def test_bounded_times_out_and_never_swallows_a_cancel() -> None:
+    """A SQL call past its deadline is a TimeoutError; a task cancelled while it waits ends
+    cancelled, even when the cancel lands as the thread returns (asyncio.wait_for on Python 3.11
+    returned the result instead, and a stopping background loop then ran on)."""
+
+    async def main() -> None:
+        release = threading.Event()
+        with pytest.raises(TimeoutError):
+            await bounded(0.05, release.wait, 5.0)
+        release.set()
+        for steps in range(4):
+            for _ in range(50):
+                returned = threading.Event()
+                task = asyncio.create_task(bounded(5.0, returned.set))
+                while not returned.is_set():  # noqa: ASYNC110 (a thread's event, one loop step at a time)
+                    await asyncio.sleep(0)
+                for _ in range(steps):  # land the cancel a few loop steps after the thread returned
+                    await asyncio.sleep(0)
+                if task.cancel():  # still waiting: it must end cancelled
+                    with pytest.raises(asyncio.CancelledError):
+                        await task
+
+    asyncio.run(main())

@@ -19,7 +19,7 @@ from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
 from guard.admin.queries import AdminQueries
 from guard.followups import Messages
-from guard.issue_text import detect_locale
+from guard.issues.text import detect_locale
 from guard.policies import ACTIONS, UNCERTAIN_ACTIONS, Policy, default_policy
 from guard.runtime import Runtime
 
@@ -153,6 +153,19 @@ class Pages:
     async def db(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         return await asyncio.to_thread(fn, *args, **kwargs)
 
+    def page(self, request: Request, name: str, user: CurrentUser | None, **context: Any) -> str:
+        """The HTML of the template ``name`` with what every page gets: the signed-in user and the
+        CSRF token its forms carry, the path, and the notice the query names."""
+        key = request.query_params.get("notice", "")
+        return self.env.get_template(name).render(
+            user=user,
+            csrf=user.csrf if user is not None else None,
+            request_path=request.url.path,
+            notice=NOTICES.get(key),
+            notice_problem=key in PROBLEM_NOTICES,
+            **context,
+        )
+
     def render(
         self,
         request: Request,
@@ -161,15 +174,7 @@ class Pages:
         status: int = 200,
         **context: Any,
     ) -> HTMLResponse:
-        key = request.query_params.get("notice", "")
-        html = self.env.get_template(name).render(
-            user=user,
-            request_path=request.url.path,
-            notice=NOTICES.get(key),
-            notice_problem=key in PROBLEM_NOTICES,
-            **context,
-        )
-        return HTMLResponse(html, status_code=status)
+        return HTMLResponse(self.page(request, name, user, **context), status_code=status)
 
     def error(self, request: Request, user: CurrentUser | None, status: int, message: str) -> HTMLResponse:
         return self.render(request, "error.html", user, status, code=status, message=message)

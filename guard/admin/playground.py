@@ -596,14 +596,11 @@ class Playground:
             "editor_fields": editor_fields(in_use, form.instruction) if ctx.user.may("policies") else [],
             "scorer_name": scorer_name,
             "image_text_labels": IMAGE_TEXT_LABELS,
-            "csrf": ctx.user.csrf,
         }
 
     async def _html(self, ctx: Ctx, form: TrialForm, result: Result | None) -> str:
         context = await self._context(ctx, form, result)
-        return self.admin.env.get_template("playground.html").render(
-            user=ctx.user, request_path=ctx.request.url.path, notice=None, **context
-        )
+        return self.admin.page(ctx.request, "playground.html", ctx.user, **context)
 
     async def _show(self, ctx: Ctx, form: TrialForm, result: Result | None, status: int) -> Response:
         html = await self._html(ctx, form, result)

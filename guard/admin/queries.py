@@ -45,6 +45,7 @@ from guard.admin.records import (
 from guard.calibration import reweight
 from guard.database import Database
 from guard.policies import Policy, parse_policy, policy_document
+from guard.store import add_policy_version
 from guard.stored import QUEUE_ITEM_TIMES, QueueItemRow, aware, decision_row, from_orm
 from guard.tables import (
     AdminSession,
@@ -616,40 +617,23 @@ class AdminQueries(Database):
         ``note``: the publisher's change note; ``summary``: what the preview said; ``rollback_of``:
         the version a rollback went back to."""
         with self.session() as s:
-            current = s.scalar(
-                select(PolicyVersion)
-                .where(PolicyVersion.channel == policy.channel)
-                .order_by(PolicyVersion.version.desc())
-                .limit(1)
+            published, previous = add_policy_version(
+                s, policy, actor, note=note, rollback_of=rollback_of, preview_summary=summary
             )
-            version = (current.version if current else 0) + 1
-            document = policy_document(policy)
-            s.add(
-                PolicyVersion(
-                    channel=policy.channel,
-                    version=version,
-                    document=document,
-                    author=actor,
-                    created_at=utcnow(),
-                    note=note,
-                    rollback_of=rollback_of,
-                    preview_summary=summary,
-                )
-            )
-            after: dict[str, Any] = {"version": version, **document}
+            after: dict[str, Any] = {"version": published.version, **policy_document(policy)}
             if rollback_of is not None:
                 after["rollback_of"] = rollback_of
             _audit(
                 s,
                 actor,
                 action,
-                f"policy {policy.channel} v{version}",
-                None if current is None else {"version": current.version, **current.document},
+                f"policy {policy.channel} v{published.version}",
+                None if previous is None else {"version": previous.version, **previous.document},
                 after,
                 note=note,
                 channel=policy.channel,
             )
-        return parse_policy(document, channel=policy.channel, version=version)
+        return published
 
     # Accounts
 

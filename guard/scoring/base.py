@@ -3,11 +3,12 @@
 A scorer is blocking, CPU-bound code: the pipeline calls ``score_batch`` in a worker
 thread, never on the event loop. Scorers know nothing of HTTP, SQL or caches.
 
-:class:`ModelScorer` holds what the model backends (``reranker``, ``clip``, ``remote``) have in
-common: which inputs an item offers and which of them the backend reads (``inputs_used`` says
+:class:`ModelScorer` holds what the backends (``bundled``, ``reranker``, ``clip``, ``remote``) have
+in common: which inputs an item offers and which of them the backend reads (``inputs_used`` says
 exactly what went into the score), how the question and the text read from the photo are joined,
 one text limit, the error contract of ``score_batch`` and ``close()``. A backend adds only its
-model-specific steps: ``name``, ``version`` and ``scores``.
+model-specific steps: ``name``, ``version`` and ``scores`` (the bundled scorer also overrides
+``score_batch``, to say when it cannot judge a case).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from guard.errors import ScorerError as ScorerError  # its home is the error tree; re-exported here
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -28,10 +31,6 @@ DEFAULT_INSTRUCTION = (
 MAX_TEXT_CHARS = 2000
 """The most characters of a question, of the text read from a photo and of a reply that a model
 backend reads; longer ones are cut (bounds latency and memory)."""
-
-
-class ScorerError(Exception):
-    """The scorer could not produce a score (model missing, bad calibration, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +73,11 @@ class Scorer(Protocol):
         """Score each item; blocking. Raises ScorerError when the model cannot score."""
         ...
 
+    def close(self) -> None:
+        """Release what the scorer holds (connections, model memory); blocking. The runtime that
+        opened the scorer calls it once, at shutdown, after the last ``score_batch``."""
+        ...
+
 
 def cut(text: str | None) -> str:
     """``text`` stripped and cut to MAX_TEXT_CHARS ("" for None)."""
@@ -111,7 +115,7 @@ class ModelScorer(ABC):
     def query_text(self, item: ScoreInput) -> str:
         """The question, then the text read from the photo when the backend reads it; each cut."""
         if self.uses_image_text(item):
-            return f"{cut(item.question)}\n{cut(item.image_text)}".strip()
+            return "\n".join(t for t in (cut(item.question), cut(item.image_text)) if t)
         return cut(item.question)
 
     @staticmethod

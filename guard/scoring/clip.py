@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from guard.scoring.base import ModelScorer, ScoreInput, ScorerError, pick_device, resolve_checkpoint
+from guard.errors import ScorerError
+from guard.scoring.base import ModelScorer, ScoreInput, pick_device, resolve_checkpoint
 from guard.scoring.score_map import ScoreMap, load_score_map
 
 if TYPE_CHECKING:

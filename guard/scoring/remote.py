@@ -41,7 +41,8 @@ from urllib.parse import urlsplit
 
 import httpx2
 
-from guard.scoring.base import ModelScorer, ScoreInput, ScorerError, cap_pixels
+from guard.errors import ScorerError
+from guard.scoring.base import ModelScorer, ScoreInput, cap_pixels
 from guard.scoring.score_map import ScoreMap, load_score_map, logit
 
 if TYPE_CHECKING:

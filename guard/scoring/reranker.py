@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from guard.errors import ScorerError
 from guard.scoring.base import (
     ModelScorer,
     ScoreInput,
-    ScorerError,
     cap_pixels,
     pick_device,
     resolve_checkpoint,

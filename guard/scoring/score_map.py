@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guard.scoring.base import ScorerError
+from guard.errors import ScorerError
 
 FORMAT = "guard-score-map-1"
 CALIBRATION_DIR = Path(__file__).with_name("calibration")

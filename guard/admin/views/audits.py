@@ -47,7 +47,6 @@ class AuditViews(Pages):
             sample=sample,
             next_id=next_id,
             message=message,
-            csrf=ctx.user.csrf,
         )
 
     async def mark(self, ctx: Ctx) -> Response:

@@ -73,7 +73,6 @@ class CalibrationViews(Pages):
             windows=list(traffic.WINDOWS),
             message=message,
             fit_message=ctx.request.query_params.get("fit") or None,
-            csrf=ctx.user.csrf,
             describe=_describe,
         )
 

@@ -198,7 +198,6 @@ class CaseViews(AuditViews):
             wait=self._wait_state(case, waited),
             promise=settings.response_time(locale),
             message=message,
-            csrf=ctx.user.csrf,
             primary="take_over" if case.item.kind == "escalate" else "approve",
             photo_text_skipped=skipped,
             neighbours=neighbours,

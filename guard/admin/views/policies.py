@@ -82,7 +82,7 @@ class PolicyViews(Pages):
         for channel in channels:
             history = await self.db(self.rt.store.policy_versions, channel, newest_first=True)
             rows.append({"channel": channel, "latest": history[0] if history else None})
-        return self.render(ctx.request, "policies.html", ctx.user, rows=rows, csrf=ctx.user.csrf)
+        return self.render(ctx.request, "policies.html", ctx.user, rows=rows)
 
     async def policy(self, ctx: Ctx) -> Response:
         channel = ctx.request.path_params["channel"]
@@ -193,7 +193,6 @@ class PolicyViews(Pages):
             template_keys=TEMPLATE_KEYS,
             template_labels=TEMPLATE_LABELS,
             field_name=field_name,
-            csrf=ctx.user.csrf,
             windows=list(traffic.WINDOWS),
             audit_defaults=DEFAULT_AUDIT_SAMPLE,
         )

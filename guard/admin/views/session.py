@@ -67,20 +67,10 @@ class SessionViews(Pages):
         user = await self.db(queries.user_by_name, username)
         ok = await self.db(auth.verify_password, user.password_hash if user else None, password)
         if not ok or user is None or not user.active:
-            await self.db(
-                queries.login_failed,
-                [keys[0]],
-                limit=auth.USER_FAILURE_LIMIT,
-                window_s=auth.FAILURE_WINDOW_S,
-                lock_s=auth.LOCK_S,
-            )
-            await self.db(
-                queries.login_failed,
-                [keys[1]],
-                limit=auth.IP_FAILURE_LIMIT,
-                window_s=auth.FAILURE_WINDOW_S,
-                lock_s=auth.LOCK_S,
-            )
+            limits = {keys[0]: auth.USER_FAILURE_LIMIT, keys[1]: auth.IP_FAILURE_LIMIT}
+            window_s, lock_s = auth.FAILURE_WINDOW_S, auth.LOCK_S
+            for key, limit in limits.items():
+                await self.db(queries.login_failed, [key], limit=limit, window_s=window_s, lock_s=lock_s)
             return self._login_form(request, "Wrong username or password.", 401)
         await self.db(queries.login_succeeded, [keys[0]])
         token, csrf = auth.new_token(), auth.new_token()

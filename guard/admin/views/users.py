@@ -43,7 +43,6 @@ class UserViews(Pages):
             users=users,
             roles=USER_ROLES,
             message=message,
-            csrf=ctx.user.csrf,
         )
 
     async def user_update(self, ctx: Ctx) -> Response:

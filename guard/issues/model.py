@@ -1,8 +1,8 @@
 """The fitted issue-kind model: a multinomial logistic regression over sparse text features.
 
-Features are the issue cues found (guard.issue_lexicon), character bigrams/trigrams of Chinese
+Features are the issue cues found (guard.issues.lexicon), character bigrams/trigrams of Chinese
 text and word unigrams/bigrams of English text, question and photo text apart. Weights live in
-``guard/issue_model.json`` (refit it with ``python -m guard.issue_eval fit``); fitting is plain
+``guard/issues/model.json`` (refit it with ``python -m guard.issues.eval fit``); fitting is plain
 full-batch gradient descent from zero, so the same cases always give the same file.
 """
 
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from guard.issue_lexicon import KINDS, POINTERS, cue_matches
+from guard.issues.lexicon import KINDS, POINTERS, cue_matches
 
-MODEL_PATH = Path(__file__).resolve().parent / "issue_model.json"
+MODEL_PATH = Path(__file__).resolve().parent / "model.json"
 MODEL_FORMAT = 1
 
 _WORD = re.compile(r"[a-z0-9$¥￥]+(?:['.][a-z0-9]+)*")
@@ -205,5 +205,5 @@ def parse_model(doc: object) -> IssueModel:
 
 @lru_cache(maxsize=1)
 def bundled_model() -> IssueModel:
-    """The model shipped in guard/issue_model.json."""
+    """The model shipped in guard/issues/model.json."""
     return parse_model(json.loads(MODEL_PATH.read_text(encoding="utf-8")))

@@ -7,9 +7,9 @@ reports per language: kind accuracy, whether a problem was stated, phrase covera
 questions that state one, the rate of phrases given under a wrong kind, and the overlap of
 the phrases with the labels (character F1 for Chinese, word F1 for English).
 
-    python -m guard.issue_eval read-photos CASES.jsonl --image-texts TEXTS.json   # OCR, once
-    python -m guard.issue_eval eval CASES.jsonl [--image-texts TEXTS.json]
-    python -m guard.issue_eval fit CASES.jsonl [--image-texts TEXTS.json] [--out guard/issue_model.json]
+    python -m guard.issues.eval read-photos CASES.jsonl --image-texts TEXTS.json   # OCR, once
+    python -m guard.issues.eval eval CASES.jsonl [--image-texts TEXTS.json]
+    python -m guard.issues.eval fit CASES.jsonl [--image-texts TEXTS.json] [--out guard/issues/model.json]
 
 ``TEXTS.json`` maps a case's ``image`` (as written in the cases file) to the text read from it;
 ``read-photos`` writes it for the screenshots (``scr_*``) with the guard's OCR reader. The bundled
@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guard.issue_lexicon import KINDS
-from guard.issue_model import MODEL_PATH, Example, IssueModel, features, fit
-from guard.issue_text import detect_locale, plain_text
 from guard.issues import IssueReading, read_issue
+from guard.issues.lexicon import KINDS
+from guard.issues.model import MODEL_PATH, Example, IssueModel, features, fit
+from guard.issues.text import detect_locale, plain_text
 
 FOLDS = 5
 
@@ -160,7 +160,7 @@ def example(case: IssueCase, image_texts: Mapping[Any, str]) -> Example:
 
 
 def fit_model(cases: Sequence[IssueCase], image_texts: Mapping[Any, str] | None = None) -> IssueModel:
-    """The issue model fitted on every case (what guard/issue_model.json holds)."""
+    """The issue model fitted on every case (what guard/issues/model.json holds)."""
     return fit([example(c, image_texts or {}) for c in cases])
 
 
@@ -307,7 +307,7 @@ def read_photos(cases: Sequence[IssueCase], folder: Path) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m guard.issue_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m guard.issues.eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("command", choices=("eval", "fit", "read-photos"))
     parser.add_argument("cases", type=Path)
     parser.add_argument("--image-texts", type=Path, help="JSON: image path (as in the cases) -> text read")

@@ -1,7 +1,7 @@
 """Understanding the customer's issue: its kind, and a short phrase naming it the way a person would.
 
 :func:`read_issue` reads the question and the text read from the photo (both cleaned of markup
-first). The kind comes from the fitted model (guard.issue_model); the phrase is built from the
+first). The kind comes from the fitted model (guard.issues.model); the phrase is built from the
 customer's own words around the cue of that kind ("右边口袋开线", "bleach spot on your navy
 hoodie"). A phrase that names the wrong issue is worse than none, so there is no phrase when
 the model is unsure or the words of the predicted kind are not there. ``stated`` is False when
@@ -15,10 +15,10 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from guard.issue_lexicon import KINDS, POINTERS, cue_matches
-from guard.issue_model import IssueModel, bundled_model, features
-from guard.issue_phrases import en_phrase, zh_phrase
-from guard.issue_text import detect_locale, plain_text
+from guard.issues.lexicon import KINDS, POINTERS, cue_matches
+from guard.issues.model import IssueModel, bundled_model, features
+from guard.issues.phrases import en_phrase, zh_phrase
+from guard.issues.text import detect_locale, plain_text
 
 OTHER = "other"
 MIN_KIND_CONFIDENCE = 0.2
@@ -34,7 +34,7 @@ MAX_IMAGE_TEXT_CHARS = 1500
 @dataclass(frozen=True, slots=True)
 class IssueReading:
     kind: str
-    """One of guard.issue_lexicon.KINDS, or "other"."""
+    """One of guard.issues.lexicon.KINDS, or "other"."""
     phrase: str | None
     """A short phrase naming the problem in the customer's language, or None when unsure."""
     stated: bool

@@ -1,6 +1,6 @@
 """Words that state an after-sales problem, per issue kind and language.
 
-Each cue is a regular expression over plain text (see guard.issue_text), case ignored. A cue
+Each cue is a regular expression over plain text (see guard.issues.text), case ignored. A cue
 found in the question or in the photo's text is evidence for its kind (a feature of the fitted
 issue model) and marks where the customer names the problem (the phrase a follow-up quotes).
 """
