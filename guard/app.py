@@ -21,6 +21,7 @@ from starlette.routing import Route
 from guard import api
 from guard.admin.routes import Admin, admin_mount
 from guard.key_middleware import AuthMiddleware
+from guard.metrics import CONTENT_TYPE
 from guard.responses import EXCEPTION_HANDLERS
 from guard.runtime import OutcomeHook, Runtime, load_scorer, runtime
 from guard.scoring.base import Scorer
@@ -71,7 +72,7 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return PlainTextResponse(runtime(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(runtime(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def chat_completions(request: Request) -> Response:

@@ -201,7 +201,7 @@ class Handoff:
         try:
             self._cases.put_nowait(record)
         except asyncio.QueueFull:
-            self._metrics.inc("guard_webhook_dropped_total")
+            self._metrics.webhook_dropped.inc()
             log.error(
                 "handoff: %d cases waiting; the webhook of %s is dropped",
                 self._cases.qsize(),
@@ -297,7 +297,7 @@ class Handoff:
         else:
             backoff = min(s.webhook_backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
             state, retry_at = "pending", utcnow() + timedelta(seconds=backoff * random.uniform(0.8, 1.2))
-        self._metrics.inc("guard_webhook_attempts_total", result="ok" if error is None else "error")
+        self._metrics.webhook_attempts.labels(result="ok" if error is None else "error").inc()
         try:
             await asyncio.to_thread(
                 self._store.finish_attempt,

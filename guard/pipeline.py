@@ -354,10 +354,13 @@ class Pipeline:
             image_text_status=None if photo is None else photo.status,
             image_text=image_text,
         )
-        self.metrics.inc("guard_decisions_total", action=result.action)
+        m = self.metrics
+        m.decisions.labels(action=result.action, channel=policy.channel).inc()
         if result.degraded:
-            self.metrics.inc("guard_degraded_total", reason=result.reason or "unknown")
-        self.metrics.observe_ms("guard_decision_latency_ms", timings["total"])
+            m.degraded.labels(reason=result.reason or "unknown").inc()
+        elif result.score is not None:
+            m.score.labels(channel=policy.channel).observe(result.score)
+        m.decision_latency.observe(timings["total"] / 1000)
         if self.sink is not None:
             await self.sink.put(self._record(req, result))
         return result
@@ -387,8 +390,8 @@ class Pipeline:
             for reply in replies
         ]
         hits: list[CachedScore | None] = [await self.cache.get(k) for k in keys]
-        self.metrics.inc("guard_cache_hits_total", sum(h is not None for h in hits))
-        self.metrics.inc("guard_cache_misses_total", sum(h is None for h in hits))
+        self.metrics.cache_hits.inc(sum(h is not None for h in hits))
+        self.metrics.cache_misses.inc(sum(h is None for h in hits))
         misses = [i for i, h in enumerate(hits) if h is None]
         fresh: dict[int, CachedScore | None] = {}
         failed = False
@@ -409,10 +412,10 @@ class Pipeline:
             try:
                 results = await self.scoring.score(items)
             except Exception as exc:
-                self.metrics.inc("guard_scorer_errors_total", kind=type(exc).__name__)
+                self.metrics.scorer_errors.labels(kind=type(exc).__name__).inc()
                 log.warning("scorer failed: %r", exc)
                 results = [None for _ in misses]
-            self.metrics.observe_ms("guard_scorer_latency_ms", _ms(t))
+            self.metrics.scorer_latency.observe(time.perf_counter() - t)
             for i, res in zip(misses, results, strict=True):
                 fresh[i] = res
                 if res is None:
@@ -441,7 +444,7 @@ class Pipeline:
         if self.ocr is None:
             return PhotoText(None, "off")
         photo = await self.ocr.text(image)
-        self.metrics.inc("guard_ocr_total", status=photo.status)
+        self.metrics.ocr.labels(status=photo.status).inc()
         return photo
 
     def _record(self, req: CheckRequest, result: CheckResult) -> DecisionRecord:

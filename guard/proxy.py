@@ -324,6 +324,7 @@ class Proxy:
             if result is not None and len(results) > 1:
                 choice["guard"] = guard_summary(result)
         if not results:  # tool calls only: nothing the customer reads
+            self.guard.metrics.unguarded.labels(reason=NO_TEXT).inc()
             doc["guard"] = NO_TEXT_SUMMARY
             return JSONResponse(doc, headers=UNGUARDED)
         primary = results[min(results)]
@@ -357,6 +358,7 @@ class Proxy:
         results = await self._guard_choices(check, visible, image_task)
         guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
         if not results:  # tool calls only: nothing the customer reads
+            self.guard.metrics.unguarded.labels(reason=NO_TEXT).inc()
             body = rewrite_stream(got, guarded, NO_TEXT_SUMMARY)
             return Response(body, media_type="text/event-stream", headers={**sse, **UNGUARDED})
         primary = results[min(results)]

@@ -123,6 +123,8 @@ class Runtime:
             stack.callback(store.close)
             cache = open_cache(s)
             stack.push_async_callback(cache.close)
+            if isinstance(cache, RedisCache):
+                cache.register_metrics(metrics)
             ocr = await open_ocr(s, cache)
             if ocr is not None:
                 stack.push_async_callback(ocr.close)
@@ -174,7 +176,6 @@ class Runtime:
                 proxy=proxy,
                 on_outcome=on_outcome or handoff.deliver_outcome,
             )
-            metrics.gauge("guard_decision_log_pending", lambda: float(decision_log.pending))
             decision_log.register_metrics(metrics)
             log.info("guard ready: scorer %s %s, cache %s", model.name, model.version, cache.name)
             # What start-up allocated (modules, models, templates) lives as long as the process: keep
