@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from guard import api
+from guard import api, openapi
 from guard.admin.routes import Admin, admin_mount
 from guard.key_middleware import AuthMiddleware
 from guard.metrics import CONTENT_TYPE
@@ -75,6 +76,16 @@ async def metrics_endpoint(request: Request) -> Response:
     return PlainTextResponse(runtime(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
+def openapi_route() -> Route:
+    """``GET /openapi.json``: the API's OpenAPI 3.1 description (guard/openapi.py), built once."""
+    body = json.dumps(openapi.document(), ensure_ascii=False).encode()
+
+    async def openapi_json(_request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", openapi_json, methods=["GET"])
+
+
 async def chat_completions(request: Request) -> Response:
     """The OpenAI-compatible proxy (guard/proxy.py)."""
     return await runtime(request).proxy.handle(request)
@@ -102,6 +113,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            openapi_route(),
             admin_mount(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
