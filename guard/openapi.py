@@ -173,6 +173,13 @@ def _error_response(status: int, codes: list[str], *, upstream: bool = False) ->
     response: Schema = {"description": description, "content": {"application/json": {"schema": schema}}}
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"schema": STRING}}
+    elif status == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait; sent when an API key could not be checked.",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
+        }
     return response
 
 
@@ -542,6 +549,14 @@ GUARD_HEADERS = {
         "schema": {"enum": [*ACTIONS, "unguarded"]},
     },
     "X-Guard-Decision": {"description": "The decision's id.", "schema": STRING},
+    "X-Guard-Reason": {
+        "description": "Why the answer is unguarded: `no_text_to_guard` (tool calls only).",
+        "schema": {"enum": ["no_text_to_guard"]},
+    },
+    "X-Guard-Uncertain": {
+        "description": "Why the guard could not judge the case (e.g. `issue_not_stated`).",
+        "schema": STRING,
+    },
 }
 
 

@@ -347,6 +347,18 @@ def test_a_decision_as_it_is_read_back(guard: Guard) -> None:
     assert got["state"] == "pending" and got["created_at"].endswith("+00:00")
 
 
+def test_a_proxy_answer_with_nothing_to_guard_is_marked_and_counted(guard: Guard) -> None:
+    metrics = runtime_of(guard.client).metrics
+    before = metrics.value("guard_unguarded_total", reason="no_text_to_guard")
+    resp = guard.call(C, "post", 200, **chat(model="tools"))
+    assert (resp.headers["x-guard-action"], resp.headers["x-guard-reason"]) == (
+        "unguarded",
+        "no_text_to_guard",
+    )
+    assert resp.json()["guard"] == {"action": None, "reason": "no_text_to_guard"}
+    assert metrics.value("guard_unguarded_total", reason="no_text_to_guard") == before + 1
+
+
 def test_the_auth_schemes_and_their_refusals(guard: Guard) -> None:
     guard.call(G, "post", 200, auth={"x-guard-key": guard.key}, **check())
     resp = guard.call(G, "post", 401, "unauthorized", auth={}, **check())
