@@ -8,10 +8,15 @@ doubled).
 
 Layout: ``<GUARD_SPOOL_DIR>/<key of the database URL>/`` holds, per running guard process, a lock
 file ``<owner>.lock`` (held with ``flock`` while the process lives) and its segments
-``<owner>.<seq>.jsonl``: one JSON document per line. A process that starts finds the segments
-of owners whose lock is free (dead processes) and adopts them, so a few uvicorn workers may
-share one spool directory. Segments are kept per database so a spool is never replayed into
-another database.
+``<owner>.<seq>.jsonl``: one JSON document per line. The owner names the process
+(``<start time>-<pid>-<random>``) and a process writes only its own segments. A process that starts
+finds the segments of owners whose lock is free (dead processes) and adopts them: of two processes
+starting together exactly one gets a dead owner's lock, and the owners alive are left alone. So the
+workers of ``guard serve --workers N`` (or a few guards on one host) may share one spool directory,
+and a worker that uvicorn starts again in place of a killed one replays what the killed one left.
+``flock`` is local to a host: replicas on different hosts each have a spool on their own disk,
+never one shared over the network. Segments are kept per database so a spool is never replayed
+into another database.
 
 A torn line (the process died inside a write, or a write failed half-way) was never acknowledged
 to a client; it is skipped on replay, and a complete record glued after it is still read. The
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
 LOCK_SUFFIX = ".lock"
+_NEW_SUFFIX = ".new"
+"""A lock file being created (not yet locked): ``<owner>.lock.new``, renamed to ``<owner>.lock``."""
 REJECTED_FILE = "rejected.ndjson"
 """Decisions SQL refused for their content (guard/decision_log.py): kept, one spool line each."""
 
@@ -177,19 +184,29 @@ class Spool:
 
     def open(self) -> list[Path]:
         """Take this process's place in the spool; return the segments of dead owners to replay."""
+        # The lock file is created under a name no other process looks at, locked, and only then
+        # renamed into place: a process starting at the same moment (another uvicorn worker) never
+        # sees an unlocked lock file of a live owner, so it can neither adopt it nor fail to lock it.
+        unlocked = self.root / f"{self._owner}{LOCK_SUFFIX}{_NEW_SUFFIX}"
         for attempt in range(3):  # another process may remove an empty spool folder meanwhile
             self.root.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(self.root / f"{self._owner}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(unlocked, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 break
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(unlocked, self.root / f"{self._owner}{LOCK_SUFFIX}")
+        except BaseException:
+            os.close(fd)
+            unlocked.unlink(missing_ok=True)
+            raise
+        self._lock_fd = fd
         note = self.root / "database.txt"
         if not note.exists():
             note.write_text(_shown_url(self._database_url) + "\n")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._lock_fd = fd
         orphans = self._adopt()
         self._open_segment(1)
         _fsync_dir(self.root)
