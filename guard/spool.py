@@ -217,28 +217,50 @@ class Spool:
         return orphans
 
     def _adopt(self) -> list[Path]:
-        owners_alive: set[str] = set()
-        for lock_path in sorted(self.root.glob(f"*{LOCK_SUFFIX}")):
-            owner = lock_path.name[: -len(LOCK_SUFFIX)]
-            if owner == self._owner:
+        """Lock the owners of the segments found whose lock is free (dead processes); return their
+        segments. Segments are listed before locks are tried: a live owner's lock file is in place
+        (and locked) before its first segment exists, so a segment seen always has its owner's lock
+        to try. A segment whose lock file is gone altogether (removed by hand) is taken as well."""
+        owners = {_owner_of(seg) for seg in self.root.glob(f"*{SEGMENT_SUFFIX}")} - {self._owner}
+        orphaned: set[str] = set()
+        for owner in sorted(owners):
+            fd = self._free_lock(self.root / f"{owner}{LOCK_SUFFIX}")
+            if fd is None:
+                continue  # alive, or being replayed by another process
+            if fd >= 0:
+                self._adopted_locks[owner] = fd
+            orphaned.add(owner)
+        self._drop_dead_locks(owners)
+        segments = [seg for seg in self.root.glob(f"*{SEGMENT_SUFFIX}") if _owner_of(seg) in orphaned]
+        return sorted(segments, key=_segment_order)
+
+    @staticmethod
+    def _free_lock(path: Path) -> int | None:
+        """An fd holding ``path``'s lock; None when another process holds it; -1 with no such file."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _drop_dead_locks(self, owners_with_segments: set[str]) -> None:
+        """Remove the lock files of dead owners that left no segment (killed before their first)."""
+        # (A ``.lock.new`` file is left alone: it is created unlocked, so another process's may be
+        # one that is just starting.)
+        for path in self.root.glob(f"*{LOCK_SUFFIX}"):
+            owner = path.name.split(".", 1)[0]
+            if owner == self._owner or owner in owners_with_segments:
                 continue
-            try:
-                fd = os.open(lock_path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            fd = self._free_lock(path)
+            if fd is not None and fd >= 0:
+                if not any(self.root.glob(f"{owner}.*{SEGMENT_SUFFIX}")):
+                    path.unlink(missing_ok=True)
                 os.close(fd)
-                owners_alive.add(owner)
-                continue
-            self._adopted_locks[owner] = fd
-        orphans = []
-        for seg in self.root.glob(f"*{SEGMENT_SUFFIX}"):
-            owner = seg.name.split(".", 1)[0]
-            if owner != self._owner and owner not in owners_alive:
-                orphans.append(seg)
-        return sorted(orphans, key=_segment_order)
 
     def release_adopted(self) -> None:
         """After the adopted segments are replayed: drop the dead owners' lock files."""
@@ -415,6 +437,10 @@ class Spool:
     def discard(self, path: Path) -> None:
         """A replayed segment: SQL holds all of it."""
         path.unlink(missing_ok=True)
+
+
+def _owner_of(segment: Path) -> str:
+    return segment.name.split(".", 1)[0]
 
 
 def _segment_order(path: Path) -> tuple[str, str]:
