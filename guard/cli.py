@@ -35,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
         help="worker processes sharing the port (default 1; about one per core: docs/deployment.md)",
     )
     serve.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed (the client"
+        " address decides GUARD_AUTH=auto and the admin sign-in throttle); default: FORWARDED_ALLOW_IPS"
+        " or 127.0.0.1,::1; '*' for any",
+    )
+    serve.add_argument(
         "--access-log", action="store_true", help="log every HTTP request (off: decisions are in SQL anyway)"
     )
 
@@ -139,6 +146,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         "log_level": "info",
         "access_log": args.access_log,
         "timeout_graceful_shutdown": 15,
+        "proxy_headers": True,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
     }
     if args.workers == 1:
         limit_malloc_arenas()

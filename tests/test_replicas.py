@@ -88,6 +88,48 @@ def free_port() -> int:
     return closed_port()
 
 
+# The command ----------------------------------------------------------------------------------
+
+
+def test_serve_with_workers_hands_uvicorn_a_factory_and_creates_the_first_key_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import uvicorn
+
+    from guard import cli
+
+    url = f"sqlite:///{tmp_path / 'guard.db'}"
+    migrate(url)
+    calls: list[tuple[Any, dict[str, Any]]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    monkeypatch.setenv("GUARD_DATABASE_URL", url)
+    monkeypatch.setenv("GUARD_HOST", "127.0.0.1")
+    monkeypatch.setenv("GUARD_PORT", "8000")
+    argv = ["serve", "--host", "0.0.0.0", "--port", "17499", "--workers", "3"]
+    argv += ["--forwarded-allow-ips", "10.0.0.5"]
+    assert cli.main(argv) == 0
+    ((app, options),) = calls
+    assert app == "guard.app:serve_app" and options["factory"] is True and options["workers"] == 3
+    assert options["forwarded_allow_ips"] == "10.0.0.5" and options["proxy_headers"] is True
+    # The workers read the address from the environment the command leaves them.
+    assert (os.environ["GUARD_HOST"], os.environ["GUARD_PORT"]) == ("0.0.0.0", "17499")
+    # A first start beyond loopback: one key for all the workers, created and shown by the command.
+    store = Store.open(url)
+    try:
+        assert store.count_api_keys() == 1
+    finally:
+        store.close()
+    assert "rg_" in capsys.readouterr().err
+    assert cli.main(argv) == 0 and len(calls) == 2
+    store = Store.open(url)
+    try:
+        assert store.count_api_keys() == 1, "a second start created another first key"
+    finally:
+        store.close()
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--workers", "0"])
+
+
 # The processes --------------------------------------------------------------------------------
 
 
