@@ -399,6 +399,8 @@ def _signed_in(base_url: str, username: str) -> tuple[httpx2.Client, str]:
 
 
 def test_two_supervisors_on_two_replicas_cannot_both_claim_a_case(cluster: Cluster) -> None:
+    escalating = spread(cluster, [body(7 * k + 1, distinct=True) for k in range(3000, 3010)])  # 0.05
+    assert set(escalating.decisions.values()) == {"escalate"}, escalating.failures[:3]
     wait_for(lambda: set(cluster.received) <= set(logged(cluster.url)), 30, "SQL to hold every decision")
     store = Store.open(cluster.url)
     try:
