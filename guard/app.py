@@ -29,7 +29,7 @@ from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.store import bounded
 
-__all__ = ["create_app", "limit_malloc_arenas", "load_scorer"]
+__all__ = ["create_app", "limit_malloc_arenas", "load_scorer", "serve_app"]
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -89,6 +89,15 @@ def openapi_route() -> Route:
 async def chat_completions(request: Request) -> Response:
     """The OpenAI-compatible proxy (guard/proxy.py)."""
     return await runtime(request).proxy.handle(request)
+
+
+def serve_app() -> Starlette:
+    """The app of one ``guard serve --workers N`` worker process: uvicorn calls this in each worker
+    (``factory=True``). Settings come from the GUARD_* environment the command passed on; the
+    worker's runtime opens in its own lifespan, so nothing is shared between workers but the
+    listening socket (and what lives outside: SQL, Redis, the spool folder)."""
+    limit_malloc_arenas()
+    return create_app(Settings.from_env())
 
 
 def create_app(

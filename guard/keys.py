@@ -102,13 +102,19 @@ class KeyCopy:
 
     def save(self, keys: dict[str, tuple[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: list(v) for k, v in keys.items()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        # A name of this process's own: the workers of one guard (and guards sharing the spool
+        # folder) rewrite the copy too, and one's half-written file must never be another's.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({k: list(v) for k, v in keys.items()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._keys = dict(keys)
 
     def load(self) -> dict[str, tuple[str, str]] | None:

@@ -8,6 +8,7 @@ of the edges.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -136,11 +137,14 @@ class PolicyBook:
     """The policy in force per channel, read from SQL and re-read in the background.
 
     A channel's first request waits for its policy (at most ``timeout_s``); after that requests
-    never wait for SQL: once the policy is older than ``ttl_s`` the next request starts one
-    re-read (shared by every request meanwhile) and is answered with the policy known. When SQL
-    fails or does not answer in time, the last policy read stands (the built-in default before
-    the first). A channel with no policy of its own uses the default channel's; with no database
-    (``guard check``) the built-in default policy is used.
+    never wait for SQL. While started (:meth:`start`, the runtime does), every channel known is
+    re-read every ``ttl_s`` whether requests come or not, so a version published anywhere (another
+    replica, another worker, ``guard policy publish``) is in force in this process within
+    ``ttl_s`` plus one read. A policy older than ``ttl_s`` (not started, or the refresh is late)
+    also makes the next request start one re-read (shared by every request meanwhile); it is
+    answered with the policy known. When SQL fails or does not answer in time, the last policy
+    read stands (the built-in default before the first). A channel with no policy of its own uses
+    the default channel's; with no database (``guard check``) the built-in default policy is used.
     """
 
     def __init__(self, store: Store | None, ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
@@ -150,6 +154,30 @@ class PolicyBook:
         self._cache: dict[str, tuple[float, Policy]] = {}
         self._loading: dict[str, asyncio.Task[Policy]] = {}
         self._generation = 0
+        self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def refresh_s(self) -> float:
+        """How often the policies in force are re-read (a published version is used within this)."""
+        return self._ttl
+
+    def start(self) -> None:
+        """Re-read every known channel's policy every ``ttl_s`` in the background (until :meth:`stop`)."""
+        if self._store is not None and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="policy-refresh")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl)
+            for channel in list(self._cache):
+                await asyncio.shield(self._reload(channel))  # never raises: SQL failing keeps the last
 
     async def get(self, channel: str) -> Policy:
         hit = self._cache.get(channel)

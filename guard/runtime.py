@@ -142,11 +142,14 @@ class Runtime:
                 breaker=scorer_breaker(s, metrics),
             )
             stack.callback(scoring.close)
+            book = policies or PolicyBook(store, timeout_s=s.sql_timeout_s)
+            book.start()
+            stack.push_async_callback(book.stop)
             pipeline = Pipeline(
                 s,
                 scoring,
                 cache,
-                policies or PolicyBook(store, timeout_s=s.sql_timeout_s),
+                book,
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
