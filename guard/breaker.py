@@ -131,6 +131,7 @@ def scorer_breaker(settings: Settings, metrics: Metrics) -> CircuitBreaker:
         "guard_scorer_breaker_open",
         "Whether the scorer's breaker is open (1) or closed (0).",
         lambda: float(breaker.is_open),
+        workers="livemax",
     )
     metrics.counter_from(
         "guard_scorer_breaker_opened_total",

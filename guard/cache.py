@@ -206,6 +206,7 @@ class RedisCache:
             "guard_cache_breaker_open",
             "Whether Redis is being skipped after a failed call (1; scores are then misses) or not (0).",
             lambda: float(self.skipping),
+            workers="livemax",
         )
         metrics.counter_from(
             "guard_cache_errors_total", "Redis calls that failed or timed out.", lambda: float(self.errors)

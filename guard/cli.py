@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -149,18 +152,44 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         "proxy_headers": True,
         "forwarded_allow_ips": args.forwarded_allow_ips,
     }
-    if args.workers == 1:
-        limit_malloc_arenas()
-        uvicorn.run(create_app(settings), **options)
+    with _metrics_folder(args.workers):
+        if args.workers == 1:
+            limit_malloc_arenas()
+            uvicorn.run(create_app(settings), **options)
+            return 0
+        # Each worker is a process of its own that builds the app from the environment (guard.app.
+        # serve_app) and opens its own runtime in its lifespan: its own SQL pool, Redis client, scorer
+        # and spool segments. The address goes to them in the environment, as GUARD_HOST/GUARD_PORT.
+        os.environ["GUARD_HOST"] = settings.host
+        os.environ["GUARD_PORT"] = str(settings.port)
+        _first_key_once(settings)
+        uvicorn.run("guard.app:serve_app", factory=True, workers=args.workers, **options)
         return 0
-    # Each worker is a process of its own that builds the app from the environment (guard.app.
-    # serve_app) and opens its own runtime in its lifespan: its own SQL pool, Redis client, scorer
-    # and spool segments. The address goes to them in the environment, as GUARD_HOST/GUARD_PORT.
-    os.environ["GUARD_HOST"] = settings.host
-    os.environ["GUARD_PORT"] = str(settings.port)
-    _first_key_once(settings)
-    uvicorn.run("guard.app:serve_app", factory=True, workers=args.workers, **options)
-    return 0
+
+
+@contextlib.contextmanager
+def _metrics_folder(workers: int) -> Iterator[None]:
+    """prometheus_client's multiprocess folder (guard/metrics.py), so that ``/metrics`` sums every
+    worker's counts whichever worker answers. ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of the
+    files a previous run left: one folder per ``guard serve``); else, with more than one worker, a
+    fresh temporary one, removed when the command ends. One process alone needs none."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield
+        return
+    if workers == 1:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="guard-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # the workers, spawned, import prometheus_client
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _first_key_once(settings: Settings) -> None:

@@ -190,6 +190,7 @@ class DecisionLog:
                 "guard_spool_failing",
                 "Whether the spool cannot be written now (1) or writes (0).",
                 lambda: float(self.spool_error is not None),
+                workers="livemax",
             )
 
     # State --------------------------------------------------------------------------------------

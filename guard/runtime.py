@@ -115,6 +115,7 @@ class Runtime:
         s = settings
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(metrics.close)  # last: multiprocess mode's final counts, once all stopped
             model = scorer if scorer is not None else await asyncio.to_thread(load_scorer, s)
             close_model = getattr(model, "close", None)  # backends holding connections (remote)
             if callable(close_model):
@@ -180,6 +181,9 @@ class Runtime:
                 on_outcome=on_outcome or handoff.deliver_outcome,
             )
             decision_log.register_metrics(metrics)
+            if metrics.multiprocess is not None:  # guard serve --workers N (guard/metrics.py)
+                publisher = asyncio.get_running_loop().create_task(_publish(metrics), name="metrics")
+                stack.push_async_callback(_cancel, publisher)
             log.info("guard ready: scorer %s %s, cache %s", model.name, model.version, cache.name)
             # What start-up allocated (modules, models, templates) lives as long as the process: keep
             # it out of the cyclic collector's scans, which otherwise walk it all on every full
@@ -249,3 +253,23 @@ def runtime(connection: Mapping[str, Any]) -> Runtime:
     if not isinstance(found, Runtime):
         raise RuntimeError("no guard runtime in the request's state: the app's lifespan did not run")
     return found
+
+
+METRICS_PUBLISH_S = 1.0
+"""Multiprocess mode: how often a worker copies the counts its parts keep into the shared files
+(a scrape answered by another worker shows them at most this late)."""
+
+
+async def _publish(metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(METRICS_PUBLISH_S)
+        try:
+            metrics.publish()
+        except Exception:  # a full disk must not end the loop: the next second tries again
+            log.exception("metrics: publishing this worker's counts failed")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -26,6 +26,7 @@ from typing import Any
 import httpx2
 import psycopg
 import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy.engine import make_url
 
 from guard.admin import auth
@@ -35,6 +36,7 @@ from guard.policies import Band, Policy
 from guard.spool import spool_key
 from guard.store import Store, migrate
 from tests.conftest import pg_database
+from tests.promtext import families, sample
 from tests.serving import closed_port
 from tests.test_faults import logged, wait_for
 
@@ -101,7 +103,15 @@ def test_serve_with_workers_hands_uvicorn_a_factory_and_creates_the_first_key_on
     url = f"sqlite:///{tmp_path / 'guard.db'}"
     migrate(url)
     calls: list[tuple[Any, dict[str, Any]]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    folders: list[str] = []
+
+    def run(app: Any, **kw: Any) -> None:
+        calls.append((app, kw))
+        folders.append(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+        assert Path(folders[-1]).is_dir()
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setattr(uvicorn, "run", run)
     monkeypatch.setenv("GUARD_DATABASE_URL", url)
     monkeypatch.setenv("GUARD_HOST", "127.0.0.1")
     monkeypatch.setenv("GUARD_PORT", "8000")
@@ -120,7 +130,16 @@ def test_serve_with_workers_hands_uvicorn_a_factory_and_creates_the_first_key_on
     finally:
         store.close()
     assert "rg_" in capsys.readouterr().err
+    # The workers' metrics go to a fresh folder of their own (multiprocess mode), gone afterwards.
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ and not Path(folders[0]).exists()
     assert cli.main(argv) == 0 and len(calls) == 2
+    assert folders[1] != folders[0]
+    given = tmp_path / "metrics"
+    given.mkdir()
+    (given / "counter_1.db").write_bytes(b"left by a previous run")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(given))
+    assert cli.main(argv) == 0 and folders[2] == str(given)
+    assert given.is_dir() and not list(given.iterdir()), "a previous run's counts would be added in"
     store = Store.open(url)
     try:
         assert store.count_api_keys() == 1, "a second start created another first key"
@@ -144,6 +163,8 @@ class Replica:
     cwd: Path
     proc: subprocess.Popen[bytes] | None = None
     _log_from: int = 0
+    metrics: Path | None = None
+    """PROMETHEUS_MULTIPROC_DIR given to the command (else, with workers, it makes a temporary one)."""
 
     @property
     def base_url(self) -> str:
@@ -161,7 +182,11 @@ class Replica:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 cmd,
-                env={**self.env, "GUARD_SPOOL_DIR": str(self.spool)},
+                env={
+                    **self.env,
+                    "GUARD_SPOOL_DIR": str(self.spool),
+                    **({"PROMETHEUS_MULTIPROC_DIR": str(self.metrics)} if self.metrics else {}),
+                },
                 cwd=self.cwd,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -259,7 +284,8 @@ def cluster(pg_server: str, redis_url: str, tmp_path_factory: pytest.TempPathFac
             "GUARD_OCR": "off",
             "GUARD_SCORER_THREADS": "1",
         }
-        a = Replica("A", 2, free_port(), tmp / "spool-a", tmp / "a.log", env, tmp)
+        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        a = Replica("A", 2, free_port(), tmp / "spool-a", tmp / "a.log", env, tmp, metrics=tmp / "metrics-a")
         b: Replica | None = None
         try:
             a.start()  # a port is taken once its server listens: pick B's after A is up
@@ -381,6 +407,78 @@ def test_load_over_replicas_is_recorded_once_and_each_process_keeps_its_own_spoo
     rows = assert_recorded_once(cluster.url, cluster.received)
     assert len(rows) == len(cluster.received), "SQL holds a decision no client was given"
     print(f"360 requests over 3 processes in {took:.1f} s; {load.cached} cached")
+
+
+def _decided(text: str) -> float:
+    """guard_decisions_total over every action and channel."""
+    return sum(
+        s.value for s in families(text)["guard_decisions"].samples if s.name == "guard_decisions_total"
+    )
+
+
+def test_metrics_of_a_port_served_by_two_workers_sum_both_workers_on_every_scrape(cluster: Cluster) -> None:
+    """Replica A is one port over two workers: whichever worker a scrape reaches, /metrics sums
+    both (prometheus_client's multiprocess mode, set up by guard serve --workers)."""
+
+    def scrape() -> str:
+        r = httpx2.get(f"{cluster.a.base_url}/metrics", timeout=30)  # a new connection each time
+        assert r.status_code == 200, r.text[:300]
+        return r.text
+
+    assert cluster.a.metrics is not None
+    folder = cluster.a.metrics
+
+    def per_worker() -> dict[int, float]:
+        """Each live worker's own decisions, read from its file in the multiprocess folder."""
+        counts = {}
+        for pid in cluster.a.worker_pids():
+            merged = MultiProcessCollector.merge([str(folder / f"counter_{pid}.db")], accumulate=True)
+            counts[pid] = sum(s.value for m in merged for s in m.samples if s.name == "guard_decisions_total")
+        return counts
+
+    own0 = per_worker()
+    before = [scrape() for _ in range(6)]
+    assert len({_decided(t) for t in before}) == 1, "two scrapes disagree: a worker's counts are missing"
+    decided0 = _decided(before[0])
+    latency0 = sample(before[0], "guard_decision_latency_seconds_count")
+    written0 = sample(before[0], "guard_decision_log_written_total")
+
+    n = 80
+    answered: dict[str, str] = {}
+
+    async def load() -> None:
+        limits = httpx2.Limits(max_keepalive_connections=0)  # each request may reach either worker
+        headers = {"Authorization": f"Bearer {cluster.key}"}
+        async with httpx2.AsyncClient(timeout=30, limits=limits, headers=headers) as client:
+            todo = iter(range(n))
+
+            async def worker() -> None:
+                for i in todo:
+                    r = await client.post(
+                        f"{cluster.a.base_url}/v1/guard", json=body(5000 + i, distinct=True)
+                    )
+                    assert r.status_code == 200, r.text[:300]
+                    answered[r.json()["decision_id"]] = r.json()["action"]
+
+            await asyncio.gather(*(worker() for _ in range(8)))
+
+    asyncio.run(load())
+    cluster.received.update(answered)
+    assert len(answered) == n
+    after = [scrape() for _ in range(8)]
+    assert {_decided(t) - decided0 for t in after} == {n}, "a scrape missed some worker's decisions"
+    assert {sample(t, "guard_decision_latency_seconds_count") - latency0 for t in after} == {n}
+    own = per_worker()
+    took = {pid: own[pid] - own0.get(pid, 0.0) for pid in own}
+    assert sum(took.values()) == n and all(took.values()), f"both workers must have decided: {took}"
+    # Counts the parts keep (the decision log's) are published by every worker within a second.
+    wait_for(
+        lambda: sample(scrape(), "guard_decision_log_written_total") - written0 >= n,
+        15,
+        "every worker's written decisions in /metrics",
+    )
+    assert sample(scrape(), "guard_scorer_breaker_open") == 0.0  # a gauge of the live workers, no pid
+    print(f"{n} decisions over A's two workers, counted whole by each of {len(after)} scrapes")
 
 
 def _signed_in(base_url: str, username: str) -> tuple[httpx2.Client, str]:
