@@ -4,6 +4,9 @@ typed (counters as counters, histograms, gauges), label values escaped, one regi
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import prometheus_client
@@ -126,3 +129,53 @@ def test_the_redis_breaker_and_its_errors_are_in_the_metrics() -> None:
     assert sample(text, "guard_cache_breaker_open") == 1
     assert sample(text, "guard_cache_errors_total") == 1
     assert families(text)["guard_cache_errors"].type == "counter"
+
+
+WORKER = """
+import os, sys, time
+from guard.metrics import Metrics
+
+m = Metrics()
+assert m.multiprocess == os.environ["PROMETHEUS_MULTIPROC_DIR"]
+state = {"written": 0, "open": 0.0, "pending": 0.0}
+m.counter_from("guard_decision_log_written_total", "written", lambda: state["written"])
+m.gauge_from("guard_scorer_breaker_open", "open", lambda: state["open"], workers="livemax")
+m.gauge_from("guard_decision_log_pending", "pending", lambda: state["pending"])
+role = sys.argv[1]
+for _ in range(int(sys.argv[2])):
+    m.decisions.labels(action="send", channel="default").inc()
+state["written"], state["open"], state["pending"] = int(sys.argv[2]), float(role == "open"), 3.0
+if role == "killed":
+    m.publish()
+    os._exit(0)  # as kill -9: no close(), its live gauges stay in the folder
+if role == "closed":
+    m.close()
+    sys.exit(0)
+m.publish()
+print(m.render(), flush=True)
+"""
+
+
+def test_multiprocess_mode_sums_every_worker_and_forgets_the_gauges_of_dead_ones(tmp_path: Path) -> None:
+    """What guard serve --workers N sets up (PROMETHEUS_MULTIPROC_DIR): counters and histograms of
+    every process, live or dead, add up; gauges count the live processes only."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+
+    def worker(role: str, n: int) -> str:
+        run = subprocess.run(
+            [sys.executable, "-c", WORKER, role, str(n)], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr[-2000:]
+        return run.stdout
+
+    worker("killed", 5)
+    worker("closed", 7)
+    text = worker("open", 11)  # rendered by the last process, with the two before it dead
+    assert sample(text, "guard_decisions_total", action="send", channel="default") == 23
+    assert sample(text, "guard_decision_log_written_total") == 23
+    assert sample(text, "guard_scorer_breaker_open") == 1.0  # the one live process's breaker
+    # The killed process's backlog is forgotten (its pid is gone), the closed one's was dropped.
+    assert sample(text, "guard_decision_log_pending") == 3.0
+    assert families(text)["guard_decisions"].type == "counter"
+    # One process alone, without the folder, renders its own registry, _created samples and all.
+    assert Metrics().multiprocess is None

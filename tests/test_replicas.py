@@ -48,8 +48,10 @@ POLICY_REFRESH_S = 2.0
 """How soon a published policy is in force in every process (guard/pipeline.py PolicyBook)."""
 KEY_TTL_S = 5.0
 """How soon a revoked key is refused by every process (guard/keys.py KeyRing)."""
-SLACK_S = 1.0
-"""Added to both on this shared 2-core machine (one SQL read, a late event loop)."""
+SLACK_S = 2.0
+"""Added to both on a shared, loaded 2-core machine (one SQL read, a late event loop: 1 s was seen
+to be short under load). Either test still fails without the background re-read: the first answer
+of each process after the wait would use what it had read before."""
 STARTED = "Application startup complete."
 
 PAIRS = [
