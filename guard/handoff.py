@@ -184,11 +184,15 @@ class Handoff:
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cases.join(), timeout_s)
+        # Cancelled until they have ended: Python 3.11's asyncio.wait_for (the sender's wait for
+        # work) can swallow a cancellation that meets its wake-up, and the loop would go on.
+        while pending := [task for task in self._tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and task.exception() is not None:
+                log.error("handoff: %s ended: %r", task.get_name(), task.exception())
         self._tasks = []
         if self._client is not None:
             await self._client.aclose()
