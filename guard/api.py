@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from python_multipart.multipart import parse_options_header
@@ -192,7 +193,7 @@ async def decision_endpoint(request: Request) -> Response:
     return JSONResponse(
         {
             "decision_id": row.id,
-            "created_at": row.created_at.isoformat(),
+            "created_at": _utc(row.created_at).isoformat(),
             "conversation_id": row.conversation_id,
             "channel": row.channel,
             "action": row.action,
@@ -217,6 +218,12 @@ async def decision_endpoint(request: Request) -> Response:
             "audit": audit,
         }
     )
+
+
+def _utc(moment: datetime) -> datetime:
+    """A stored time with its offset: SQLite hands back the UTC time it stored without one (an
+    RFC 3339 ``date-time`` needs it; PostgreSQL keeps it)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 async def rerank_endpoint(request: Request) -> Response:

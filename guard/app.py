@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,16 +19,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from guard import api
+from guard import api, openapi
 from guard.admin.routes import Admin, admin_mount
 from guard.key_middleware import AuthMiddleware
+from guard.metrics import CONTENT_TYPE
 from guard.responses import EXCEPTION_HANDLERS
 from guard.runtime import OutcomeHook, Runtime, load_scorer, runtime
 from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.store import bounded
 
-__all__ = ["create_app", "limit_malloc_arenas", "load_scorer"]
+__all__ = ["create_app", "limit_malloc_arenas", "load_scorer", "serve_app"]
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:
@@ -71,12 +73,31 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return PlainTextResponse(runtime(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return PlainTextResponse(runtime(request).metrics.render(), media_type=CONTENT_TYPE)
+
+
+def openapi_route() -> Route:
+    """``GET /openapi.json``: the API's OpenAPI 3.1 description (guard/openapi.py), built once."""
+    body = json.dumps(openapi.document(), ensure_ascii=False).encode()
+
+    async def openapi_json(_request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    return Route("/openapi.json", openapi_json, methods=["GET"])
 
 
 async def chat_completions(request: Request) -> Response:
     """The OpenAI-compatible proxy (guard/proxy.py)."""
     return await runtime(request).proxy.handle(request)
+
+
+def serve_app() -> Starlette:
+    """The app of one ``guard serve --workers N`` worker process: uvicorn calls this in each worker
+    (``factory=True``). Settings come from the GUARD_* environment the command passed on; the
+    worker's runtime opens in its own lifespan, so nothing is shared between workers but the
+    listening socket (and what lives outside: SQL, Redis, the spool folder)."""
+    limit_malloc_arenas()
+    return create_app(Settings.from_env())
 
 
 def create_app(
@@ -101,6 +122,7 @@ def create_app(
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics_endpoint),
+            openapi_route(),
             admin_mount(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

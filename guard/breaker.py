@@ -127,7 +127,20 @@ def scorer_breaker(settings: Settings, metrics: Metrics) -> CircuitBreaker:
         failures=max(1, settings.scorer_breaker_failures),
         cooldown_s=settings.scorer_breaker_cooldown_s,
     )
-    metrics.gauge("guard_scorer_breaker_open", lambda: float(breaker.is_open))
-    metrics.gauge("guard_scorer_breaker_opened_total", lambda: float(breaker.opened_total))
-    metrics.gauge("guard_scorer_breaker_rejected_total", lambda: float(breaker.rejected_total))
+    metrics.gauge_from(
+        "guard_scorer_breaker_open",
+        "Whether the scorer's breaker is open (1) or closed (0).",
+        lambda: float(breaker.is_open),
+        workers="livemax",
+    )
+    metrics.counter_from(
+        "guard_scorer_breaker_opened_total",
+        "Times the scorer's breaker opened.",
+        lambda: float(breaker.opened_total),
+    )
+    metrics.counter_from(
+        "guard_scorer_breaker_rejected_total",
+        "Scorer calls refused at once while its breaker was open.",
+        lambda: float(breaker.rejected_total),
+    )
     return breaker

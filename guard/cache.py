@@ -21,6 +21,8 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from guard.metrics import Metrics
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "rg:score:"
@@ -188,11 +190,30 @@ class RedisCache:
         self._cooldown = cooldown_s
         self._down_until = 0.0
         self._local = MemoryCache(local_size, ttl_s) if local_size > 0 else None
+        self.errors = 0
+        """Redis calls that failed (each one skips Redis for ``cooldown_s``)."""
 
     def _available(self) -> bool:
         return time.monotonic() >= self._down_until
 
+    @property
+    def skipping(self) -> bool:
+        """Redis is being skipped after a failure (the cache's breaker is open)."""
+        return not self._available()
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        metrics.gauge_from(
+            "guard_cache_breaker_open",
+            "Whether Redis is being skipped after a failed call (1; scores are then misses) or not (0).",
+            lambda: float(self.skipping),
+            workers="livemax",
+        )
+        metrics.counter_from(
+            "guard_cache_errors_total", "Redis calls that failed or timed out.", lambda: float(self.errors)
+        )
+
     def _failed(self, op: str, exc: Exception) -> None:
+        self.errors += 1
         self._down_until = time.monotonic() + self._cooldown
         log.warning("redis %s failed (%s); skipping the cache for %.1fs", op, exc, self._cooldown)
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
+import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,19 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the guard over HTTP")
     serve.add_argument("--host", default=None, help="default: GUARD_HOST or 127.0.0.1")
     serve.add_argument("--port", type=int, default=None, help="default: GUARD_PORT or 8000")
+    serve.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=1,
+        help="worker processes sharing the port (default 1; about one per core: docs/deployment.md)",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="addresses of the reverse proxies whose X-Forwarded-For/-Proto are believed (the client"
+        " address decides GUARD_AUTH=auto and the admin sign-in throttle); default: FORWARDED_ALLOW_IPS"
+        " or 127.0.0.1,::1; '*' for any",
+    )
     serve.add_argument(
         "--access-log", action="store_true", help="log every HTTP request (off: decisions are in SQL anyway)"
     )
@@ -137,16 +154,83 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
-    limit_malloc_arenas()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level="info",
-        access_log=args.access_log,
-        timeout_graceful_shutdown=15,
-    )
-    return 0
+    options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "info",
+        "access_log": args.access_log,
+        "timeout_graceful_shutdown": 15,
+        "proxy_headers": True,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+    }
+    with _metrics_folder(args.workers):
+        if args.workers == 1:
+            limit_malloc_arenas()
+            uvicorn.run(create_app(settings), **options)
+            return 0
+        # Each worker is a process of its own that builds the app from the environment (guard.app.
+        # serve_app) and opens its own runtime in its lifespan: its own SQL pool, Redis client, scorer
+        # and spool segments. The address goes to them in the environment, as GUARD_HOST/GUARD_PORT.
+        os.environ["GUARD_HOST"] = settings.host
+        os.environ["GUARD_PORT"] = str(settings.port)
+        _first_key_once(settings)
+        uvicorn.run("guard.app:serve_app", factory=True, workers=args.workers, **options)
+        return 0
+
+
+@contextlib.contextmanager
+def _metrics_folder(workers: int) -> Iterator[None]:
+    """prometheus_client's multiprocess folder (guard/metrics.py), so that ``/metrics`` sums every
+    worker's counts whichever worker answers. ``PROMETHEUS_MULTIPROC_DIR`` if set (emptied of the
+    files a previous run left: one folder per ``guard serve``); else, with more than one worker, a
+    fresh temporary one, removed when the command ends. One process alone needs none."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        Path(given).mkdir(parents=True, exist_ok=True)
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield
+        return
+    if workers == 1:
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="guard-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder  # the workers, spawned, import prometheus_client
+    try:
+        yield
+    finally:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _first_key_once(settings: Settings) -> None:
+    """The first-start API key (guard/keys.py), created here before the workers start, so that N
+    workers starting together do not each create one."""
+    from guard.keys import ensure_first_key
+    from guard.store import Store
+
+    store = Store.open(settings.database_url)
+    try:
+        first = ensure_first_key(store, settings)
+    except Exception as exc:  # the workers try again (and say so) once the database answers
+        print(f"guard: API keys: could not check for a first key ({type(exc).__name__})", file=sys.stderr)
+        return
+    finally:
+        store.close()
+    if first is not None:
+        print(
+            f"guard: no API key existed and the guard listens on {settings.host}, so one was created for"
+            f" channel 'default'. It is shown only this once; clients send it as"
+            f" 'Authorization: Bearer <key>':\n\n    {first}\n",
+            file=sys.stderr,
+        )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
 
 
 def _calibrate(args: argparse.Namespace, settings: Settings) -> int:

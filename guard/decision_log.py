@@ -150,16 +150,48 @@ class DecisionLog:
         return self.spool_state
 
     def register_metrics(self, metrics: Metrics) -> None:
-        metrics.gauge("guard_decision_log_written_total", lambda: float(self.written))
-        metrics.gauge("guard_decision_log_failures_total", lambda: float(self.failures))
-        metrics.gauge("guard_decision_log_replayed_total", lambda: float(self.replayed))
-        metrics.gauge("guard_decision_log_rejected_total", lambda: float(self.rejected))
+        metrics.gauge_from(
+            "guard_decision_log_pending",
+            "Decisions not in SQL yet: the backlog in memory and in the spool.",
+            lambda: float(self.pending),
+        )
+        metrics.counter_from(
+            "guard_decision_log_written_total", "Decisions written to SQL.", lambda: float(self.written)
+        )
+        metrics.counter_from(
+            "guard_decision_log_failures_total",
+            "Writes to SQL that failed and were retried.",
+            lambda: float(self.failures),
+        )
+        metrics.counter_from(
+            "guard_decision_log_replayed_total",
+            "Decisions written into SQL from spool segments left on disk.",
+            lambda: float(self.replayed),
+        )
+        metrics.counter_from(
+            "guard_decision_log_rejected_total",
+            "Decisions SQL refused for their content (kept in the spool's rejected.ndjson).",
+            lambda: float(self.rejected),
+        )
         if self._spool is not None:
             spool = self._spool
-            metrics.gauge("guard_spool_appends_total", lambda: float(spool.appends))
-            metrics.gauge("guard_spool_fsyncs_total", lambda: float(spool.fsyncs))
-            metrics.gauge("guard_spool_errors_total", lambda: float(self.spool_errors))
-            metrics.gauge("guard_spool_failing", lambda: float(self.spool_error is not None))
+            metrics.counter_from(
+                "guard_spool_appends_total", "Decisions appended to the spool.", lambda: float(spool.appends)
+            )
+            metrics.counter_from(
+                "guard_spool_fsyncs_total", "fsync calls on the spool's journal.", lambda: float(spool.fsyncs)
+            )
+            metrics.counter_from(
+                "guard_spool_errors_total",
+                "Appends to the spool that failed (a full or failing disk).",
+                lambda: float(self.spool_errors),
+            )
+            metrics.gauge_from(
+                "guard_spool_failing",
+                "Whether the spool cannot be written now (1) or writes (0).",
+                lambda: float(self.spool_error is not None),
+                workers="livemax",
+            )
 
     # State --------------------------------------------------------------------------------------
 

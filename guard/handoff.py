@@ -189,11 +189,15 @@ class Handoff:
         if self._tasks:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._cases.join(), timeout_s)
+        # Cancelled until they have ended: Python 3.11's asyncio.wait_for (the sender's wait for
+        # work) can swallow a cancellation that meets its wake-up, and the loop would go on.
+        while pending := [task for task in self._tasks if not task.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            if not task.cancelled() and task.exception() is not None:
+                log.error("handoff: %s ended: %r", task.get_name(), task.exception())
         self._tasks = []
         if self._client is not None:
             await self._client.aclose()
@@ -206,7 +210,7 @@ class Handoff:
         try:
             self._cases.put_nowait(record)
         except asyncio.QueueFull:
-            self._metrics.inc("guard_webhook_dropped_total")
+            self._metrics.webhook_dropped.inc()
             log.error(
                 "handoff: %d cases waiting; the webhook of %s is dropped",
                 self._cases.qsize(),
@@ -302,7 +306,7 @@ class Handoff:
         else:
             backoff = min(s.webhook_backoff_s * 2 ** (attempts - 1), MAX_BACKOFF_S)
             state, retry_at = "pending", utcnow() + timedelta(seconds=backoff * random.uniform(0.8, 1.2))
-        self._metrics.inc("guard_webhook_attempts_total", result="ok" if error is None else "error")
+        self._metrics.webhook_attempts.labels(result="ok" if error is None else "error").inc()
         try:
             await asyncio.to_thread(
                 self._store.finish_attempt,

@@ -16,7 +16,6 @@ first start and logs it once. ``GUARD_AUTH=required`` always asks for a key.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -94,13 +93,19 @@ class KeyCopy:
 
     def save(self, keys: dict[str, tuple[str, str]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({k: list(v) for k, v in keys.items()}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        # A name of this process's own: the workers of one guard (and guards sharing the spool
+        # folder) rewrite the copy too, and one's half-written file must never be another's.
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump({k: list(v) for k, v in keys.items()}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self._keys = dict(keys)
 
     def load(self) -> dict[str, tuple[str, str]] | None:
@@ -165,9 +170,12 @@ class KeyRing:
     async def stop(self) -> None:
         """Stop refreshing the copy, after a last refresh (keys revoked meanwhile leave it)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Cancelled until it has ended: on Python 3.11 asyncio.wait_for (inside bounded()) can
+            # swallow a cancellation that arrives just as its SQL read finishes, and the loop went
+            # on sleeping and refreshing: a shutdown was seen to hang here (tests/test_keys.py).
+            while not self._task.done():
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
             await self.refresh_copy()
 
     async def _refresh_loop(self) -> None:

@@ -55,7 +55,7 @@ from guard.checkers import (
 from guard.errors import ImageError
 from guard.images import decode_base64
 from guard.json_path import MISSING, Path, get_path, make_path, parse_path, set_path
-from guard.metrics import Metrics
+from guard.metrics import MiddlewareMetrics
 from guard.sse import Event, parse_events
 
 __all__ = [
@@ -108,7 +108,7 @@ class GuardMiddleware:
         unguarded: Literal["pass", "hold"] = "pass",
         stream_decision: Literal["field", "event"] = "field",
         fallback_message: str = DEFAULT_FALLBACK,
-        metrics: Metrics | None = None,
+        metrics: MiddlewareMetrics | None = None,
     ) -> None:
         """``routes``: exact paths, or prefixes ending in ``*``. ``question``/``photo``/``conversation``:
         JSON paths in the request (for multipart, the names of the form fields; the photo is a file
@@ -145,7 +145,7 @@ class GuardMiddleware:
         self.unguarded_policy = unguarded
         self.stream_decision = stream_decision
         self.fallback_message = fallback_message
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or MiddlewareMetrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):  # lifespan
@@ -170,7 +170,7 @@ class GuardMiddleware:
         return path in self.exact or any(path.startswith(p) for p in self.prefixes)
 
     def unguarded(self, reason: str) -> None:
-        self.metrics.inc("guard_middleware_unguarded_total", reason=reason)
+        self.metrics.unguarded.labels(reason=reason).inc()
 
     # Request side
 
@@ -210,7 +210,7 @@ class GuardMiddleware:
             try:
                 image = await self.checker.prepare_image(parts.photo)
             except CheckerError as exc:
-                self.metrics.inc("guard_middleware_photo_rejected_total")
+                self.metrics.photo_rejected.inc()
                 log.warning("guard middleware: the photo is left out: %s", exc)
         return parts, image
 
@@ -218,7 +218,7 @@ class GuardMiddleware:
         try:
             return await self.checker.check(parts, reply, image)
         except Exception as exc:
-            self.metrics.inc("guard_middleware_errors_total", kind=type(exc).__name__)
+            self.metrics.errors.labels(kind=type(exc).__name__).inc()
             log.error("guard middleware: the guard could not be asked: %r", exc)
             if self.on_error == "pass":
                 return None
@@ -484,7 +484,7 @@ class _Exchange:
         verdict = await self.mw.verdict(parts, draft, image)
         if verdict is None:
             return await self._pass("guard_unavailable", more_body=False)
-        self.mw.metrics.inc("guard_middleware_guarded_total", action=verdict.action)
+        self.mw.metrics.guarded.labels(action=verdict.action).inc()
         if self.mode == "json":
             set_path(doc, self.mw.reply, verdict.text)
             if self.mw.decision_field and isinstance(doc, dict):

@@ -8,6 +8,7 @@ of the edges.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -165,11 +166,14 @@ class PolicyBook:
     """The policy in force per channel, read from SQL and re-read in the background.
 
     A channel's first request waits for its policy (at most ``timeout_s``); after that requests
-    never wait for SQL: once the policy is older than ``ttl_s`` the next request starts one
-    re-read (shared by every request meanwhile) and is answered with the policy known. When SQL
-    fails or does not answer in time, the last policy read stands (the built-in default before
-    the first). A channel with no policy of its own uses the default channel's; with no database
-    (``guard check``) the built-in default policy is used.
+    never wait for SQL. While started (:meth:`start`, the runtime does), every channel known is
+    re-read every ``ttl_s`` whether requests come or not, so a version published anywhere (another
+    replica, another worker, ``guard policy publish``) is in force in this process within
+    ``ttl_s`` plus one read. A policy older than ``ttl_s`` (not started, or the refresh is late)
+    also makes the next request start one re-read (shared by every request meanwhile); it is
+    answered with the policy known. When SQL fails or does not answer in time, the last policy
+    read stands (the built-in default before the first). A channel with no policy of its own uses
+    the default channel's; with no database (``guard check``) the built-in default policy is used.
     """
 
     def __init__(self, store: Store | None, ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
@@ -179,6 +183,30 @@ class PolicyBook:
         self._cache: dict[str, tuple[float, Policy]] = {}
         self._loading: dict[str, asyncio.Task[Policy]] = {}
         self._generation = 0
+        self._refresher: asyncio.Task[None] | None = None
+
+    @property
+    def refresh_s(self) -> float:
+        """How often the policies in force are re-read (a published version is used within this)."""
+        return self._ttl
+
+    def start(self) -> None:
+        """Re-read every known channel's policy every ``ttl_s`` in the background (until :meth:`stop`)."""
+        if self._store is not None and self._refresher is None:
+            self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="policy-refresh")
+
+    async def stop(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._ttl)
+            for channel in list(self._cache):
+                await asyncio.shield(self._reload(channel))  # never raises: SQL failing keeps the last
 
     async def get(self, channel: str) -> Policy:
         hit = self._cache.get(channel)
@@ -399,12 +427,15 @@ class Pipeline:
             image_text=image_text,
             audit_item_id=new_id() if audit else None,
         )
-        self.metrics.inc("guard_decisions_total", action=result.action)
+        m = self.metrics
+        m.decisions.labels(action=result.action, channel=policy.channel).inc()
         if audit:
-            self.metrics.inc("guard_audit_sampled_total", action=result.action)
+            m.audit_sampled.labels(action=result.action).inc()
         if result.degraded:
-            self.metrics.inc("guard_degraded_total", reason=result.reason or "unknown")
-        self.metrics.observe_ms("guard_decision_latency_ms", timings["total"])
+            m.degraded.labels(reason=result.reason or "unknown").inc()
+        elif result.score is not None:
+            m.score.labels(channel=policy.channel).observe(result.score)
+        m.decision_latency.observe(timings["total"] / 1000)
         if self.sink is not None:
             await self.sink.put(self._record(req, result))
         return result
@@ -439,8 +470,8 @@ class Pipeline:
             for reply in replies
         ]
         hits: list[CachedScore | None] = [await self.cache.get(k) for k in keys]
-        self.metrics.inc("guard_cache_hits_total", sum(h is not None for h in hits))
-        self.metrics.inc("guard_cache_misses_total", sum(h is None for h in hits))
+        self.metrics.cache_hits.inc(sum(h is not None for h in hits))
+        self.metrics.cache_misses.inc(sum(h is None for h in hits))
         misses = [i for i, h in enumerate(hits) if h is None]
         fresh: dict[int, CachedScore | None] = {}
         failed = False
@@ -461,10 +492,10 @@ class Pipeline:
             try:
                 results = await self.scoring.score(items)
             except Exception as exc:
-                self.metrics.inc("guard_scorer_errors_total", kind=type(exc).__name__)
+                self.metrics.scorer_errors.labels(kind=type(exc).__name__).inc()
                 log.warning("scorer failed: %r", exc)
                 results = [None for _ in misses]
-            self.metrics.observe_ms("guard_scorer_latency_ms", _ms(t))
+            self.metrics.scorer_latency.observe(time.perf_counter() - t)
             for i, res in zip(misses, results, strict=True):
                 fresh[i] = res
                 if res is None:
@@ -503,7 +534,7 @@ class Pipeline:
         if self.ocr is None:
             return PhotoText(None, "off")
         photo = await self.ocr.text(image)
-        self.metrics.inc("guard_ocr_total", status=photo.status)
+        self.metrics.ocr.labels(status=photo.status).inc()
         return photo
 
     def _record(self, req: CheckRequest, result: CheckResult) -> DecisionRecord:

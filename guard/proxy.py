@@ -337,7 +337,7 @@ class Proxy:
             rewrite_plain(choice, visible[i], None if result is None else customer_text(result))
             if result is not None and len(results) > 1:
                 choice["guard"] = guard_summary(result)
-        doc["guard"], answer_headers = _answer(results)
+        doc["guard"], answer_headers = self._answer(results)
         return JSONResponse(doc, headers=answer_headers)
 
     async def _streamed(
@@ -348,12 +348,21 @@ class Proxy:
         visible = {index: choice.visible for index, choice in got.choices.items()}
         results = await self._guard_choices(check, visible, image_task)
         guarded = {i: (customer_text(r), guard_summary(r)) for i, r in results.items()}
-        summary, answer_headers = _answer(results)
+        summary, answer_headers = self._answer(results)
         return Response(
             rewrite_stream(got, guarded, summary),
             media_type="text/event-stream",
             headers={"cache-control": "no-cache", **answer_headers},
         )
+
+    def _answer(self, results: dict[int, CheckResult]) -> tuple[dict[str, Any], dict[str, str]]:
+        """The ``guard`` summary and the headers of an answer: its first guarded choice's decision, or
+        "unguarded" when no choice had text (tool calls only: nothing the customer reads; counted)."""
+        if not results:
+            self.guard.metrics.unguarded.labels(reason=NO_TEXT).inc()
+            return NO_TEXT_SUMMARY, UNGUARDED
+        primary = results[min(results)]
+        return guard_summary(primary), guard_headers(primary)
 
     async def _read_stream(self, response: httpx2.Response) -> StreamRead:
         ctype = response.headers.get("content-type", "")
@@ -380,12 +389,3 @@ class Proxy:
                 return True
             got.take(data)
         return False
-
-
-def _answer(results: dict[int, CheckResult]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The ``guard`` summary and the headers of an answer: its first guarded choice's decision, or
-    "unguarded" when no choice had text (tool calls only: nothing the customer reads)."""
-    if not results:
-        return NO_TEXT_SUMMARY, UNGUARDED
-    primary = results[min(results)]
-    return guard_summary(primary), guard_headers(primary)

@@ -116,12 +116,15 @@ class Runtime:
         s = settings
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
+            stack.callback(metrics.close)  # last: multiprocess mode's final counts, once all stopped
             model = scorer if scorer is not None else await asyncio.to_thread(load_scorer, s)
             stack.callback(model.close)
             store = Store.open(s.database_url)
             stack.callback(store.close)
             cache = open_cache(s)
             stack.push_async_callback(cache.close)
+            if isinstance(cache, RedisCache):
+                cache.register_metrics(metrics)
             ocr = await open_ocr(s, cache)
             if ocr is not None:
                 stack.push_async_callback(ocr.close)
@@ -139,11 +142,14 @@ class Runtime:
                 breaker=scorer_breaker(s, metrics),
             )
             stack.callback(scoring.close)
+            book = policies or PolicyBook(store, timeout_s=s.sql_timeout_s)
+            book.start()
+            stack.push_async_callback(book.stop)
             pipeline = Pipeline(
                 s,
                 scoring,
                 cache,
-                policies or PolicyBook(store, timeout_s=s.sql_timeout_s),
+                book,
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
@@ -174,8 +180,10 @@ class Runtime:
                 proxy=proxy,
                 on_outcome=on_outcome or handoff.deliver_outcome,
             )
-            metrics.gauge("guard_decision_log_pending", lambda: float(decision_log.pending))
             decision_log.register_metrics(metrics)
+            if metrics.multiprocess is not None:  # guard serve --workers N (guard/metrics.py)
+                publisher = asyncio.get_running_loop().create_task(_publish(metrics), name="metrics")
+                stack.push_async_callback(_cancel, publisher)
             log.info("guard ready: scorer %s %s, cache %s", model.name, model.version, cache.name)
             # What start-up allocated (modules, models, templates) lives as long as the process: keep
             # it out of the cyclic collector's scans, which otherwise walk it all on every full
@@ -245,3 +253,23 @@ def runtime(connection: Mapping[str, Any]) -> Runtime:
     if not isinstance(found, Runtime):
         raise RuntimeError("no guard runtime in the request's state: the app's lifespan did not run")
     return found
+
+
+METRICS_PUBLISH_S = 1.0
+"""Multiprocess mode: how often a worker copies the counts its parts keep into the shared files
+(a scrape answered by another worker shows them at most this late)."""
+
+
+async def _publish(metrics: Metrics) -> None:
+    while True:
+        await asyncio.sleep(METRICS_PUBLISH_S)
+        try:
+            metrics.publish()
+        except Exception:  # a full disk must not end the loop: the next second tries again
+            log.exception("metrics: publishing this worker's counts failed")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

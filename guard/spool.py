@@ -8,10 +8,15 @@ doubled).
 
 Layout: ``<GUARD_SPOOL_DIR>/<key of the database URL>/`` holds, per running guard process, a lock
 file ``<owner>.lock`` (held with ``flock`` while the process lives) and its segments
-``<owner>.<seq>.jsonl``: one JSON document per line. A process that starts finds the segments
-of owners whose lock is free (dead processes) and adopts them, so a few uvicorn workers may
-share one spool directory. Segments are kept per database so a spool is never replayed into
-another database.
+``<owner>.<seq>.jsonl``: one JSON document per line. The owner names the process
+(``<start time>-<pid>-<random>``) and a process writes only its own segments. A process that starts
+finds the segments of owners whose lock is free (dead processes) and adopts them: of two processes
+starting together exactly one gets a dead owner's lock, and the owners alive are left alone. So the
+workers of ``guard serve --workers N`` (or a few guards on one host) may share one spool directory,
+and a worker that uvicorn starts again in place of a killed one replays what the killed one left.
+``flock`` is local to a host: replicas on different hosts each have a spool on their own disk,
+never one shared over the network. Segments are kept per database so a spool is never replayed
+into another database.
 
 A torn line (the process died inside a write, or a write failed half-way) was never acknowledged
 to a client; it is skipped on replay, and a complete record glued after it is still read. The
@@ -44,6 +49,8 @@ log = logging.getLogger(__name__)
 
 SEGMENT_SUFFIX = ".jsonl"
 LOCK_SUFFIX = ".lock"
+_NEW_SUFFIX = ".new"
+"""A lock file being created (not yet locked): ``<owner>.lock.new``, renamed to ``<owner>.lock``."""
 REJECTED_FILE = "rejected.ndjson"
 """Decisions SQL refused for their content (guard/decision_log.py): kept, one spool line each."""
 
@@ -177,19 +184,29 @@ class Spool:
 
     def open(self) -> list[Path]:
         """Take this process's place in the spool; return the segments of dead owners to replay."""
+        # The lock file is created under a name no other process looks at, locked, and only then
+        # renamed into place: a process starting at the same moment (another uvicorn worker) never
+        # sees an unlocked lock file of a live owner, so it can neither adopt it nor fail to lock it.
+        unlocked = self.root / f"{self._owner}{LOCK_SUFFIX}{_NEW_SUFFIX}"
         for attempt in range(3):  # another process may remove an empty spool folder meanwhile
             self.root.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(self.root / f"{self._owner}{LOCK_SUFFIX}", os.O_RDWR | os.O_CREAT, 0o600)
+                fd = os.open(unlocked, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 break
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(unlocked, self.root / f"{self._owner}{LOCK_SUFFIX}")
+        except BaseException:
+            os.close(fd)
+            unlocked.unlink(missing_ok=True)
+            raise
+        self._lock_fd = fd
         note = self.root / "database.txt"
         if not note.exists():
             note.write_text(_shown_url(self._database_url) + "\n")
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._lock_fd = fd
         orphans = self._adopt()
         self._open_segment(1)
         _fsync_dir(self.root)
@@ -200,28 +217,50 @@ class Spool:
         return orphans
 
     def _adopt(self) -> list[Path]:
-        owners_alive: set[str] = set()
-        for lock_path in sorted(self.root.glob(f"*{LOCK_SUFFIX}")):
-            owner = lock_path.name[: -len(LOCK_SUFFIX)]
-            if owner == self._owner:
+        """Lock the owners of the segments found whose lock is free (dead processes); return their
+        segments. Segments are listed before locks are tried: a live owner's lock file is in place
+        (and locked) before its first segment exists, so a segment seen always has its owner's lock
+        to try. A segment whose lock file is gone altogether (removed by hand) is taken as well."""
+        owners = {_owner_of(seg) for seg in self.root.glob(f"*{SEGMENT_SUFFIX}")} - {self._owner}
+        orphaned: set[str] = set()
+        for owner in sorted(owners):
+            fd = self._free_lock(self.root / f"{owner}{LOCK_SUFFIX}")
+            if fd is None:
+                continue  # alive, or being replayed by another process
+            if fd >= 0:
+                self._adopted_locks[owner] = fd
+            orphaned.add(owner)
+        self._drop_dead_locks(owners)
+        segments = [seg for seg in self.root.glob(f"*{SEGMENT_SUFFIX}") if _owner_of(seg) in orphaned]
+        return sorted(segments, key=_segment_order)
+
+    @staticmethod
+    def _free_lock(path: Path) -> int | None:
+        """An fd holding ``path``'s lock; None when another process holds it; -1 with no such file."""
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return -1
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        return fd
+
+    def _drop_dead_locks(self, owners_with_segments: set[str]) -> None:
+        """Remove the lock files of dead owners that left no segment (killed before their first)."""
+        # (A ``.lock.new`` file is left alone: it is created unlocked, so another process's may be
+        # one that is just starting.)
+        for path in self.root.glob(f"*{LOCK_SUFFIX}"):
+            owner = path.name.split(".", 1)[0]
+            if owner == self._owner or owner in owners_with_segments:
                 continue
-            try:
-                fd = os.open(lock_path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            fd = self._free_lock(path)
+            if fd is not None and fd >= 0:
+                if not any(self.root.glob(f"{owner}.*{SEGMENT_SUFFIX}")):
+                    path.unlink(missing_ok=True)
                 os.close(fd)
-                owners_alive.add(owner)
-                continue
-            self._adopted_locks[owner] = fd
-        orphans = []
-        for seg in self.root.glob(f"*{SEGMENT_SUFFIX}"):
-            owner = seg.name.split(".", 1)[0]
-            if owner != self._owner and owner not in owners_alive:
-                orphans.append(seg)
-        return sorted(orphans, key=_segment_order)
 
     def release_adopted(self) -> None:
         """After the adopted segments are replayed: drop the dead owners' lock files."""
@@ -398,6 +437,10 @@ class Spool:
     def discard(self, path: Path) -> None:
         """A replayed segment: SQL holds all of it."""
         path.unlink(missing_ok=True)
+
+
+def _owner_of(segment: Path) -> str:
+    return segment.name.split(".", 1)[0]
 
 
 def _segment_order(path: Path) -> tuple[str, str]:

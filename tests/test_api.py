@@ -14,6 +14,7 @@ from guard.scoring.base import ScoreInput, ScoreResult
 from guard.tables import Decision, QueueItem
 from tests.apptools import b64, flush, guard_client, png_bytes, runtime_of
 from tests.fakes import FakeScorer
+from tests.promtext import sample
 from tests.test_images import png_header_only
 
 QUESTION_ZH = "新买的牛仔裤，右边口袋开线了，怎么办？"
@@ -255,8 +256,8 @@ def test_health_ready_and_metrics(client: TestClient) -> None:
         "spool": True,
     }
     text = client.get("/metrics").text
-    assert 'guard_decisions_total{action="send"} 1' in text
-    assert "guard_decision_latency_ms_count 1" in text
+    assert sample(text, "guard_decisions_total", action="send", channel="default") == 1
+    assert sample(text, "guard_decision_latency_seconds_count") == 1
 
 
 # -- whether the instruction was read ----------------------------------------------------------------

@@ -28,6 +28,7 @@ from guard.settings import Settings
 from guard.store import Store, migrate
 from tests.apptools import png_bytes
 from tests.fakes import FakeScorer
+from tests.promtext import sample
 from tests.serving import serve
 
 pytestmark = pytest.mark.integration
@@ -179,11 +180,7 @@ def drive(
 
 
 def metric(base_url: str, name: str) -> float:
-    text = httpx2.get(base_url + "/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} is not in /metrics")
+    return sample(httpx2.get(base_url + "/metrics", timeout=10).text, name)
 
 
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -25,6 +25,7 @@ from guard.settings import Settings
 from guard.store import migrate
 from tests.apptools import SSE_DONE, openai_client, sse_data
 from tests.fakes import FakeScorer
+from tests.promtext import sample
 from tests.serving import serve
 
 HELD = "Buy our premium plan today and get a free mug. " * 3 + "[score=0.1]"
@@ -140,8 +141,8 @@ def test_every_answer_passed_unguarded_is_marked_and_counted(
         b"".join(resp.iter_raw())
     assert resp.status_code == 200
     assert (resp.headers["x-guard-action"], resp.headers["x-guard-reason"]) == ("unguarded", reason)
-    assert mw.metrics.counters[("guard_middleware_unguarded_total", (("reason", reason),))] == 1
-    assert f'guard_middleware_unguarded_total{{reason="{reason}"}} 1' in mw.metrics.render()
+    assert mw.metrics.value("guard_middleware_unguarded_total", reason=reason) == 1
+    assert sample(mw.metrics.render(), "guard_middleware_unguarded_total", reason=reason) == 1
 
 
 def test_an_app_cannot_forge_the_guard_headers(served: tuple[str, GuardMiddleware]) -> None:

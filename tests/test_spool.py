@@ -23,6 +23,7 @@ from guard.records import Candidate, DecisionRecord
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
 from guard.store import Store, migrate
 from tests.fakes import decision_row
+from tests.spool_opener import open_together
 
 ROOT = Path(__file__).resolve().parents[1]
 P = ParamSpec("P")
@@ -190,6 +191,28 @@ async def test_a_live_owners_segments_are_not_adopted(tmp_path: Path) -> None:
     await asyncio.wait_for(first.flush(), 5)
     await first.stop()
     assert list(store.rows) == [record(1).row.id]
+
+
+def test_spools_opened_at_once_by_many_processes_neither_fail_nor_adopt_a_live_one(tmp_path: Path) -> None:
+    """The workers of `guard serve --workers N` start together in one spool folder: none may fail to
+    take its lock (uvicorn then stops them all) or take a live sibling's segments for a dead one's."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    processes, rounds = 6, 15
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    workers = [
+        ctx.Process(target=open_together, args=(str(tmp_path), rounds, barrier, results))
+        for _ in range(processes)
+    ]
+    for w in workers:
+        w.start()
+    seen = [results.get(timeout=60) for _ in range(processes * rounds)]
+    for w in workers:
+        w.join(30)
+    wrong = [s for s in seen if s[1] != "ok" or s[2] or s[3]]
+    assert not wrong, f"{len(wrong)} of {len(seen)} opens failed or adopted a live spool: {wrong[:3]}"
+    assert all(w.exitcode == 0 for w in workers)
 
 
 @sync

@@ -102,12 +102,20 @@ def load_secret_key(configured: str | None, path: Path = SECRET_KEY_FILE) -> byt
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     key = secrets.token_urlsafe(48).encode()
+    # Written whole under a name of its own, then linked into place: another process starting at
+    # the same moment (a worker of the same `guard serve`) finds either no file or the whole key.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
     except FileExistsError:  # another process wrote it first: use theirs
         return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
+    finally:
+        tmp.unlink(missing_ok=True)
     return key
 
 

@@ -141,9 +141,7 @@ class SessionViews(Pages):
         else:
             out.append(("Redis", None, f"not configured: {guard.cache.name} cache in this process"))
         scorer = guard.scoring.scorer
-        errors = sum(
-            n for (name, _), n in self.rt.metrics.counters.items() if name == "guard_scorer_errors_total"
-        )
+        errors = int(self.rt.metrics.total("guard_scorer_errors_total"))
         detail = f"{scorer.name} {scorer.version}; {errors} errors since start"
         out.append(("Scorer", errors == 0, detail))
         return out
