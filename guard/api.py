@@ -211,6 +211,8 @@ async def decision_endpoint(request: Request) -> Response:
             "instruction_used": row.instruction_used,
             "cached": row.cached,
             "degraded": row.degraded,
+            "reason": row.reason,
+            "durable": row.durable,
         }
     )
 

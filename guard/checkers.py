@@ -68,6 +68,8 @@ class Verdict:
     reason: str | None = None
     uncertain_reason: str | None = None
     """Why the guard could not judge the case (the photo carries the issue), or None."""
+    durable: bool = True
+    """The decision was in the guard's spool before it answered (False: in memory only)."""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Verdict:
@@ -82,6 +84,7 @@ class Verdict:
             degraded=bool(body.get("degraded")),
             reason=body.get("reason"),
             uncertain_reason=body.get("uncertain_reason") if body.get("uncertain") else None,
+            durable=body.get("durable") is not False,
         )
 
     @classmethod
@@ -99,6 +102,7 @@ class Verdict:
             "reason": self.reason,
             "uncertain": self.uncertain_reason is not None,
             "uncertain_reason": self.uncertain_reason,
+            "durable": self.durable,
         }
 
 

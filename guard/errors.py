@@ -23,7 +23,8 @@ fields as a page.
     │       └── FetchError          422 image_url_not_allowed, image_fetch_failed (an image URL)
     └── ServiceError                5xx: the guard or a service it depends on failed
         ├── Unavailable             503 database_unavailable, scorer_unavailable, upstream_not_configured
-        │   └── KeysUnavailable     503 database_unavailable (guard.keys: an API key cannot be checked)
+        │   ├── KeysUnavailable     503 database_unavailable (guard.keys: an API key cannot be checked)
+        │   └── SpoolUnavailable    503 spool_unavailable (a decision cannot be made durable)
         ├── UpstreamError           502 upstream_unavailable, upstream_error, upstream_malformed,
         │                               upstream_too_large
         └── UpstreamTimeout         504 upstream_timeout
@@ -139,6 +140,16 @@ class Unavailable(ServiceError):
     status = 503
 
 
+class SpoolUnavailable(Unavailable):
+    """A decision could not be appended to the spool (its disk is full or failing) and the guard may
+    not answer it from memory (GUARD_SPOOL_ON_ERROR ``503``, or ``hold`` before the reply is held)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            "spool_unavailable", f"the decision could not be written to the local spool ({why}); try again"
+        )
+
+
 class UpstreamError(ServiceError):
     status = 502
 
@@ -167,6 +178,7 @@ __all__ = [
     "RequestError",
     "ServiceError",
     "SettingsError",
+    "SpoolUnavailable",
     "Unauthorized",
     "Unavailable",
     "UpstreamError",

@@ -8,6 +8,7 @@ of the edges.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
+from guard.errors import SpoolUnavailable
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
@@ -89,6 +91,9 @@ class CheckResult:
     """How the photo's text was obtained (guard/ocr.py ``Status``); None without a photo."""
     image_text: str | None = None
     """The text read from the photo, when it was read in time (recorded; not in the API response)."""
+    durable: bool = True
+    """The decision was fsync'd in the spool before this answer; False: it waits for SQL in memory
+    only (no spool, or the spool could not write: GUARD_SPOOL_ON_ERROR hold or memory)."""
 
     @property
     def uncertain(self) -> bool:
@@ -119,6 +124,7 @@ class CheckResult:
             "uncertain_reason": self.uncertain_reason,
             "timings_ms": self.timings_ms,
             "image_text_status": self.image_text_status,
+            "durable": self.durable,
         }
         if len(self.ranked) > 1:
             body["candidates"] = [
@@ -129,7 +135,10 @@ class CheckResult:
 
 
 class DecisionSink(Protocol):
-    async def put(self, record: DecisionRecord) -> None: ...
+    async def put(self, record: DecisionRecord, *, or_memory: bool | None = None) -> bool:
+        """True once the decision is durable; False when it waits in memory only (allowed by
+        ``or_memory``, else by the sink's own rule); SpoolUnavailable when it cannot be kept so."""
+        ...
 
 
 class PolicyBook:
@@ -219,6 +228,8 @@ def compose(action: Action, draft: str, ctx: MessageContext, messages: Messages,
 
 
 UNCERTAIN_NOT_STATED = "issue_not_stated"
+SPOOL_HELD_REASON = "spool_unavailable"
+"""The reason of a reply held because its decision could not be made durable (GUARD_SPOOL_ON_ERROR=hold)."""
 
 
 def uncertainty(issue: IssueReading, *, has_photo: bool, inputs_used: Sequence[str]) -> str | None:
@@ -354,13 +365,43 @@ class Pipeline:
             image_text_status=None if photo is None else photo.status,
             image_text=image_text,
         )
+        if self.sink is not None:
+            result = await self._hand_over(req, result, policy, ctx)
         self.metrics.inc("guard_decisions_total", action=result.action)
         if result.degraded:
             self.metrics.inc("guard_degraded_total", reason=result.reason or "unknown")
         self.metrics.observe_ms("guard_decision_latency_ms", timings["total"])
-        if self.sink is not None:
-            await self.sink.put(self._record(req, result))
         return result
+
+    async def _hand_over(
+        self, req: CheckRequest, result: CheckResult, policy: Policy, ctx: MessageContext
+    ) -> CheckResult:
+        """Give the decision to the sink; the result as answered (held, or marked not durable)."""
+        assert self.sink is not None
+        try:
+            durable = await self.sink.put(self._record(req, result))
+        except SpoolUnavailable:
+            if self.settings.spool_on_error != "hold":
+                raise  # 503: nothing is answered that is not durable
+            result = self._held(result, policy, ctx)
+            durable = await self.sink.put(self._record(req, result), or_memory=True)
+        return result if durable else dataclasses.replace(result, durable=False)
+
+    def _held(self, result: CheckResult, policy: Policy, ctx: MessageContext) -> CheckResult:
+        """The decision when the spool cannot write and GUARD_SPOOL_ON_ERROR=hold: the draft is held
+        with the policy's on_error action (escalate when that would not hold it) and its message."""
+        action: Action = policy.on_error if policy.on_error in QUEUED_ACTIONS else "escalate"
+        shown = compose(action, result.draft, ctx, self.messages, policy)
+        return dataclasses.replace(
+            result,
+            action=action,
+            reply=shown.reply,
+            follow_up=shown.follow_up,
+            holding_message=shown.holding,
+            queue_item_id=result.queue_item_id or new_id(),
+            degraded=True,
+            reason=SPOOL_HELD_REASON,
+        )
 
     async def score_texts(
         self,
@@ -482,6 +523,7 @@ class Pipeline:
                 reason=result.reason,
                 latency_ms=result.timings_ms["total"],
                 timings_ms=result.timings_ms,
+                durable=True,  # the sink marks it False when it keeps it in memory only
             ),
             queue_item_id=result.queue_item_id,
             image=(

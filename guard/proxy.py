@@ -118,6 +118,8 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "escalation_id": result.queue_item_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
+        "reason": result.reason,
+        "durable": result.durable,
         "uncertain": result.uncertain,
         "uncertain_reason": result.uncertain_reason,
     }

@@ -21,7 +21,7 @@ AuthMode = Literal["auto", "required"]
 RerankerTemplate = Literal["auto", "lychee", "qwen3-vl"]
 RemoteQuery = Literal["text", "document", "multimodal"]
 RemoteApi = Literal["rerank", "score", "tei"]
-SpoolOnError = Literal["503", "memory"]
+SpoolOnError = Literal["503", "hold", "memory"]
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,9 @@ class Settings:
     """Durable local journal of decisions on their way to SQL (fsync'd before the response); empty: none."""
     spool_on_error: SpoolOnError = "503"
     """When a decision cannot be appended to the spool (disk full or failing): "503" answers 503
-    (nothing is answered that is not durable), "memory" answers and keeps the decision in memory only."""
+    (nothing is answered that is not durable), "hold" holds the reply (the policy's on_error action,
+    its holding message; the decision kept in memory, marked ``durable: false``), "memory" answers
+    as decided and keeps the decision in memory only (marked ``durable: false``)."""
     scorer_breaker_failures: int = 5
     """Consecutive scorer failures (errors, timeouts, NaN) that open the scorer's circuit breaker."""
     scorer_breaker_cooldown_s: float = 10.0
