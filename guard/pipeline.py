@@ -8,6 +8,7 @@ of the edges.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -24,6 +25,7 @@ from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
 from guard.images import DecodedImage
 from guard.issues import IssueReading, read_issue
+from guard.local_copy import PolicyCopy
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
 from guard.policies import QUEUED_ACTIONS, Action, Policy, PolicyDecision, decide, default_policy
@@ -147,18 +149,29 @@ class PolicyBook:
     A channel's first request waits for its policy (at most ``timeout_s``); after that requests
     never wait for SQL: once the policy is older than ``ttl_s`` the next request starts one
     re-read (shared by every request meanwhile) and is answered with the policy known. When SQL
-    fails or does not answer in time, the last policy read stands (the built-in default before
-    the first). A channel with no policy of its own uses the default channel's; with no database
-    (``guard check``) the built-in default policy is used.
+    fails or does not answer in time, the last policy read stands; before the first, the local
+    copy's (``copy``, guard/local_copy.py: what a previous guard read while SQL answered), else the
+    built-in default. A channel with no policy of its own uses the default channel's; with no
+    database (``guard check``) the built-in default policy is used. Whenever a policy is read that
+    the copy does not hold (the first read, a publish), the copy is rewritten from SQL.
     """
 
-    def __init__(self, store: Store | None, ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        ttl_s: float = 2.0,
+        timeout_s: float = 2.0,
+        *,
+        copy: PolicyCopy | None = None,
+    ) -> None:
         self._store = store
         self._ttl = ttl_s
         self._timeout = timeout_s
         self._cache: dict[str, tuple[float, Policy]] = {}
         self._loading: dict[str, asyncio.Task[Policy]] = {}
         self._generation = 0
+        self._copy = copy if store is not None else None
+        self._copying: asyncio.Task[None] | None = None
 
     async def get(self, channel: str) -> Policy:
         hit = self._cache.get(channel)
@@ -185,15 +198,52 @@ class PolicyBook:
         try:
             policy = await self._read(channel)
         except Exception as exc:
-            stale = self._cache.get(channel)
-            log.warning(
-                "could not read the policy of channel %r (%r); using the last one known", channel, exc
-            )
-            policy = stale[1] if stale is not None else default_policy()
+            policy = self._fallback(channel, exc)
+        else:
+            if self._copy is not None and not self._copy.holds(policy):
+                self._refresh_copy()
         if generation == self._generation:
             self._cache[channel] = (time.monotonic() + self._ttl, policy)
             self._loading.pop(channel, None)
         return policy
+
+    def _fallback(self, channel: str, exc: Exception) -> Policy:
+        """The policy when SQL cannot be read: the last one read, else the local copy's, else the default."""
+        stale = self._cache.get(channel)
+        if stale is not None:
+            log.warning("could not read the policy of %r (%r); the last one read stands", channel, exc)
+            return stale[1]
+        copied = None if self._copy is None else self._copy.policy_for(channel)
+        if copied is not None:
+            log.warning(
+                "could not read the policy of channel %r (%r); using the local copy's (%s v%d)",
+                channel,
+                exc,
+                copied.channel,
+                copied.version,
+            )
+            return copied
+        log.warning("could not read the policy of channel %r (%r); using the built-in default", channel, exc)
+        return default_policy()
+
+    def _refresh_copy(self) -> None:
+        """Rewrite the local copy from SQL in the background (one rewrite at a time)."""
+        if self._copying is None or self._copying.done():
+            self._copying = asyncio.get_running_loop().create_task(self._save_copy(), name="policy-copy")
+
+    async def _save_copy(self) -> None:
+        assert self._store is not None and self._copy is not None
+        try:
+            policies = await bounded(self._timeout, self._store.active_policies)
+            await asyncio.to_thread(self._copy.save, policies)
+        except Exception as exc:
+            log.warning("policies: the local copy was not refreshed (%r)", exc)
+
+    async def close(self) -> None:
+        """Let a rewrite of the copy that is under way finish (bounded by the SQL timeout)."""
+        if self._copying is not None and not self._copying.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._copying), self._timeout + 1)
 
     async def _read(self, channel: str) -> Policy:
         if self._store is None:

@@ -29,6 +29,7 @@ from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavai
 from guard.handoff import Handoff, HandoffSink
 from guard.images import DecodedImage, decode_image
 from guard.keys import KeyRing, ensure_first_key, key_copy
+from guard.local_copy import policy_copy
 from guard.metrics import Metrics
 from guard.ocr import OcrService, open_ocr
 from guard.pipeline import Pipeline, PolicyBook, ScoringService
@@ -140,11 +141,14 @@ class Runtime:
                 breaker=scorer_breaker(s, metrics),
             )
             stack.callback(scoring.close)
+            if policies is None:
+                policies = PolicyBook(store, timeout_s=s.sql_timeout_s, copy=policy_copy(s))
+                stack.push_async_callback(policies.close)
             pipeline = Pipeline(
                 s,
                 scoring,
                 cache,
-                policies or PolicyBook(store, timeout_s=s.sql_timeout_s),
+                policies,
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
