@@ -149,7 +149,7 @@ class DecisionLog:
             if not memory_ok:
                 self._count("guard_spool_refused_total")
                 if not done.done():
-                    done.set_exception(SpoolUnavailable(why))
+                    done.set_exception(SpoolUnavailable.because(why))
                 continue
             await self._queue.put((None, _in_memory(record)))
             self._count("guard_decisions_not_durable_total", reason="spool_failing")
