@@ -7,7 +7,6 @@ chatbot's draft and answers a :class:`Verdict`: :class:`LocalGuard` runs the gua
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
@@ -19,8 +18,8 @@ import httpx2
 from starlette.types import Scope
 
 from guard.edge_text import fitted, repaired
-from guard.errors import ImageError
-from guard.images import DecodedImage, decode_image
+from guard.errors import ImageError, Unavailable
+from guard.images import DecodedImage
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.runtime import Runtime
 from guard.scoring.base import Scorer
@@ -176,12 +175,9 @@ class LocalGuard:
             self._guard = None
 
     async def prepare_image(self, data: bytes) -> object:
-        s = self.guard.settings
         try:
-            image = await asyncio.to_thread(
-                decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
-            )
-        except ImageError as exc:
+            image = await self.guard.images.decode(data)
+        except (ImageError, Unavailable) as exc:
             raise CheckerError(f"the photo is not usable: {exc.message}") from None
         self.guard.start_reading(image)  # its text is read while the app generates
         return image

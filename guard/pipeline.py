@@ -23,7 +23,7 @@ from guard.cache import CachedScore, ScoreCache, score_key
 from guard.errors import SpoolUnavailable
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
-from guard.images import DecodedImage
+from guard.images import DecodedImage, ImageDecoder
 from guard.issues import IssueReading, read_issue
 from guard.local_copy import PolicyCopy
 from guard.metrics import Metrics
@@ -348,8 +348,11 @@ class Pipeline:
         metrics: Metrics | None = None,
         messages: Messages | None = None,
         ocr: OcrService | None = None,
+        images: ImageDecoder | None = None,
     ) -> None:
         self.settings = settings
+        self.images = images or ImageDecoder.from_settings(settings)
+        """Decodes photos in its own bounded pool, under a deadline (guard/images.py)."""
         self.ocr = ocr
         """Reads the text in photos; None when OCR is off."""
         self.scoring = scoring

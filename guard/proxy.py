@@ -49,7 +49,7 @@ from guard.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from guard.images import DecodedImage, decode_base64, decode_image
+from guard.images import DecodedImage, decode_base64
 from guard.keys import request_channel
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
@@ -232,9 +232,7 @@ class Proxy:
                 data = decode_base64(url, max_bytes=s.max_body_bytes)
             else:
                 data = await self.fetcher.fetch(url)
-            image = await asyncio.to_thread(
-                decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
-            )
+            image = await self.guard.images.decode(data)  # its own bounded pool, under a deadline
         except FetchError:
             raise  # already says it is about the URL
         except ImageError as exc:

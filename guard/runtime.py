@@ -27,7 +27,7 @@ from guard.cache import MemoryCache, RedisCache
 from guard.decision_log import DecisionLog, open_decision_log
 from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavailable
 from guard.handoff import Handoff, HandoffSink
-from guard.images import DecodedImage, decode_image
+from guard.images import DecodedImage, ImageDecoder
 from guard.keys import KeyRing, ensure_first_key, key_copy
 from guard.local_copy import policy_copy
 from guard.metrics import Metrics
@@ -141,6 +141,8 @@ class Runtime:
                 breaker=scorer_breaker(s, metrics),
             )
             stack.callback(scoring.close)
+            images = ImageDecoder.from_settings(s)
+            stack.callback(images.close)
             if policies is None:
                 policies = PolicyBook(store, timeout_s=s.sql_timeout_s, copy=policy_copy(s))
                 stack.push_async_callback(policies.close)
@@ -152,6 +154,7 @@ class Runtime:
                 HandoffSink(decision_log, handoff),
                 metrics,
                 ocr=ocr,
+                images=images,
             )
             keys = KeyRing(store, s, copy=key_copy(s))
             await _first_key(store, s)
@@ -179,6 +182,9 @@ class Runtime:
                 on_outcome=on_outcome or handoff.deliver_outcome,
             )
             metrics.gauge("guard_decision_log_pending", lambda: float(decision_log.pending))
+            metrics.gauge("guard_image_decode_pending", lambda: float(images.pending))
+            metrics.gauge("guard_image_decode_timeouts_total", lambda: float(images.timeouts))
+            metrics.gauge("guard_image_decode_busy_total", lambda: float(images.busy))
             decision_log.register_metrics(metrics)
             log.info("guard ready: scorer %s %s, cache %s", model.name, model.version, cache.name)
             # What start-up allocated (modules, models, templates) lives as long as the process: keep
@@ -210,12 +216,7 @@ class Runtime:
         if found is None:
             raise NotFound("unknown_image", f"no image {image_id!r}: register it with POST /v1/images")
         try:
-            return await asyncio.to_thread(
-                decode_image,
-                found[1],
-                max_pixels=self.settings.max_image_pixels,
-                max_bytes=self.settings.max_body_bytes,
-            )
+            return await self.pipeline.images.decode(found[1])
         except ImageError as exc:  # stored before a limit was lowered
             raise InvalidField(exc.code, exc.message) from None
 
