@@ -6,7 +6,6 @@ is wrong. Bodies are limited while they are read, not after.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from starlette.routing import Route
 from guard.body import parse_json, read_body, replay
 from guard.edge_text import LIMITS, checked
 from guard.errors import BadRequest, InvalidField, NotFound, Unavailable
-from guard.images import DecodedImage, decode_base64, decode_image
+from guard.images import DecodedImage, decode_base64
 from guard.keys import request_channel, sees_channel
 from guard.pipeline import CheckRequest
 from guard.runtime import Runtime, runtime
@@ -109,7 +108,7 @@ async def _image(
         data = _decode_b64(raw["data"], settings)
     if data is None:
         return None
-    return await asyncio.to_thread(_decode, data, settings)
+    return await rt.pipeline.images.decode(data)  # its own bounded pool, under a deadline
 
 
 def _decode_b64(text: str, settings: Settings) -> bytes:
@@ -117,10 +116,6 @@ def _decode_b64(text: str, settings: Settings) -> bytes:
         return decode_base64(text, max_bytes=settings.max_body_bytes)
     except binascii.Error as exc:
         raise InvalidField("invalid_base64", f"'image.data' is not valid base64: {exc}") from None
-
-
-def _decode(data: bytes, settings: Settings) -> DecodedImage:
-    return decode_image(data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_body_bytes)
 
 
 async def check_request(request: Request) -> CheckRequest:
@@ -216,6 +211,8 @@ async def decision_endpoint(request: Request) -> Response:
             "cached": row.cached,
             "degraded": row.degraded,
             "audit": audit,
+            "reason": row.reason,
+            "durable": row.durable,
         }
     )
 

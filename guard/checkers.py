@@ -7,7 +7,6 @@ chatbot's draft and answers a :class:`Verdict`: :class:`LocalGuard` runs the gua
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable
@@ -19,8 +18,8 @@ import httpx2
 from starlette.types import Scope
 
 from guard.edge_text import fitted, repaired
-from guard.errors import ImageError
-from guard.images import DecodedImage, decode_image
+from guard.errors import ImageError, Unavailable
+from guard.images import DecodedImage
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.runtime import Runtime
 from guard.scoring.base import Scorer
@@ -68,6 +67,8 @@ class Verdict:
     reason: str | None = None
     uncertain_reason: str | None = None
     """Why the guard could not judge the case (the photo carries the issue), or None."""
+    durable: bool = True
+    """The decision was in the guard's spool before it answered (False: in memory only)."""
 
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Verdict:
@@ -82,6 +83,7 @@ class Verdict:
             degraded=bool(body.get("degraded")),
             reason=body.get("reason"),
             uncertain_reason=body.get("uncertain_reason") if body.get("uncertain") else None,
+            durable=body.get("durable") is not False,
         )
 
     @classmethod
@@ -99,6 +101,7 @@ class Verdict:
             "reason": self.reason,
             "uncertain": self.uncertain_reason is not None,
             "uncertain_reason": self.uncertain_reason,
+            "durable": self.durable,
         }
 
 
@@ -172,12 +175,9 @@ class LocalGuard:
             self._guard = None
 
     async def prepare_image(self, data: bytes) -> object:
-        s = self.guard.settings
         try:
-            image = await asyncio.to_thread(
-                decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
-            )
-        except ImageError as exc:
+            image = await self.guard.images.decode(data)
+        except (ImageError, Unavailable) as exc:
             raise CheckerError(f"the photo is not usable: {exc.message}") from None
         self.guard.start_reading(image)  # its text is read while the app generates
         return image

@@ -10,6 +10,11 @@ and retried with backoff (a batch is idempotent, so nothing is doubled); when th
 the decision waits on disk instead of in memory, and is replayed from there. On start-up the
 segments a previous process left behind (a crash, a kill -9) are replayed.
 
+When an append fails (the disk is full or failing), GUARD_SPOOL_ON_ERROR decides: ``503`` refuses
+the decision (SpoolUnavailable: nothing is answered that is not durable); ``hold`` refuses it too,
+and the pipeline then holds the reply and hands that decision over with ``or_memory``; ``memory``
+keeps it in memory. A decision kept in memory only is recorded with ``durable=False``.
+
 Without a spool (``GUARD_SPOOL_DIR`` empty) decisions wait in the queue only, and when it is
 full requests wait for room rather than drop a decision. On shutdown the queue is drained.
 """
@@ -17,6 +22,7 @@ full requests wait for room rather than drop a decision. On shutdown the queue i
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -27,7 +33,7 @@ from typing import Any
 import psycopg
 from sqlalchemy import exc as sa_exc
 
-from guard.errors import Unavailable
+from guard.errors import SpoolUnavailable
 from guard.metrics import Metrics
 from guard.records import DecisionRecord
 from guard.settings import Settings, SpoolOnError
@@ -38,6 +44,8 @@ log = logging.getLogger(__name__)
 
 _Item = tuple[int | None, DecisionRecord]
 """(spool segment, record); the segment is None without a spool."""
+_Pending = tuple[bytes, DecisionRecord, "asyncio.Future[bool]", bool]
+"""A decision waiting for the next fsync: (spool line, record, its caller's future, memory allowed)."""
 
 
 class DecisionLog:
@@ -62,7 +70,7 @@ class DecisionLog:
         self._orphans: list[Path] = []
         self._replaying = 0
         # Group commit: lines waiting for the next fsync, and the task that runs it.
-        self._pending: list[tuple[bytes, DecisionRecord, asyncio.Future[None]]] = []
+        self._pending: list[_Pending] = []
         self._flusher: asyncio.Task[None] | None = None
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool") if spool else None
         self.written = 0
@@ -72,6 +80,10 @@ class DecisionLog:
         self.skipped_lines = 0
         self.rejected = 0
         self._on_spool_error = on_spool_error
+        self.spool_refused = 0
+        """Decisions refused (503) or held because the spool could not write them."""
+        self.not_durable = 0
+        """Decisions answered while the spool could not write them (``hold``, ``memory``)."""
         self.spool_error: str | None = None
         """Why the last append to the spool failed, while it fails (None: the spool writes)."""
 
@@ -82,54 +94,70 @@ class DecisionLog:
 
     # Handing decisions over ---------------------------------------------------------------------
 
-    async def put(self, record: DecisionRecord) -> None:
-        """Returns once the decision is durable (in the spool) or, without a spool, queued."""
+    async def put(self, record: DecisionRecord, *, or_memory: bool | None = None) -> bool:
+        """Hand a decision over. True once it is durable (fsync'd in the spool); False when it waits
+        for SQL in memory only, its record then marked ``durable=False``: there is no spool, or the
+        spool could not write and memory is allowed (``or_memory``; by default only when
+        GUARD_SPOOL_ON_ERROR=memory). Else a failed append raises SpoolUnavailable, and the decision
+        is not kept (the caller answers 503, or holds the reply and hands that decision over)."""
         if self._spool is None:
-            await self._queue.put((None, record))
-            return
+            await self._queue.put((None, _in_memory(record)))
+            return False
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[None] = loop.create_future()
-        self._pending.append((encode_record(record), record, done))
+        done: asyncio.Future[bool] = loop.create_future()
+        memory_ok = self._on_spool_error == "memory" if or_memory is None else or_memory
+        self._pending.append((encode_record(record), record, done, memory_ok))
         if self._flusher is None or self._flusher.done():
             self._flusher = loop.create_task(self._flush_spool(), name="spool-group-commit")
         # If this caller is cancelled (its client went away) the decision still becomes durable
         # and reaches SQL: the flusher owns it from here.
-        await done
+        return await done
 
     async def _flush_spool(self) -> None:
         assert self._spool is not None
         loop = asyncio.get_running_loop()
         while self._pending:
             group, self._pending = self._pending, []
-            data = b"".join(line for line, _, _ in group)
-            seq: int | None
+            data = b"".join(line for line, _, _, _ in group)
             try:
                 seq = await loop.run_in_executor(self._io, self._spool.append, data, len(group))
             except Exception as exc:
                 self.spool_errors += 1
                 self.spool_error = _brief(exc)
-                if self._on_spool_error == "503":  # not durable: not answered either
-                    log.error(
-                        "spool: could not append %d decisions (%s); answering 503", len(group), _brief(exc)
-                    )
-                    for _line, _record, done in group:
-                        if not done.done():
-                            done.set_exception(SpoolUnavailable(self.spool_error))
-                    continue
-                log.exception("spool: could not append %d decisions; queuing them in memory only", len(group))
-                seq = None
-            else:
-                self.spool_error = None
-            for _line, record, done in group:
+                await self._fall_back(group, exc)
+                continue
+            self.spool_error = None
+            for _line, record, done, _memory_ok in group:
                 try:
                     self._queue.put_nowait((seq, record))
-                except asyncio.QueueFull:
-                    if seq is None:
-                        await self._queue.put((None, record))
-                    else:  # it waits on disk; the writer replays the segment once the queue is empty
-                        self._spool.mark_spilled(seq)
+                except asyncio.QueueFull:  # it waits on disk; the writer replays the segment later
+                    self._spool.mark_spilled(seq)
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(True)
+
+    async def _fall_back(self, group: list[_Pending], exc: Exception) -> None:
+        """A group the spool could not take: each decision in memory, or refused (SpoolUnavailable)."""
+        kept = sum(memory_ok for *_, memory_ok in group)
+        why = self.spool_error or _brief(exc)
+        log.error(
+            "spool: could not append %d decisions (%s); %d kept in memory only, %d refused"
+            " (GUARD_SPOOL_ON_ERROR=%s)",
+            len(group),
+            why,
+            kept,
+            len(group) - kept,
+            self._on_spool_error,
+        )
+        for _line, record, done, memory_ok in group:
+            if not memory_ok:
+                self.spool_refused += 1
+                if not done.done():
+                    done.set_exception(SpoolUnavailable.because(why))
+                continue
+            await self._queue.put((None, _in_memory(record)))
+            self.not_durable += 1
+            if not done.done():
+                done.set_result(False)
 
     @property
     def spool_state(self) -> str:
@@ -185,6 +213,16 @@ class DecisionLog:
                 "guard_spool_errors_total",
                 "Appends to the spool that failed (a full or failing disk).",
                 lambda: float(self.spool_errors),
+            )
+            metrics.counter_from(
+                "guard_spool_refused_total",
+                "Decisions answered 503 or held because the spool could not write them.",
+                lambda: float(self.spool_refused),
+            )
+            metrics.counter_from(
+                "guard_decisions_not_durable_total",
+                "Decisions answered while the spool could not write them (kept in memory until SQL).",
+                lambda: float(self.not_durable),
             )
             metrics.gauge_from(
                 "guard_spool_failing",
@@ -352,15 +390,6 @@ _CONTENT_ERRORS = (sa_exc.DataError, sa_exc.IntegrityError, psycopg.DataError, p
 _DATABASE_ERRORS = (sa_exc.SQLAlchemyError, psycopg.Error, OSError, TimeoutError)
 
 
-class SpoolUnavailable(Unavailable):
-    """A decision could not be made durable (GUARD_SPOOL_ON_ERROR=503): the request is answered 503."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(
-            "spool_unavailable", f"the decision could not be written to the local spool ({why}); try again"
-        )
-
-
 def _refused(exc: BaseException) -> bool:
     """Did SQL refuse the data (as opposed to failing as a database)?
 
@@ -376,6 +405,11 @@ def _refused(exc: BaseException) -> bool:
             return not isinstance(current, _DATABASE_ERRORS)
         current = inner
     return False
+
+
+def _in_memory(record: DecisionRecord) -> DecisionRecord:
+    """The record of a decision that waits for SQL in memory only (``durable=False``)."""
+    return dataclasses.replace(record, row=dataclasses.replace(record.row, durable=False))
 
 
 def _brief(exc: BaseException) -> str:

@@ -18,13 +18,16 @@ fields as a page.
     │   ├── LengthRequired          411 length_required (an admin form with a photo)
     │   ├── BodyTooLarge            413 body_too_large
     │   ├── InvalidField            422 missing_field, wrong_type, too_long, invalid_text, empty_reply, ...
-    │   └── ImageError              413 image_too_large, image_too_many_pixels;
+    │   └── ImageError              413 image_too_large, image_too_many_pixels, image_decoded_too_large;
     │       │                       415 unsupported_image_format; 422 the other image codes
+    │       │                       (image_too_many_scans, image_decode_timeout, ...)
     │       └── FetchError          422 image_url_not_allowed, image_fetch_failed (an image URL)
     └── ServiceError                5xx: the guard or a service it depends on failed
-        ├── Unavailable             503 database_unavailable, scorer_unavailable, upstream_not_configured
+        ├── Unavailable             503 database_unavailable, scorer_unavailable, upstream_not_configured,
+        │   │                           image_decoder_busy
         │   ├── KeysUnavailable     503 database_unavailable (guard.keys: an API key cannot be checked)
-        │   └── ScorerError         503 scorer_unavailable (guard.scoring: the scorer cannot load or score)
+        │   ├── ScorerError         503 scorer_unavailable (guard.scoring: the scorer cannot load or score)
+        │   └── SpoolUnavailable    503 spool_unavailable (a decision cannot be made durable)
         ├── UpstreamError           502 upstream_unavailable, upstream_error, upstream_malformed,
         │                               upstream_too_large
         └── UpstreamTimeout         504 upstream_timeout
@@ -42,6 +45,9 @@ ImageDecodeCode = Literal[
     "unsupported_image_format",
     "truncated_image",
     "empty_image",
+    "image_too_many_scans",
+    "image_decoded_too_large",
+    "image_decode_timeout",
 ]
 """Why the decoder refused a photo's bytes."""
 ImageErrorCode = Literal[ImageDecodeCode, "image_url_not_allowed", "image_fetch_failed"]
@@ -117,6 +123,7 @@ class ImageError(RequestError, ValueError):
     _STATUS: ClassVar[dict[str, int]] = {
         "image_too_large": 413,
         "image_too_many_pixels": 413,
+        "image_decoded_too_large": 413,
         "unsupported_image_format": 415,
     }
 
@@ -149,6 +156,17 @@ class ScorerError(Unavailable):
         super().__init__("scorer_unavailable", message)
 
 
+class SpoolUnavailable(Unavailable):
+    """A decision could not be appended to the spool (its disk is full or failing) and the guard may
+    not answer it from memory (GUARD_SPOOL_ON_ERROR ``503``, or ``hold`` before the reply is held)."""
+
+    @classmethod
+    def because(cls, why: str) -> SpoolUnavailable:
+        return cls(
+            "spool_unavailable", f"the decision could not be written to the local spool ({why}); try again"
+        )
+
+
 class UpstreamError(ServiceError):
     status = 502
 
@@ -178,6 +196,7 @@ __all__ = [
     "ScorerError",
     "ServiceError",
     "SettingsError",
+    "SpoolUnavailable",
     "Unauthorized",
     "Unavailable",
     "UpstreamError",

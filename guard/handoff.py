@@ -327,6 +327,7 @@ class HandoffSink:
         self._log = log_sink
         self._handoff = handoff
 
-    async def put(self, record: DecisionRecord) -> None:
-        await self._log.put(record)
+    async def put(self, record: DecisionRecord, *, or_memory: bool | None = None) -> bool:
+        durable = await self._log.put(record, or_memory=or_memory)
         self._handoff.notify(record)
+        return durable

@@ -22,7 +22,6 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import re
 import secrets
 import time
@@ -31,8 +30,8 @@ from pathlib import Path
 from starlette.types import Scope
 
 from guard.errors import Forbidden, Unavailable
+from guard.local_copy import copy_path, save_json
 from guard.settings import Settings
-from guard.spool import spool_key
 from guard.store import Store, bounded
 
 log = logging.getLogger(__name__)
@@ -82,7 +81,8 @@ def ensure_first_key(store: Store, settings: Settings) -> str | None:
 class KeyCopy:
     """A local copy of the active keys (ids, channels, SHA-256 hashes: never a key itself).
 
-    Kept beside the spool (``<GUARD_SPOOL_DIR>/keys-<database key>.json``, mode 0600) and rewritten
+    Kept beside the spool (``<GUARD_SPOOL_DIR>/keys-<database key>.json``, mode 0600: guard/local_copy.py)
+    and rewritten
     while SQL answers, so that a guard restarted while the database is down still knows its keys.
     A key revoked before the last copy is not in it, and stays refused.
     """
@@ -92,20 +92,7 @@ class KeyCopy:
         self._keys: dict[str, tuple[str, str]] | None = None
 
     def save(self, keys: dict[str, tuple[str, str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # A name of this process's own: the workers of one guard (and guards sharing the spool
-        # folder) rewrite the copy too, and one's half-written file must never be another's.
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump({k: list(v) for k, v in keys.items()}, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        save_json(self.path, {k: list(v) for k, v in keys.items()})
         self._keys = dict(keys)
 
     def load(self) -> dict[str, tuple[str, str]] | None:
@@ -121,9 +108,8 @@ class KeyCopy:
 
 def key_copy(settings: Settings) -> KeyCopy | None:
     """The local key copy of ``settings`` (None without a spool directory)."""
-    if not settings.spool_dir:
-        return None
-    return KeyCopy(Path(settings.spool_dir) / f"keys-{spool_key(settings.database_url)}.json")
+    path = copy_path(settings, "keys")
+    return None if path is None else KeyCopy(path)
 
 
 class KeyRing:

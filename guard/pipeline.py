@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -20,10 +21,12 @@ from typing import Any, Protocol
 from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
 from guard.calibration import CalibrationBook, ChannelMap, scorer_version_with
+from guard.errors import SpoolUnavailable
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
-from guard.images import DecodedImage
+from guard.images import DecodedImage, ImageDecoder
 from guard.issues import IssueReading, read_issue
+from guard.local_copy import PolicyCopy
 from guard.metrics import Metrics
 from guard.ocr import OcrService, PhotoText
 from guard.policies import (
@@ -104,6 +107,9 @@ class CheckResult:
     """The queue item of an answered decision sampled for audit (the policy's ``audit_sample``):
     copied to the supervisors' queue once recorded; not in the API response (nothing changes for
     the customer)."""
+    durable: bool = True
+    """The decision was fsync'd in the spool before this answer; False: it waits for SQL in memory
+    only (no spool, or the spool could not write: GUARD_SPOOL_ON_ERROR hold or memory)."""
 
     @property
     def uncertain(self) -> bool:
@@ -134,6 +140,7 @@ class CheckResult:
             "uncertain_reason": self.uncertain_reason,
             "timings_ms": self.timings_ms,
             "image_text_status": self.image_text_status,
+            "durable": self.durable,
         }
         if len(self.ranked) > 1:
             body["candidates"] = [
@@ -159,7 +166,10 @@ class CaseReading:
 
 
 class DecisionSink(Protocol):
-    async def put(self, record: DecisionRecord) -> None: ...
+    async def put(self, record: DecisionRecord, *, or_memory: bool | None = None) -> bool:
+        """True once the decision is durable; False when it waits in memory only (allowed by
+        ``or_memory``, else by the sink's own rule); SpoolUnavailable when it cannot be kept so."""
+        ...
 
 
 class PolicyBook:
@@ -172,11 +182,21 @@ class PolicyBook:
     ``ttl_s`` plus one read. A policy older than ``ttl_s`` (not started, or the refresh is late)
     also makes the next request start one re-read (shared by every request meanwhile); it is
     answered with the policy known. When SQL fails or does not answer in time, the last policy
-    read stands (the built-in default before the first). A channel with no policy of its own uses
-    the default channel's; with no database (``guard check``) the built-in default policy is used.
+    read stands; before the first, the local copy's (``copy``, guard/local_copy.py: what a previous
+    guard read while SQL answered), else the built-in default. A channel with no policy of its own
+    uses the default channel's; with no database (``guard check``) the built-in default policy is
+    used. Whenever a policy is read that the copy does not hold (the first read, a publish), the
+    copy is rewritten from SQL.
     """
 
-    def __init__(self, store: Store | None, ttl_s: float = 2.0, timeout_s: float = 2.0) -> None:
+    def __init__(
+        self,
+        store: Store | None,
+        ttl_s: float = 2.0,
+        timeout_s: float = 2.0,
+        *,
+        copy: PolicyCopy | None = None,
+    ) -> None:
         self._store = store
         self._ttl = ttl_s
         self._timeout = timeout_s
@@ -184,6 +204,8 @@ class PolicyBook:
         self._loading: dict[str, asyncio.Task[Policy]] = {}
         self._generation = 0
         self._refresher: asyncio.Task[None] | None = None
+        self._copy = copy if store is not None else None
+        self._copying: asyncio.Task[None] | None = None
 
     @property
     def refresh_s(self) -> float:
@@ -196,11 +218,16 @@ class PolicyBook:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="policy-refresh")
 
     async def stop(self) -> None:
+        """End the background re-read, and let a rewrite of the copy under way finish (bounded by
+        the SQL timeout)."""
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
             self._refresher = None
+        if self._copying is not None and not self._copying.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._copying), self._timeout + 1)
 
     async def _refresh(self) -> None:
         while True:
@@ -233,15 +260,46 @@ class PolicyBook:
         try:
             policy = await self._read(channel)
         except Exception as exc:
-            stale = self._cache.get(channel)
-            log.warning(
-                "could not read the policy of channel %r (%r); using the last one known", channel, exc
-            )
-            policy = stale[1] if stale is not None else default_policy()
+            policy = self._fallback(channel, exc)
+        else:
+            if self._copy is not None and not self._copy.holds(policy):
+                self._refresh_copy()
         if generation == self._generation:
             self._cache[channel] = (time.monotonic() + self._ttl, policy)
             self._loading.pop(channel, None)
         return policy
+
+    def _fallback(self, channel: str, exc: Exception) -> Policy:
+        """The policy when SQL cannot be read: the last one read, else the local copy's, else the default."""
+        stale = self._cache.get(channel)
+        if stale is not None:
+            log.warning("could not read the policy of %r (%r); the last one read stands", channel, exc)
+            return stale[1]
+        copied = None if self._copy is None else self._copy.policy_for(channel)
+        if copied is not None:
+            log.warning(
+                "could not read the policy of channel %r (%r); using the local copy's (%s v%d)",
+                channel,
+                exc,
+                copied.channel,
+                copied.version,
+            )
+            return copied
+        log.warning("could not read the policy of channel %r (%r); using the built-in default", channel, exc)
+        return default_policy()
+
+    def _refresh_copy(self) -> None:
+        """Rewrite the local copy from SQL in the background (one rewrite at a time)."""
+        if self._copying is None or self._copying.done():
+            self._copying = asyncio.get_running_loop().create_task(self._save_copy(), name="policy-copy")
+
+    async def _save_copy(self) -> None:
+        assert self._store is not None and self._copy is not None
+        try:
+            policies = await bounded(self._timeout, self._store.active_policies)
+            await asyncio.to_thread(self._copy.save, policies)
+        except Exception as exc:
+            log.warning("policies: the local copy was not refreshed (%r)", exc)
 
     async def _read(self, channel: str) -> Policy:
         if self._store is None:
@@ -276,6 +334,8 @@ def compose(action: Action, draft: str, ctx: MessageContext, messages: Messages,
 
 
 UNCERTAIN_NOT_STATED = "issue_not_stated"
+SPOOL_HELD_REASON = "spool_unavailable"
+"""The reason of a reply held because its decision could not be made durable (GUARD_SPOOL_ON_ERROR=hold)."""
 
 
 def uncertainty(issue: IssueReading, *, has_photo: bool, inputs_used: Sequence[str]) -> str | None:
@@ -345,10 +405,13 @@ class Pipeline:
         messages: Messages | None = None,
         ocr: OcrService | None = None,
         calibrations: CalibrationBook | None = None,
+        images: ImageDecoder | None = None,
     ) -> None:
         self.settings = settings
         self.calibrations = calibrations or CalibrationBook(None)
         """The score map in force per channel (fitted on its labels, guard/calibration.py)."""
+        self.images = images or ImageDecoder.from_settings(settings)
+        """Decodes photos in its own bounded pool, under a deadline (guard/images.py)."""
         self.ocr = ocr
         """Reads the text in photos; None when OCR is off."""
         self.scoring = scoring
@@ -427,18 +490,49 @@ class Pipeline:
             image_text=image_text,
             audit_item_id=new_id() if audit else None,
         )
+        if self.sink is not None:
+            result = await self._hand_over(req, result, policy, ctx)
         m = self.metrics
         m.decisions.labels(action=result.action, channel=policy.channel).inc()
-        if audit:
+        if result.audit_item_id is not None:
             m.audit_sampled.labels(action=result.action).inc()
         if result.degraded:
             m.degraded.labels(reason=result.reason or "unknown").inc()
         elif result.score is not None:
             m.score.labels(channel=policy.channel).observe(result.score)
         m.decision_latency.observe(timings["total"] / 1000)
-        if self.sink is not None:
-            await self.sink.put(self._record(req, result))
         return result
+
+    async def _hand_over(
+        self, req: CheckRequest, result: CheckResult, policy: Policy, ctx: MessageContext
+    ) -> CheckResult:
+        """Give the decision to the sink; the result as answered (held, or marked not durable)."""
+        assert self.sink is not None
+        try:
+            durable = await self.sink.put(self._record(req, result))
+        except SpoolUnavailable:
+            if self.settings.spool_on_error != "hold":
+                raise  # 503: nothing is answered that is not durable
+            result = self._held(result, policy, ctx)
+            durable = await self.sink.put(self._record(req, result), or_memory=True)
+        return result if durable else dataclasses.replace(result, durable=False)
+
+    def _held(self, result: CheckResult, policy: Policy, ctx: MessageContext) -> CheckResult:
+        """The decision when the spool cannot write and GUARD_SPOOL_ON_ERROR=hold: the draft is held
+        with the policy's on_error action (escalate when that would not hold it) and its message."""
+        action: Action = policy.on_error if policy.on_error in QUEUED_ACTIONS else "escalate"
+        shown = compose(action, result.draft, ctx, self.messages, policy)
+        return dataclasses.replace(
+            result,
+            action=action,
+            reply=shown.reply,
+            follow_up=shown.follow_up,
+            holding_message=shown.holding,
+            queue_item_id=result.queue_item_id or new_id(),
+            degraded=True,
+            reason=SPOOL_HELD_REASON,
+            audit_item_id=None,  # held, not sent: nothing to audit
+        )
 
     async def score_texts(
         self,
@@ -575,6 +669,7 @@ class Pipeline:
                 reason=result.reason,
                 latency_ms=result.timings_ms["total"],
                 timings_ms=result.timings_ms,
+                durable=True,  # the sink marks it False when it keeps it in memory only
             ),
             queue_item_id=result.queue_item_id or result.audit_item_id,
             image=(

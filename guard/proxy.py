@@ -50,7 +50,7 @@ from guard.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from guard.images import DecodedImage, decode_base64, decode_image
+from guard.images import DecodedImage, decode_base64
 from guard.keys import request_channel
 from guard.pipeline import CheckRequest, CheckResult, Pipeline
 from guard.settings import Settings
@@ -120,6 +120,8 @@ def guard_summary(result: CheckResult) -> dict[str, Any]:
         "escalation_id": result.queue_item_id,
         "follow_up": result.follow_up,
         "degraded": result.degraded,
+        "reason": result.reason,
+        "durable": result.durable,
         "uncertain": result.uncertain,
         "uncertain_reason": result.uncertain_reason,
     }
@@ -230,9 +232,7 @@ class Proxy:
                 data = decode_base64(url, max_bytes=s.max_body_bytes)
             else:
                 data = await self.fetcher.fetch(url)
-            image = await asyncio.to_thread(
-                decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
-            )
+            image = await self.guard.images.decode(data)  # its own bounded pool, under a deadline
         except FetchError:
             raise  # already says it is about the URL
         except ImageError as exc:

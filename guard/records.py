@@ -64,6 +64,9 @@ class DecisionRow:
     reason: str | None
     latency_ms: float
     timings_ms: Mapping[str, float]
+    durable: bool | None = None
+    """The decision was fsync'd in the spool before it was answered; False: it waited for SQL in
+    memory only (no spool, or the spool could not write); None in rows recorded before this was."""
 
     def columns(self) -> dict[str, Any]:
         """The row as the ``decisions`` table's columns (JSON columns as lists and dicts)."""

@@ -28,8 +28,9 @@ from guard.calibration import CalibrationBook
 from guard.decision_log import DecisionLog, open_decision_log
 from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavailable
 from guard.handoff import Handoff, HandoffSink
-from guard.images import DecodedImage, decode_image
+from guard.images import DecodedImage, ImageDecoder
 from guard.keys import KeyRing, ensure_first_key, key_copy
+from guard.local_copy import policy_copy
 from guard.metrics import Metrics
 from guard.ocr import OcrService, open_ocr
 from guard.pipeline import Pipeline, PolicyBook, ScoringService
@@ -142,7 +143,9 @@ class Runtime:
                 breaker=scorer_breaker(s, metrics),
             )
             stack.callback(scoring.close)
-            book = policies or PolicyBook(store, timeout_s=s.sql_timeout_s)
+            images = ImageDecoder.from_settings(s)
+            stack.callback(images.close)
+            book = policies or PolicyBook(store, timeout_s=s.sql_timeout_s, copy=policy_copy(s))
             book.start()
             stack.push_async_callback(book.stop)
             pipeline = Pipeline(
@@ -154,6 +157,7 @@ class Runtime:
                 metrics,
                 ocr=ocr,
                 calibrations=CalibrationBook(store.active_score_map, timeout_s=s.sql_timeout_s),
+                images=images,
             )
             keys = KeyRing(store, s, copy=key_copy(s))
             await _first_key(store, s)
@@ -179,6 +183,21 @@ class Runtime:
                 keys=keys,
                 proxy=proxy,
                 on_outcome=on_outcome or handoff.deliver_outcome,
+            )
+            metrics.gauge_from(
+                "guard_image_decode_pending",
+                "Photos being decoded or waiting to be.",
+                lambda: float(images.pending),
+            )
+            metrics.counter_from(
+                "guard_image_decode_timeouts_total",
+                "Photos whose decoding ran past its deadline (422 image_decode_timeout).",
+                lambda: float(images.timeouts),
+            )
+            metrics.counter_from(
+                "guard_image_decode_busy_total",
+                "Photos refused because the decoder's queue was full (503 image_decoder_busy).",
+                lambda: float(images.busy),
             )
             decision_log.register_metrics(metrics)
             if metrics.multiprocess is not None:  # guard serve --workers N (guard/metrics.py)
@@ -214,12 +233,7 @@ class Runtime:
         if found is None:
             raise NotFound("unknown_image", f"no image {image_id!r}: register it with POST /v1/images")
         try:
-            return await asyncio.to_thread(
-                decode_image,
-                found[1],
-                max_pixels=self.settings.max_image_pixels,
-                max_bytes=self.settings.max_body_bytes,
-            )
+            return await self.pipeline.images.decode(found[1])
         except ImageError as exc:  # stored before a limit was lowered
             raise InvalidField(exc.code, exc.message) from None
 

@@ -21,7 +21,7 @@ AuthMode = Literal["auto", "required"]
 RerankerTemplate = Literal["auto", "lychee", "qwen3-vl"]
 RemoteQuery = Literal["text", "document", "multimodal"]
 RemoteApi = Literal["rerank", "score", "tei"]
-SpoolOnError = Literal["503", "memory"]
+SpoolOnError = Literal["503", "hold", "memory"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,16 @@ class Settings:
     """Deadline for receiving a whole request body (a slow upload past it gets 408)."""
     max_image_pixels: int = 40_000_000
     """Largest accepted image (width x height), checked before decoding pixels."""
+    max_image_scans: int = 100
+    """Most scans in a JPEG (a progressive JPEG's decoding time grows with them); more: 422."""
+    max_image_decoded_bytes: int = 256 * 1024 * 1024
+    """Most memory decoding one photo may take (estimated from its header, before decoding); more: 413."""
+    image_decode_threads: int = 2
+    """Threads of the image decoder's own pool (photos decoded at once)."""
+    image_decode_max_pending: int = 16
+    """Photos decoding or waiting for a decoder thread at once; one more is refused (503)."""
+    image_decode_timeout_s: float = 5.0
+    """Deadline for decoding one photo, from its arrival; past it: 422 (503 if it never started)."""
     max_question_chars: int = 4_000
     max_reply_chars: int = 8_000
     max_candidates: int = 16
@@ -114,7 +124,9 @@ class Settings:
     """Durable local journal of decisions on their way to SQL (fsync'd before the response); empty: none."""
     spool_on_error: SpoolOnError = "503"
     """When a decision cannot be appended to the spool (disk full or failing): "503" answers 503
-    (nothing is answered that is not durable), "memory" answers and keeps the decision in memory only."""
+    (nothing is answered that is not durable), "hold" holds the reply (the policy's on_error action,
+    its holding message; the decision kept in memory, marked ``durable: false``), "memory" answers
+    as decided and keeps the decision in memory only (marked ``durable: false``)."""
     scorer_breaker_failures: int = 5
     """Consecutive scorer failures (errors, timeouts, NaN) that open the scorer's circuit breaker."""
     scorer_breaker_cooldown_s: float = 10.0

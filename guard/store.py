@@ -213,6 +213,22 @@ class Store(Database):
                 return None
             return parse_policy(row.document, channel=row.channel, version=row.version)
 
+    def active_policies(self) -> dict[str, Policy]:
+        """Every channel's highest published policy version (the local policy copy is made of them)."""
+        with self.session() as s:
+            latest = (
+                select(PolicyVersion.channel, func.max(PolicyVersion.version).label("version"))
+                .group_by(PolicyVersion.channel)
+                .subquery()
+            )
+            rows = s.scalars(
+                select(PolicyVersion).join(
+                    latest,
+                    (PolicyVersion.channel == latest.c.channel) & (PolicyVersion.version == latest.c.version),
+                )
+            )
+            return {r.channel: parse_policy(r.document, channel=r.channel, version=r.version) for r in rows}
+
     def policy_in_force(self, channel: str) -> tuple[Policy, bool]:
         """The policy ``channel`` is under, and whether it is the channel's own: its own, else the
         ``default`` channel's, else the built-in default. The one place this rule is written."""

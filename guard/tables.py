@@ -85,6 +85,9 @@ class Decision(Base):
     reason: Mapped[str | None] = mapped_column(String(100))
     latency_ms: Mapped[float] = mapped_column(Float)
     timings_ms: Mapped[dict[str, float]] = mapped_column(JSON)
+    durable: Mapped[bool | None] = mapped_column(Boolean)
+    """The decision was in the spool (fsync'd) before it was answered; False: in memory only (no
+    spool, or the spool could not write: GUARD_SPOOL_ON_ERROR hold or memory); None in old rows."""
 
 
 class QueueItem(Base):

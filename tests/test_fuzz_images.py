@@ -1,12 +1,15 @@
 """A time-boxed fuzz run over image decoding (issue 6, "Bad input, fuzzed"): byte mutations of valid
 JPEG/PNG/WebP/GIF and animated images, images that lie about their format, extreme aspect ratios,
 huge EXIF and multi-frame files. decode_image must only ever raise ImageError, return promptly and
-keep its memory bounded. The hypothesis budget keeps the whole file to roughly 20 s; for a longer
-run by hand there is benchmarks/fuzz_images.py (atheris).
+keep its memory bounded. A short run of the decoder's deadline mutates progressive JPEGs with many
+scans (each costs a pass over the image) and checks every decoding ends within its deadline plus
+one read. The hypothesis budget keeps the whole file to roughly 25 s; for a longer run by hand
+there is benchmarks/fuzz_images.py (atheris).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Iterator
@@ -38,6 +41,9 @@ CODES = {
     "unsupported_image_format",
     "truncated_image",
     "empty_image",
+    "image_too_many_scans",
+    "image_decoded_too_large",
+    "image_decode_timeout",
 }
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -220,3 +226,45 @@ def test_claimed_sizes_and_aspect_ratios_are_checked_before_pixels(
     else:
         data = bytearray(webp_vp8x_header_only(min(width, 0x3FFF), min(height, 0x3FFF)))
     check(bytes(data), peak_rss)
+
+
+# The decoder's deadline ------------------------------------------------------------------------
+
+DEADLINE_S = 0.3
+DEADLINE_SLACK_S = 1.5
+"""The work between two reads of a progressive JPEG (1 KB) is well under this, even on a busy machine."""
+
+
+@functools.cache
+def scan_seeds() -> list[bytes]:
+    from tests.test_image_limits import many_scans_jpeg
+
+    return [
+        many_scans_jpeg((1600, 1200), 400),
+        many_scans_jpeg((3000, 2000), 150),
+        many_scans_jpeg((800, 600), 900),
+    ]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_the_decoding_deadline_holds_for_mutated_many_scan_jpegs(data: st.DataObject) -> None:
+    seed = bytearray(data.draw(st.sampled_from(scan_seeds())))
+    for _ in range(data.draw(st.integers(0, 4))):
+        at = data.draw(st.integers(0, len(seed) - 1))
+        op = data.draw(st.sampled_from(["flip", "overwrite", "duplicate", "cut"]))
+        if op == "flip":
+            seed[at] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "overwrite":
+            seed[at : at + 2] = data.draw(st.binary(min_size=1, max_size=2))
+        elif op == "duplicate":
+            seed[at:at] = seed[at : at + data.draw(st.integers(1, 4096))]
+        else:
+            del seed[at : at + data.draw(st.integers(1, 64))]
+    started = time.monotonic()
+    try:
+        decode_image(bytes(seed), max_scans=10**6, deadline=started + DEADLINE_S)
+    except ImageError as e:
+        assert e.code in CODES, e
+    took = time.monotonic() - started
+    assert took < DEADLINE_S + DEADLINE_SLACK_S, f"decoding ran {took:.2f}s past a {DEADLINE_S}s deadline"

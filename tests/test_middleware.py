@@ -282,6 +282,7 @@ def test_held_replies_are_replaced_and_the_rest_of_the_response_kept() -> None:
             "reason": None,
             "uncertain": False,
             "uncertain_reason": None,
+            "durable": True,
         },
     }
     assert resp.headers["x-guard-decision"] == "d-1"

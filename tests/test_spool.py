@@ -18,7 +18,8 @@ from typing import Any, ParamSpec
 
 import pytest
 
-from guard.decision_log import DecisionLog, SpoolUnavailable
+from guard.decision_log import DecisionLog
+from guard.errors import SpoolUnavailable
 from guard.records import Candidate, DecisionRecord
 from guard.spool import Spool, decode_record, encode_record, read_segment, spool_key
 from guard.store import Store, migrate
