@@ -63,10 +63,10 @@ FORM: Codes = {400: ("invalid_multipart", "unexpected_file")}
 
 IMAGE: Codes = {
     404: ("unknown_image",),
-    413: ("image_too_large", "image_too_many_pixels"),
+    413: ("image_too_large", "image_too_many_pixels", "image_decoded_too_large"),
     415: ("unsupported_image_format",),
-    422: ("wrong_type", "invalid_base64", "not_an_image", "truncated_image", "empty_image"),
-    503: ("database_unavailable",),  # an image.id looked up in SQL
+    422: ("wrong_type", "invalid_base64", "not_an_image", "truncated_image", "empty_image", "image_too_many_scans", "image_decode_timeout"),
+    503: ("database_unavailable", "image_decoder_busy"),  # an image.id looked up in SQL; decoder full
 }
 """A photo given inline (``image.data``) or by id (``image.id``)."""
 
@@ -102,7 +102,7 @@ ERRORS: dict[str, list[Codes]] = {
         BODY,
         TEXT,
         {
-            413: ("image_too_large", "image_too_many_pixels"),
+            413: ("image_too_large", "image_too_many_pixels", "image_decoded_too_large"),
             415: ("unsupported_image_format",),
             422: (
                 "unsupported",
@@ -110,11 +110,13 @@ ERRORS: dict[str, list[Codes]] = {
                 "not_an_image",
                 "truncated_image",
                 "empty_image",
+                "image_too_many_scans",
+                "image_decode_timeout",
                 "image_url_not_allowed",
                 "image_fetch_failed",
             ),
             502: ("upstream_unavailable", "upstream_error", "upstream_malformed", "upstream_too_large"),
-            503: ("upstream_not_configured", "spool_unavailable"),
+            503: ("upstream_not_configured", "spool_unavailable", "image_decoder_busy"),
             504: ("upstream_timeout",),
         },
     ],
@@ -419,7 +421,8 @@ GUARD_SUMMARY: Schema = {
         "degraded": {"type": "boolean"},
         "uncertain": {"type": "boolean"},
         "uncertain_reason": NULLABLE_STRING,
-        "reason": STRING,
+        "reason": NULLABLE_STRING,
+        "durable": {"type": "boolean"},
     },
 }
 

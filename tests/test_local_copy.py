@@ -29,7 +29,7 @@ class DeadStore:
 
 async def _settled(book: PolicyBook, channel: str) -> Policy:
     policy = await book.get(channel)
-    await book.close()  # the copy's rewrite, if one started
+    await book.stop()  # the copy's rewrite, if one started
     return policy
 
 

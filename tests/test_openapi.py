@@ -411,7 +411,7 @@ def test_health_readiness_metrics_and_the_document_itself(guard: Guard) -> None:
 
 _RAISED = re.compile(
     r"\b(?:BadRequest|Unauthorized|Forbidden|NotFound|BodyTimeout|BodyTooLarge|InvalidField|ImageError|"
-    r"FetchError|Unavailable|UpstreamError|UpstreamTimeout|super\(\)\.__init__)\(\s*\"([a-z0-9_]+)\"",
+    r"FetchError|Unavailable|UpstreamError|UpstreamTimeout|super\(\)\.__init__|cls)\(\s*\"([a-z0-9_]+)\"",
     re.S,
 )
 NOT_HTTP = {"invalid_setting", "internal_error"}
