@@ -65,7 +65,15 @@ IMAGE: Codes = {
     404: ("unknown_image",),
     413: ("image_too_large", "image_too_many_pixels", "image_decoded_too_large"),
     415: ("unsupported_image_format",),
-    422: ("wrong_type", "invalid_base64", "not_an_image", "truncated_image", "empty_image", "image_too_many_scans", "image_decode_timeout"),
+    422: (
+        "wrong_type",
+        "invalid_base64",
+        "not_an_image",
+        "truncated_image",
+        "empty_image",
+        "image_too_many_scans",
+        "image_decode_timeout",
+    ),
     503: ("database_unavailable", "image_decoder_busy"),  # an image.id looked up in SQL; decoder full
 }
 """A photo given inline (``image.data``) or by id (``image.id``)."""
