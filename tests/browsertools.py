@@ -1,7 +1,8 @@
 """The headless chromium the browser tests drive (Debian's, through Playwright). One browser serves
-every browser test module: ``tests/conftest.py``'s session-scoped ``browser`` fixture starts it the
-first time a test asks for it (its start-up is most of a browser module's first test) and closes it
-at the end of the run; each test opens its own context (cookies, viewport) in it. In CI (CI=true) a
+a browser test module: ``tests/conftest.py``'s module-scoped ``browser`` fixture starts it the first
+time a test of the module asks for it and closes it after the module (Playwright's sync API runs an
+event loop in the main thread while it lives, which later tests' asyncio.run() cannot share); each
+test opens its own context (cookies, viewport) in it. In CI (CI=true) a
 browser that cannot start fails the test; elsewhere it skips."""
 
 from __future__ import annotations

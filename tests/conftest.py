@@ -84,9 +84,11 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'guard.db'}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless chromium shared by every browser test module (tests/browsertools.py)."""
+    """Headless chromium for one browser test module (tests/browsertools.py). Not session-wide:
+    Playwright's sync API keeps an event loop running in the main thread while it lives, and the
+    tests after it call asyncio.run()."""
     from tests.browsertools import launched
 
     yield from launched()
