@@ -123,10 +123,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from guard.app import create_app, limit_malloc_arenas
+    from guard.http_server import HttpLimits, connection_cap, protocol_class
 
     # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     limit_malloc_arenas()
+    limits = HttpLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=connection_cap(settings.max_connections),
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -134,6 +141,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level="info",
         access_log=args.access_log,
         timeout_graceful_shutdown=15,
+        # h11 with the guard's deadlines and limits (guard/http_server.py); no WebSockets are served.
+        http=protocol_class(limits),
+        ws="none",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 

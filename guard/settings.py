@@ -92,7 +92,16 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted request body, enforced while reading."""
     body_timeout_s: float = 30.0
-    """Deadline for receiving a whole request body (a slow upload past it gets 408)."""
+    """Deadline for receiving a whole request body (a slow upload past it gets 408); ``guard serve``
+    closes any connection whose body has not arrived 2 s after it, on every route."""
+    header_timeout_s: float = 10.0
+    """``guard serve``: deadline for a request's line and headers, from the connection opening (or
+    the previous response); past it the client gets 408 and the connection is closed."""
+    max_header_bytes: int = 16 * 1024
+    """``guard serve``: largest request line + headers; a bigger one gets 431 and is not read on."""
+    max_connections: int = 1000
+    """``guard serve``: most open client connections (lowered to leave 128 file descriptors free);
+    past it the connection waiting longest for its headers is closed to make room."""
     max_image_pixels: int = 40_000_000
     """Largest accepted image (width x height), checked before decoding pixels."""
     max_question_chars: int = 4_000
