@@ -1,4 +1,5 @@
-"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create."""
+"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create|unlock,
+keys, eval, score."""
 
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
         "--password-stdin", action="store_true", help="read the password from stdin instead of a prompt"
     )
 
+    uunlock = usub.add_parser(
+        "unlock", help="lift the sign-in lock of a user (from every address) or of an address"
+    )
+    uunlock.add_argument("username", nargs="?", help="the user whose sign-ins were locked")
+    uunlock.add_argument("--address", help="also (or only) lift the lock of this client address")
+
     keys = sub.add_parser("keys", help="API keys of chatbot clients")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kcreate = ksub.add_parser("create", help="create a key bound to a channel; it is printed only once")
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy validate": _policy_validate,
         "policy publish": _policy_publish,
         "users create": _users_create,
+        "users unlock": _users_unlock,
         "keys create": _keys_create,
         "keys list": _keys_list,
         "keys revoke": _keys_revoke,
@@ -367,6 +375,32 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         queries.close()
     print(f"created {args.role} {args.username!r}")
+    return 0
+
+
+def _users_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.admin import auth
+    from guard.admin.queries import AdminQueries
+
+    if not args.username and not args.address:
+        print("guard: name a user, an --address, or both", file=sys.stderr)
+        return 2
+    queries = AdminQueries.open(settings.database_url)
+    try:
+        if args.username and queries.user_by_name(args.username) is None:
+            print(f"guard: there is no user {args.username!r}", file=sys.stderr)
+            return 1
+        cleared = 0
+        if args.username:
+            match = auth.user_throttle_prefix(args.username)
+            cleared += queries.unlock_login(match, "cli", f"user {args.username}")
+        if args.address:
+            match = auth.address_throttle_key(args.address)
+            cleared += queries.unlock_login(match, "cli", f"address {args.address}")
+    finally:
+        queries.close()
+    what = " and ".join(x for x in (args.username and repr(args.username), args.address) if x)
+    print(f"unlocked {what}" if cleared else f"{what}: no sign-in lock or failed sign-ins to clear")
     return 0
 
 

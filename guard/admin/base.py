@@ -45,6 +45,7 @@ NOTICES = {
     "user_created": "User created.",
     "user_updated": "User updated.",
     "user_refused": "Not changed: that would leave no active admin.",
+    "unlocked": "Unlocked: sign-ins are accepted again.",
 }
 
 

@@ -139,6 +139,7 @@ class Admin(SessionViews, CaseViews, PolicyViews, UserViews):
                 Route("/policies/{channel}/samples", g("policies", self.samples), methods=["POST"]),
                 Route("/policies/{channel}/rollback", g("policies", self.rollback), methods=["POST"]),
                 Route("/users", g("users", self.users), methods=["GET", "POST"]),
+                Route("/users/unlock", g("users", self.unlock), methods=["POST"]),
                 Route("/users/{user_id}", g("users", self.user_update), methods=["POST"]),
                 Route("/audit", g("users", self.audit)),
                 Mount("/static", StaticFiles(directory=STATIC_DIR), name="admin-static"),

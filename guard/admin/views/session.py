@@ -63,7 +63,7 @@ class SessionViews(Pages):
         username = str(form.get("username") or "")[:100]
         password = str(form.get("password") or "")[:1000]
         ip = request.client.host if request.client else "unknown"
-        keys = [f"user:{username.lower()}", f"ip:{ip}"]
+        keys = [auth.user_throttle_key(username, ip), auth.address_throttle_key(ip)]
         queries = self.queries
         locked = await self.db(queries.login_locked_until, keys)
         if locked is not None:
