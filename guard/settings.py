@@ -102,6 +102,10 @@ class Settings:
     max_connections: int = 1000
     """``guard serve``: most open client connections (lowered to leave 128 file descriptors free);
     past it the connection waiting longest for its headers is closed to make room."""
+    image_retention_days: float = 30.0
+    """How long a photo is kept (registered with POST /v1/images, or of a case) after it was last
+    stored; past it, its id is refused (410) and it is deleted, unless its case is still pending.
+    0: kept for ever."""
     max_image_pixels: int = 40_000_000
     """Largest accepted image (width x height), checked before decoding pixels."""
     max_question_chars: int = 4_000
@@ -196,8 +200,9 @@ class Settings:
         return settings
 
 
-_ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms"})
-"""Durations where 0 means "do not wait"; every other duration must be positive."""
+_ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms", "image_retention_days"})
+"""Durations where 0 means "do not wait" (image_retention_days: "keep for ever"); every other
+duration must be positive."""
 
 
 def choices(hint: Any) -> tuple[str, ...] | None:
