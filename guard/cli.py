@@ -136,6 +136,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     limit_malloc_arenas()
+    if not settings.metrics_key and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"guard: /metrics and /readyz are open to anyone who reaches {settings.host}:{settings.port}; "
+            "set GUARD_METRICS_KEY to require a key (docs/deployment.md)",
+            file=sys.stderr,
+        )
     limits = HttpLimits(
         header_timeout_s=settings.header_timeout_s,
         body_timeout_s=settings.body_timeout_s,

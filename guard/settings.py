@@ -158,6 +158,9 @@ class Settings:
     """Delay before the first retry; doubled for each further one (capped at one hour)."""
     admin_case_url: str = "http://127.0.0.1:8000/admin/cases/{escalation_id}"
     """Link to a case in the admin page, sent in webhooks; {decision_id} and {escalation_id} are filled in."""
+    metrics_key: str | None = None
+    """When set, /metrics and /readyz answer only requests with ``Authorization: Bearer <key>``
+    (401 otherwise); unset, they are open to anyone who reaches the port. /healthz stays open."""
     secret_key: str | None = None
     """Signs admin session cookies; unset: one is generated once and kept in var/secret_key."""
     session_ttl_s: int = 8 * 3600
