@@ -213,7 +213,7 @@ class GuardProtocol(H11Protocol):
         self._deadline = None
         if self.transport.is_closing():
             return
-        log.info("a request body did not arrive in time: closing the connection")
+        log.debug("a request body did not arrive in time: closing the connection")
         cycle = self.cycle
         if cycle is not None and not cycle.response_started:
             cycle.disconnected = True  # the app's later sends are dropped: this answer stands
