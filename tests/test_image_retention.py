@@ -92,3 +92,15 @@ def test_zero_keeps_photos_for_ever(sqlite_url: str) -> None:
         backdate_images(client, 3650)
         check = {"question": "q", "reply": "reply [score=0.8]", "image": {"id": image_id}}
         assert client.post("/v1/guard", json=check).status_code == 200
+
+
+def test_the_sweep_finds_expired_photos_by_an_index(db_url: str) -> None:
+    from guard.store import Store, migrate
+
+    migrate(db_url)
+    store = Store.open(db_url)
+    try:
+        indexes = {ix["name"] for ix in sa.inspect(store.engine).get_indexes("images")}
+    finally:
+        store.close()
+    assert "ix_images_created_at" in indexes
