@@ -246,3 +246,35 @@ def test_more_half_open_connections_than_file_descriptors_do_not_lock_out_a_requ
     assert took < 2.0
     assert check.status_code == 200, check.text
     assert fds < 300 - 64, f"{fds} descriptors open of 300"
+
+
+def test_guard_serve_passes_its_limits_to_uvicorn_and_warns_of_open_monitoring(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], sqlite_url: str
+) -> None:
+    import uvicorn
+
+    from guard.cli import main
+    from guard.http_server import GuardProtocol
+
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    monkeypatch.setattr("guard.app.limit_malloc_arenas", lambda: True)
+    for name, value in {
+        "GUARD_DATABASE_URL": sqlite_url,
+        "GUARD_HEADER_TIMEOUT_S": "3",
+        "GUARD_MAX_HEADER_BYTES": "8192",
+        "GUARD_MAX_CONNECTIONS": "50",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("GUARD_METRICS_KEY", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 0
+    protocol = seen["http"]
+    assert isinstance(protocol, type) and issubclass(protocol, GuardProtocol)
+    assert (protocol.limits.header_timeout_s, protocol.limits.max_header_bytes) == (3.0, 8192)
+    assert protocol.limits.max_connections == 50
+    assert seen["ws"] == "none" and seen["h11_max_incomplete_event_size"] == 8192
+    assert "GUARD_METRICS_KEY" in capsys.readouterr().err
+
+    monkeypatch.setenv("GUARD_METRICS_KEY", "k" * 20)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 0
+    assert "GUARD_METRICS_KEY" not in capsys.readouterr().err
