@@ -15,8 +15,9 @@ them SQL, Redis and the spool). ``protocol_class(limits)`` adds, per connection:
   that reads its body answers its own 408 first) after the headers, for every route, whether or
   not the route reads its body; past it the connection is closed;
 - a **connection cap**: past ``max_connections`` open connections, the one that has waited longest
-  for its headers is closed to make room (so half-sent requests cannot lock others out), or the
-  new one when every open connection is busy with a request.
+  for its headers is closed to make room (so half-sent requests cannot lock others out), else the
+  one whose body has been arriving longest, else (every connection holds a whole request) the new
+  one is refused.
 
 The guard serves no WebSockets, so ``guard serve`` runs uvicorn with ``ws="none"``.
 """
@@ -112,6 +113,8 @@ class GuardProtocol(H11Protocol):
     limits: ClassVar[HttpLimits] = HttpLimits()
     waiting: ClassVar[dict[GuardProtocol, None]] = {}
     """Connections waiting for a request's head, oldest first (a dict keeps insertion order)."""
+    receiving: ClassVar[dict[GuardProtocol, None]] = {}
+    """Connections whose request body is still arriving, oldest first."""
     cap_hits: ClassVar[int] = 0
     last_warning: ClassVar[float] = float("-inf")
 
@@ -132,13 +135,13 @@ class GuardProtocol(H11Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
-            victim = next(iter(self.waiting), None)
+            victim = next(iter(self.waiting), None) or next(iter(self.receiving), None)
             self._warn_full(refused=victim is None)
-            if victim is None:  # every connection is busy with a request: refuse this one
+            if victim is None:  # every connection is busy with a whole request: refuse this one
                 self.connections.discard(self)
                 transport.abort()
                 return
-            victim.close_waiting()
+            victim.close_for_room()
         self._await_head()
 
     def _warn_full(self, *, refused: bool) -> None:
@@ -148,7 +151,7 @@ class GuardProtocol(H11Protocol):
         cls.cap_hits += 1
         if now - cls.last_warning >= 60.0:
             cls.last_warning = now
-            what = "refused a new connection" if refused else "closed the one waiting longest for its headers"
+            what = "refused a new connection" if refused else "closed the slowest to send its request"
             log.warning(
                 "%d client connections open (GUARD_MAX_CONNECTIONS=%d): %s (%d times so far)",
                 len(self.connections) - 1,
@@ -167,9 +170,11 @@ class GuardProtocol(H11Protocol):
         self.waiting.pop(self, None)
         self._disarm()
         if self.conn.their_state is h11.SEND_BODY:
+            self.receiving[self] = None
             self._arm(self.limits.body_timeout_s + BODY_GRACE_S, self._body_timed_out)
 
     def body_received(self) -> None:
+        self.receiving.pop(self, None)
         self._disarm()
         if self.conn.our_state is h11.DONE:  # answered before its body ended: the next head is awaited
             self._await_head()
@@ -188,15 +193,18 @@ class GuardProtocol(H11Protocol):
         super().on_response_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.waiting.pop(self, None)
-        self._disarm()
+        self._forget()
         super().connection_lost(exc)
 
-    def close_waiting(self) -> None:
-        """Close this connection, which is waiting for a request's head (the cap was reached)."""
-        self.waiting.pop(self, None)
-        self._disarm()
+    def close_for_room(self) -> None:
+        """Close this connection, still sending its request, to make room (the cap was reached)."""
+        self._forget()
         self.transport.abort()
+
+    def _forget(self) -> None:
+        self.waiting.pop(self, None)
+        self.receiving.pop(self, None)
+        self._disarm()
 
     def _head_timed_out(self) -> None:
         self._deadline = None
@@ -211,6 +219,7 @@ class GuardProtocol(H11Protocol):
 
     def _body_timed_out(self) -> None:
         self._deadline = None
+        self.receiving.pop(self, None)
         if self.transport.is_closing():
             return
         log.debug("a request body did not arrive in time: closing the connection")
@@ -224,8 +233,7 @@ class GuardProtocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         if self.conn.error_status == 431:
-            self.waiting.pop(self, None)
-            self._disarm()
+            self._forget()
             limit = self.limits.max_header_bytes
             text = f"The request headers are over the limit of {limit} bytes (GUARD_MAX_HEADER_BYTES).\n"
             self.transport.write(_raw_response(431, "Request Header Fields Too Large", text))
@@ -251,6 +259,7 @@ def protocol_class(limits: HttpLimits) -> type[GuardProtocol]:
 
     GuardServerProtocol.limits = limits
     GuardServerProtocol.waiting = {}
+    GuardServerProtocol.receiving = {}
     GuardServerProtocol.cap_hits = 0
     return GuardServerProtocol
 

@@ -28,6 +28,8 @@ BIN = Path(sys.executable).parent
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
 GRACE_S = 2.0  # guard.http_server.BODY_GRACE_S
+MAX_CONNECTIONS = 60
+NOFILE = 300
 
 
 @contextmanager
@@ -82,9 +84,16 @@ def serve(tmp: Path, *, nofile: int | None = None, **env_extra: str) -> Iterator
 
 
 @pytest.fixture(scope="module")
-def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
-    with serve(tmp_path_factory.mktemp("http")) as (port, _pid):
-        yield port
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
+    """One `guard serve` for the module: 300 file descriptors, at most 60 connections."""
+    tmp = tmp_path_factory.mktemp("http")
+    with serve(tmp, nofile=NOFILE, GUARD_MAX_CONNECTIONS=str(MAX_CONNECTIONS)) as found:
+        yield found
+
+
+@pytest.fixture
+def guard(served: tuple[int, int]) -> int:
+    return served[0]
 
 
 def connect(port: int, timeout: float = 10.0) -> socket.socket:
@@ -218,34 +227,78 @@ def test_a_150_mb_header_is_cut_off_and_does_not_stall_others(guard: int) -> Non
     assert latencies and max(latencies) < 1.0, f"/healthz took up to {max(latencies):.2f}s"
 
 
-def test_more_half_open_connections_than_file_descriptors_do_not_lock_out_a_request(tmp_path: Path) -> None:
-    """With 300 file descriptors, 400 half-sent requests: a normal request is still answered
-    (on main accept() failed with EMFILE and nothing was answered)."""
-    with serve(tmp_path, nofile=300) as (port, pid):
-        half_open = []
-        try:
-            for _ in range(400):
-                s = connect(port)
+def test_past_the_cap_slow_heads_then_slow_bodies_make_room_for_a_normal_request(guard: int) -> None:
+    """60 connections at most: 50 half-sent heads and 50 bodies that never finish fill it; a new
+    request still gets through (the slowest to send are closed to make room)."""
+    slow = []
+    try:
+        for i in range(100):
+            s = connect(guard)
+            if i % 2:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-                half_open.append(s)
-            time.sleep(0.3)
-            fds = len(os.listdir(f"/proc/{pid}/fd"))
-            start = time.monotonic()
-            answer = get(port, timeout=5)
-            took = time.monotonic() - start
-            # A decision too: SQL and the spool still have file descriptors to work with.
-            check = httpx2.post(
-                f"http://127.0.0.1:{port}/v1/guard",
-                json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
-                timeout=10,
-            )
-        finally:
-            for s in half_open:
-                s.close()
+            else:
+                s.sendall(
+                    b"POST /v1/guard HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 1000\r\n\r\n{"
+                )
+            slow.append(s)
+        time.sleep(0.3)
+        start = time.monotonic()
+        answer = get(guard, timeout=5)
+        took = time.monotonic() - start
+        check = httpx2.post(
+            f"http://127.0.0.1:{guard}/v1/guard",
+            json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
+            timeout=10,
+        )
+        closed = 0
+        for s in slow:
+            s.settimeout(0.01)
+            try:
+                closed += s.recv(1) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                closed += 1
+    finally:
+        for s in slow:
+            s.close()
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
     assert took < 2.0
     assert check.status_code == 200, check.text
-    assert fds < 300 - 64, f"{fds} descriptors open of 300"
+    assert closed >= 100 - MAX_CONNECTIONS, f"only {closed} of the slow connections were closed"
+
+
+def test_more_half_open_connections_than_file_descriptors_do_not_lock_out_a_request(
+    served: tuple[int, int],
+) -> None:
+    """With 300 file descriptors, 400 half-sent requests: a normal request is still answered
+    (on main accept() failed with EMFILE and nothing was answered)."""
+    port, pid = served
+    half_open = []
+    try:
+        for _ in range(400):
+            s = connect(port)
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            half_open.append(s)
+        time.sleep(0.3)
+        fds = len(os.listdir(f"/proc/{pid}/fd"))
+        start = time.monotonic()
+        answer = get(port, timeout=5)
+        took = time.monotonic() - start
+        # A decision too: SQL and the spool still have file descriptors to work with.
+        check = httpx2.post(
+            f"http://127.0.0.1:{port}/v1/guard",
+            json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
+            timeout=10,
+        )
+    finally:
+        for s in half_open:
+            s.close()
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert took < 2.0
+    assert check.status_code == 200, check.text
+    assert fds < MAX_CONNECTIONS + 64, f"{fds} descriptors open of {NOFILE}"
 
 
 def test_guard_serve_passes_its_limits_to_uvicorn_and_warns_of_open_monitoring(
