@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-from collections.abc import AsyncIterator
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 from guard import api
 from guard.admin.routes import Admin, admin_mount
+from guard.errors import Unauthorized
 from guard.key_middleware import AuthMiddleware
 from guard.responses import EXCEPTION_HANDLERS
 from guard.runtime import OutcomeHook, Runtime, load_scorer, runtime
@@ -48,6 +50,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 _M_ARENA_MAX = -8  # from glibc's malloc.h
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+
 
 async def healthz(_request: Request) -> Response:
     return JSONResponse({"status": "ok"})
@@ -72,6 +76,23 @@ async def readyz(request: Request) -> Response:
 
 async def metrics_endpoint(request: Request) -> Response:
     return PlainTextResponse(runtime(request).metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def monitoring(endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` (/metrics, /readyz) behind GUARD_METRICS_KEY when it is set: a request without
+    ``Authorization: Bearer <key>`` gets 401. Unset: open, as before (see docs/deployment.md)."""
+
+    async def checked(request: Request) -> Response:
+        key = runtime(request).settings.metrics_key
+        if key:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+                raise Unauthorized(
+                    "unauthorized", f"{request.url.path} needs 'Authorization: Bearer <GUARD_METRICS_KEY>'"
+                )
+        return await endpoint(request)
+
+    return checked
 
 
 async def chat_completions(request: Request) -> Response:
@@ -99,8 +120,8 @@ def create_app(
             *api.routes,
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
+            Route("/readyz", monitoring(readyz)),
+            Route("/metrics", monitoring(metrics_endpoint)),
             admin_mount(),
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -1,4 +1,5 @@
-"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create."""
+"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create|unlock,
+keys, eval, score."""
 
 from __future__ import annotations
 
@@ -73,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
         "--password-stdin", action="store_true", help="read the password from stdin instead of a prompt"
     )
 
+    uunlock = usub.add_parser(
+        "unlock", help="lift the sign-in lock of a user (from every address) or of an address"
+    )
+    uunlock.add_argument("username", nargs="?", help="the user whose sign-ins were locked")
+    uunlock.add_argument("--address", help="also (or only) lift the lock of this client address")
+
     keys = sub.add_parser("keys", help="API keys of chatbot clients")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kcreate = ksub.add_parser("create", help="create a key bound to a channel; it is printed only once")
@@ -121,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy publish": _policy_publish,
         "calibrate": _calibrate,
         "users create": _users_create,
+        "users unlock": _users_unlock,
         "keys create": _keys_create,
         "keys list": _keys_list,
         "keys revoke": _keys_revoke,
@@ -134,10 +142,23 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from guard.app import create_app, limit_malloc_arenas
+    from guard.http_server import HttpLimits, connection_cap, protocol_class
 
     # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
     limit_malloc_arenas()
+    if not settings.metrics_key and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"guard: /metrics and /readyz are open to anyone who reaches {settings.host}:{settings.port}; "
+            "set GUARD_METRICS_KEY to require a key (docs/deployment.md)",
+            file=sys.stderr,
+        )
+    limits = HttpLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+        max_connections=connection_cap(settings.max_connections),
+    )
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -145,6 +166,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         log_level="info",
         access_log=args.access_log,
         timeout_graceful_shutdown=15,
+        # h11 with the guard's deadlines and limits (guard/http_server.py); no WebSockets are served.
+        http=protocol_class(limits),
+        ws="none",
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 
@@ -399,6 +424,32 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         queries.close()
     print(f"created {args.role} {args.username!r}")
+    return 0
+
+
+def _users_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.admin import auth
+    from guard.admin.queries import AdminQueries
+
+    if not args.username and not args.address:
+        print("guard: name a user, an --address, or both", file=sys.stderr)
+        return 2
+    queries = AdminQueries.open(settings.database_url)
+    try:
+        if args.username and queries.user_by_name(args.username) is None:
+            print(f"guard: there is no user {args.username!r}", file=sys.stderr)
+            return 1
+        cleared = 0
+        if args.username:
+            match = auth.user_throttle_prefix(args.username)
+            cleared += queries.unlock_login(match, "cli", f"user {args.username}")
+        if args.address:
+            match = auth.address_throttle_key(args.address)
+            cleared += queries.unlock_login(match, "cli", f"address {args.address}")
+    finally:
+        queries.close()
+    what = " and ".join(x for x in (args.username and repr(args.username), args.address) if x)
+    print(f"unlocked {what}" if cleared else f"{what}: no sign-in lock or failed sign-ins to clear")
     return 0
 
 
