@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -21,6 +22,8 @@ from starlette.routing import Route
 
 from guard import api, openapi
 from guard.admin.routes import Admin, admin_mount
+from guard.errors import Unauthorized
+from guard.http_server import configure_worker, http_limits
 from guard.key_middleware import AuthMiddleware
 from guard.metrics import CONTENT_TYPE
 from guard.responses import EXCEPTION_HANDLERS
@@ -49,6 +52,8 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
 
 
 _M_ARENA_MAX = -8  # from glibc's malloc.h
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 async def healthz(_request: Request) -> Response:
@@ -86,6 +91,23 @@ def openapi_route() -> Route:
     return Route("/openapi.json", openapi_json, methods=["GET"])
 
 
+def monitoring(endpoint: Endpoint) -> Endpoint:
+    """``endpoint`` (/metrics, /readyz) behind GUARD_METRICS_KEY when it is set: a request without
+    ``Authorization: Bearer <key>`` gets 401. Unset: open, as before (see docs/deployment.md)."""
+
+    async def checked(request: Request) -> Response:
+        key = runtime(request).settings.metrics_key
+        if key:
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
+                raise Unauthorized(
+                    "unauthorized", f"{request.url.path} needs 'Authorization: Bearer <GUARD_METRICS_KEY>'"
+                )
+        return await endpoint(request)
+
+    return checked
+
+
 async def chat_completions(request: Request) -> Response:
     """The OpenAI-compatible proxy (guard/proxy.py)."""
     return await runtime(request).proxy.handle(request)
@@ -97,7 +119,9 @@ def serve_app() -> Starlette:
     worker's runtime opens in its own lifespan, so nothing is shared between workers but the
     listening socket (and what lives outside: SQL, Redis, the spool folder)."""
     limit_malloc_arenas()
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    configure_worker(http_limits(settings))
+    return create_app(settings)
 
 
 def create_app(
@@ -120,8 +144,8 @@ def create_app(
             *api.routes,
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics_endpoint),
+            Route("/readyz", monitoring(readyz)),
+            Route("/metrics", monitoring(metrics_endpoint)),
             openapi_route(),
             admin_mount(),
         ],

@@ -7,6 +7,8 @@ import asyncio
 import json
 from typing import Any
 
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Message, Receive
 
@@ -56,6 +58,22 @@ async def read_body(request: Request, limit: int, timeout_s: float | None) -> by
             "body_timeout", f"the request body did not arrive within {timeout_s}s (GUARD_BODY_TIMEOUT_S)"
         ) from None
     return b"".join(chunks)
+
+
+async def read_form(request: Request, timeout_s: float | None, **limits: Any) -> FormData:
+    """``request.form(**limits)``, refused (408) when the body has not all arrived within
+    ``timeout_s`` seconds (GUARD_BODY_TIMEOUT_S): the admin pages' forms, the sign-in included."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await request.form(**limits)
+    except ClientDisconnect:
+        raise BadRequest("client_disconnected", "the client went away before the form was read") from None
+    except HTTPException as exc:  # Starlette's answer to a malformed or over-limit form
+        raise BadRequest("invalid_form", f"The form could not be read: {exc.detail}") from None
+    except TimeoutError:
+        raise BodyTimeout(
+            "body_timeout", f"the form did not arrive within {timeout_s}s (GUARD_BODY_TIMEOUT_S)"
+        ) from None
 
 
 def parse_json(data: bytes | str, what: str = "the body") -> Any:

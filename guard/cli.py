@@ -1,4 +1,5 @@
-"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create."""
+"""The ``guard`` command: serve, migrate, check, policy show|validate|publish, users create|unlock,
+keys, eval, score."""
 
 from __future__ import annotations
 
@@ -90,6 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         "--password-stdin", action="store_true", help="read the password from stdin instead of a prompt"
     )
 
+    uunlock = usub.add_parser(
+        "unlock", help="lift the sign-in lock of a user (from every address) or of an address"
+    )
+    uunlock.add_argument("username", nargs="?", help="the user whose sign-ins were locked")
+    uunlock.add_argument("--address", help="also (or only) lift the lock of this client address")
+
     keys = sub.add_parser("keys", help="API keys of chatbot clients")
     ksub = keys.add_subparsers(dest="keys_command", required=True)
     kcreate = ksub.add_parser("create", help="create a key bound to a channel; it is printed only once")
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         "policy publish": _policy_publish,
         "calibrate": _calibrate,
         "users create": _users_create,
+        "users unlock": _users_unlock,
         "keys create": _keys_create,
         "keys list": _keys_list,
         "keys revoke": _keys_revoke,
@@ -151,9 +159,16 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from guard.app import create_app, limit_malloc_arenas
+    from guard.http_server import WORKER_PROTOCOL, http_limits, protocol_class
 
     # The address served is the one GUARD_AUTH=auto judges (guard/keys.py).
     settings = dataclasses.replace(settings, host=args.host or settings.host, port=args.port or settings.port)
+    if not settings.metrics_key and settings.host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"guard: /metrics and /readyz are open to anyone who reaches {settings.host}:{settings.port}; "
+            "set GUARD_METRICS_KEY to require a key (docs/deployment.md)",
+            file=sys.stderr,
+        )
     options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
@@ -162,11 +177,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         "timeout_graceful_shutdown": 15,
         "proxy_headers": True,
         "forwarded_allow_ips": args.forwarded_allow_ips,
+        # h11 with the guard's deadlines and limits (guard/http_server.py); no WebSockets are served.
+        "ws": "none",
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
     }
     with _metrics_folder(args.workers):
         if args.workers == 1:
             limit_malloc_arenas()
-            uvicorn.run(create_app(settings), **options)
+            uvicorn.run(create_app(settings), http=protocol_class(http_limits(settings)), **options)
             return 0
         # Each worker is a process of its own that builds the app from the environment (guard.app.
         # serve_app) and opens its own runtime in its lifespan: its own SQL pool, Redis client, scorer
@@ -174,7 +192,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         os.environ["GUARD_HOST"] = settings.host
         os.environ["GUARD_PORT"] = str(settings.port)
         _first_key_once(settings)
-        uvicorn.run("guard.app:serve_app", factory=True, workers=args.workers, **options)
+        # A class made by protocol_class cannot be sent to a spawned worker: each names the module's
+        # WorkerProtocol, which its app factory gives the limits of the same settings.
+        uvicorn.run(
+            "guard.app:serve_app", factory=True, workers=args.workers, http=WORKER_PROTOCOL, **options
+        )
         return 0
 
 
@@ -493,6 +515,32 @@ def _users_create(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         queries.close()
     print(f"created {args.role} {args.username!r}")
+    return 0
+
+
+def _users_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    from guard.admin import auth
+    from guard.admin.queries import AdminQueries
+
+    if not args.username and not args.address:
+        print("guard: name a user, an --address, or both", file=sys.stderr)
+        return 2
+    queries = AdminQueries.open(settings.database_url)
+    try:
+        if args.username and queries.user_by_name(args.username) is None:
+            print(f"guard: there is no user {args.username!r}", file=sys.stderr)
+            return 1
+        cleared = 0
+        if args.username:
+            match = auth.user_throttle_prefix(args.username)
+            cleared += queries.unlock_login(match, "cli", f"user {args.username}")
+        if args.address:
+            match = auth.address_throttle_key(args.address)
+            cleared += queries.unlock_login(match, "cli", f"address {args.address}")
+    finally:
+        queries.close()
+    what = " and ".join(x for x in (args.username and repr(args.username), args.address) if x)
+    print(f"unlocked {what}" if cleared else f"{what}: no sign-in lock or failed sign-ins to clear")
     return 0
 
 

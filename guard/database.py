@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,8 +25,8 @@ def create_db_engine(url: str) -> Engine:
         return create_engine(
             url, pool_pre_ping=True, pool_size=5, max_overflow=5, pool_timeout=5, pool_use_lifo=True
         )
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+        _create_private(Path(parsed.database))
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 15}, pool_use_lifo=True)
 
     @event.listens_for(engine, "connect")
@@ -37,6 +38,18 @@ def create_db_engine(url: str) -> Engine:
         cursor.close()
 
     return engine
+
+
+def _create_private(path: Path) -> None:
+    """Create the SQLite file ``path`` (and its folder) readable by its owner only (0600), as the
+    spool is: it holds customers' messages. SQLite gives its -wal and -shm files the database
+    file's mode. An existing file keeps its mode."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
 
 
 class Database:

@@ -15,6 +15,7 @@ fields as a page.
     │   ├── Forbidden               403 channel_forbidden
     │   ├── NotFound                404 not_found, unknown_image
     │   ├── BodyTimeout             408 body_timeout
+    │   ├── ImageExpired            410 image_expired (past GUARD_IMAGE_RETENTION_DAYS)
     │   ├── LengthRequired          411 length_required (an admin form with a photo)
     │   ├── BodyTooLarge            413 body_too_large
     │   ├── InvalidField            422 missing_field, wrong_type, too_long, invalid_text, empty_reply, ...
@@ -98,6 +99,12 @@ class Forbidden(RequestError):
 
 class NotFound(RequestError):
     status = 404
+
+
+class ImageExpired(RequestError):
+    """A registered photo past GUARD_IMAGE_RETENTION_DAYS: gone, register it again."""
+
+    status = 410
 
 
 class BodyTimeout(RequestError):
@@ -189,6 +196,7 @@ __all__ = [
     "ImageDecodeCode",
     "ImageError",
     "ImageErrorCode",
+    "ImageExpired",
     "InvalidField",
     "LengthRequired",
     "NotFound",

@@ -26,7 +26,7 @@ from guard.breaker import scorer_breaker
 from guard.cache import MemoryCache, RedisCache
 from guard.calibration import CalibrationBook
 from guard.decision_log import DecisionLog, open_decision_log
-from guard.errors import ConfigError, ImageError, InvalidField, NotFound, Unavailable
+from guard.errors import ConfigError, ImageError, ImageExpired, InvalidField, NotFound, Unavailable
 from guard.handoff import Handoff, HandoffSink
 from guard.images import DecodedImage, ImageDecoder
 from guard.keys import KeyRing, ensure_first_key, key_copy
@@ -35,6 +35,7 @@ from guard.metrics import Metrics
 from guard.ocr import OcrService, open_ocr
 from guard.pipeline import Pipeline, PolicyBook, ScoringService
 from guard.proxy import Proxy
+from guard.retention import ImageRetention
 from guard.scoring.base import Scorer
 from guard.settings import Settings
 from guard.ssrf import HostAllowlist, ImageFetcher
@@ -99,6 +100,8 @@ class Runtime:
     proxy: Proxy
     on_outcome: OutcomeHook
     """How a supervisor's outcome reaches the chatbot (by default: handoff delivery)."""
+    retention: ImageRetention
+    """Photos kept no longer than GUARD_IMAGE_RETENTION_DAYS."""
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -170,6 +173,10 @@ class Runtime:
             )
             proxy = Proxy(s, pipeline, fetcher)
             stack.push_async_callback(proxy.close)
+            retention = ImageRetention(store, s.image_retention_days)
+            if s.image_retention_days > 0:
+                retention.start()
+                stack.push_async_callback(retention.stop)
             rt = cls(
                 settings=s,
                 metrics=metrics,
@@ -183,6 +190,7 @@ class Runtime:
                 keys=keys,
                 proxy=proxy,
                 on_outcome=on_outcome or handoff.deliver_outcome,
+                retention=retention,
             )
             metrics.gauge_from(
                 "guard_image_decode_pending",
@@ -229,11 +237,20 @@ class Runtime:
     async def registered_image(self, image_id: Any) -> DecodedImage:
         if not isinstance(image_id, str) or len(image_id) != 64:
             raise InvalidField("wrong_type", "'image.id' must be an image_id from POST /v1/images")
-        found = await self.sql(self.store.get_image, image_id)
+        found = await self.sql(self.store.get_image_stored_at, image_id)
+        days = self.settings.image_retention_days
         if found is None:
-            raise NotFound("unknown_image", f"no image {image_id!r}: register it with POST /v1/images")
+            kept = f" (photos are kept {days:g} days, GUARD_IMAGE_RETENTION_DAYS)" if days > 0 else ""
+            raise NotFound("unknown_image", f"no image {image_id!r}: register it with POST /v1/images{kept}")
+        data, stored_at = found
+        if days > 0 and self.retention.expired(stored_at):
+            raise ImageExpired(
+                "image_expired",
+                f"image {image_id!r} was registered more than {days:g} days ago "
+                "(GUARD_IMAGE_RETENTION_DAYS): register it again with POST /v1/images",
+            )
         try:
-            return await self.pipeline.images.decode(found[1])
+            return await self.pipeline.images.decode(data)
         except ImageError as exc:  # stored before a limit was lowered
             raise InvalidField(exc.code, exc.message) from None
 

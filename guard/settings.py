@@ -92,7 +92,20 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     """Largest accepted request body, enforced while reading."""
     body_timeout_s: float = 30.0
-    """Deadline for receiving a whole request body (a slow upload past it gets 408)."""
+    """Deadline for receiving a whole request body (a slow upload past it gets 408); ``guard serve``
+    closes any connection whose body has not arrived 2 s after it, on every route."""
+    header_timeout_s: float = 10.0
+    """``guard serve``: deadline for a request's line and headers, from the connection opening (or
+    the previous response); past it the client gets 408 and the connection is closed."""
+    max_header_bytes: int = 16 * 1024
+    """``guard serve``: largest request line + headers; a bigger one gets 431 and is not read on."""
+    max_connections: int = 1000
+    """``guard serve``: most open client connections (lowered to leave 128 file descriptors free);
+    past it the connection waiting longest for its headers is closed to make room."""
+    image_retention_days: float = 30.0
+    """How long a photo is kept (registered with POST /v1/images, or of a case) after it was last
+    stored; past it, its id is refused (410) and it is deleted, unless its case is still pending.
+    0: kept for ever."""
     max_image_pixels: int = 40_000_000
     """Largest accepted image (width x height), checked before decoding pixels."""
     max_image_scans: int = 100
@@ -157,6 +170,9 @@ class Settings:
     """Delay before the first retry; doubled for each further one (capped at one hour)."""
     admin_case_url: str = "http://127.0.0.1:8000/admin/cases/{escalation_id}"
     """Link to a case in the admin page, sent in webhooks; {decision_id} and {escalation_id} are filled in."""
+    metrics_key: str | None = None
+    """When set, /metrics and /readyz answer only requests with ``Authorization: Bearer <key>``
+    (401 otherwise); unset, they are open to anyone who reaches the port. /healthz stays open."""
     secret_key: str | None = None
     """Signs admin session cookies; unset: one is generated once and kept in var/secret_key."""
     session_ttl_s: int = 8 * 3600
@@ -199,8 +215,9 @@ class Settings:
         return settings
 
 
-_ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms"})
-"""Durations where 0 means "do not wait"; every other duration must be positive."""
+_ZERO_ALLOWED = frozenset({"score_batch_wait_ms", "log_linger_ms", "image_retention_days"})
+"""Durations where 0 means "do not wait" (image_retention_days: "keep for ever"); every other
+duration must be positive."""
 
 
 def choices(hint: Any) -> tuple[str, ...] | None:

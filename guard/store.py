@@ -21,6 +21,7 @@ from sqlalchemy import (
     JSON,
     Connection,
     Table,
+    delete,
     func,
     select,
     update,
@@ -41,6 +42,7 @@ from guard.stored import (
     PolicyVersionRow,
     QueueItemRow,
     StoredDecision,
+    aware,
     decision_row,
     from_orm,
 )
@@ -292,9 +294,32 @@ class Store(Database):
             row = s.get(StoredImage, sha256)
             return None if row is None else (row.mime_type, row.data)
 
+    def get_image_stored_at(self, sha256: str) -> tuple[bytes, datetime] | None:
+        """The photo's bytes and when it was (last) stored, or None."""
+        with self.session() as s:
+            row = s.get(StoredImage, sha256)
+            return None if row is None else (row.data, _aware_at(row.created_at))
+
+    def delete_expired_images(self, cutoff: datetime) -> int:
+        """Delete the photos last stored before ``cutoff``, except those of cases still pending in
+        the queue (a supervisor may yet need them); the number deleted."""
+        with self.session() as s:
+            open_cases = (
+                select(Decision.image_sha256)
+                .join(QueueItem, QueueItem.decision_id == Decision.id)
+                .where(QueueItem.state == "pending", Decision.image_sha256.is_not(None))
+            )
+            result = s.execute(
+                delete(StoredImage).where(
+                    StoredImage.created_at < cutoff, StoredImage.sha256.not_in(open_cases)
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
     def _keep_image(
         self, s: Session, sha256: str, mime_type: str, width: int, height: int, data: bytes
     ) -> None:
+        """Store the photo, or (already stored) restart its retention period from now."""
         values = {
             "sha256": sha256,
             "mime_type": mime_type,
@@ -305,7 +330,11 @@ class Store(Database):
         }
         dialect = s.get_bind().dialect.name
         insert = pg_insert if dialect == "postgresql" else sqlite_insert
-        s.execute(insert(StoredImage).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
+        s.execute(
+            insert(StoredImage)
+            .values(**values)
+            .on_conflict_do_update(index_elements=["sha256"], set_={"created_at": values["created_at"]})
+        )
 
     # Chatbot integrations: API keys and handoff webhook deliveries -------------------
 
@@ -459,3 +488,9 @@ def add_policy_version(
         )
     )
     return parse_policy(document, channel=policy.channel, version=version), previous
+
+
+def _aware_at(value: datetime) -> datetime:
+    found = aware(value)
+    assert found is not None
+    return found

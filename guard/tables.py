@@ -179,7 +179,8 @@ class StoredImage(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    """When it was last stored (registering it again restarts GUARD_IMAGE_RETENTION_DAYS)."""
 
 
 # Admin pages: accounts, sessions, login throttling, audit log -------------------------

@@ -141,6 +141,83 @@ def test_login_is_throttled_after_repeated_failures(client: TestClient) -> None:
     assert login(client, "owner").status_code == 303, "another user is not locked out"
 
 
+def from_address(client: TestClient, address: str) -> None:
+    """Make ``client``'s next requests come from ``address`` (as uvicorn reports it to the app)."""
+    client._transport.client = (address, 50000)  # type: ignore[attr-defined]
+
+
+def lock_out(client: TestClient, username: str, address: str) -> None:
+    from_address(client, address)
+    for _ in range(auth.USER_FAILURE_LIMIT):
+        assert login(client, username, "wrong password!").status_code == 401
+    assert login(client, username).status_code == 429
+
+
+def test_guesses_from_one_address_do_not_lock_the_user_out_from_another(client: TestClient) -> None:
+    """Locked by username + address: 5 wrong guesses from an attacker's address no longer lock a
+    known admin out everywhere (on main the username alone was locked)."""
+    lock_out(client, "boss", "203.0.113.9")
+    from_address(client, "198.51.100.20")
+    assert login(client, "boss").status_code == 303
+
+
+def test_too_many_failures_from_one_address_lock_that_address_for_every_username(client: TestClient) -> None:
+    from_address(client, "203.0.113.10")
+    for i in range(auth.IP_FAILURE_LIMIT):
+        assert login(client, f"guess{i}", "wrong password!").status_code == 401
+    assert login(client, "owner").status_code == 429
+    from_address(client, "198.51.100.21")
+    assert login(client, "owner").status_code == 303
+
+
+def test_an_admin_unlocks_a_user_and_an_address_on_the_users_page(client: TestClient) -> None:
+    lock_out(client, "sup", "192.0.2.7")
+    from_address(client, "192.0.2.99")
+    token = signed_in(client, "boss")
+    page = client.get("/admin/users").text
+    assert "sign-in locked until" in page and "192.0.2.7" in page
+    r = client.post("/admin/users/unlock", data={"csrf_token": token, "username": "sup"})
+    assert r.status_code == 200 and "Unlocked" in r.text and "sign-in locked until" not in r.text
+    assert "login.unlock" in client.get("/admin/audit").text
+    client.cookies.clear()
+    from_address(client, "192.0.2.7")
+    assert login(client, "sup").status_code == 303
+    # An address locked for every username, unlocked the same way.
+    client.cookies.clear()
+    from_address(client, "192.0.2.8")
+    for i in range(auth.IP_FAILURE_LIMIT):
+        login(client, f"guess{i}", "wrong password!")
+    assert login(client, "sup").status_code == 429
+    from_address(client, "192.0.2.99")
+    token = signed_in(client, "boss")
+    assert "Locked addresses" in client.get("/admin/users").text
+    client.post("/admin/users/unlock", data={"csrf_token": token, "address": "192.0.2.8"})
+    client.cookies.clear()
+    from_address(client, "192.0.2.8")
+    assert login(client, "sup").status_code == 303
+
+
+def test_only_an_admin_may_unlock(client: TestClient) -> None:
+    lock_out(client, "boss", "192.0.2.30")
+    from_address(client, "192.0.2.31")
+    token = signed_in(client, "owner")
+    r = client.post("/admin/users/unlock", data={"csrf_token": token, "username": "boss"})
+    assert r.status_code == 403
+    client.cookies.clear()
+    from_address(client, "192.0.2.30")
+    assert login(client, "boss").status_code == 429
+
+
+def test_cli_unlocks_a_user(client: TestClient, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from guard.cli import main
+
+    lock_out(client, "boss", "192.0.2.40")
+    monkeypatch.setenv("GUARD_DATABASE_URL", sqlite_url)
+    assert main(["users", "unlock", "nobody"]) == 1
+    assert main(["users", "unlock", "boss"]) == 0
+    assert login(client, "boss").status_code == 303
+
+
 def test_session_cookie_is_signed_http_only_and_lax(client: TestClient) -> None:
     r = login(client, "sup")
     cookie = next(v for k, v in r.headers.items() if k == "set-cookie" and v.startswith(auth.SESSION_COOKIE))
@@ -330,6 +407,8 @@ def test_photo_is_served_with_its_type_nosniff_and_a_sandbox(client: TestClient)
     assert r.headers["content-type"] == "image/png"
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["content-security-policy"].startswith("sandbox")
+    # Not cached: after sign-out the browser cannot show it again (was private, max-age=3600).
+    assert r.headers["cache-control"] == "no-store"
 
 
 # The queue and cases ----------------------------------------------------------------------------

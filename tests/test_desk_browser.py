@@ -1,9 +1,10 @@
 """Working the queue in a real browser: Debian's chromium driven by Playwright against the guard
 served by uvicorn, with real PostgreSQL. The keyboard flow (j/k, a, e, t, d, ?, never while typing),
 the next waiting case after an action, presence, the accessibility checks (axe-core run in the page:
-no serious or critical violation on the queue, a case, the policy editor and the users page) and
-the pages at 390 px width. Screenshots go to docs/screenshots/. In CI (CI=true) a browser or axe-core
-that is missing fails the test; elsewhere it skips (``make browser-deps`` installs axe-core)."""
+no serious or critical violation on the queue, a case, the policy editor and the users page with
+its sign-in locks' Unlock forms) and the pages at 390 px width. Screenshots go to docs/screenshots/.
+In CI (CI=true) a browser or axe-core that is missing fails the test; elsewhere it skips
+(``make browser-deps`` installs axe-core)."""
 
 from __future__ import annotations
 
@@ -297,9 +298,17 @@ def test_accessibility_and_narrow_screens(browser: Any, server: tuple[str, Store
         ("queue", "/admin/queue", "table.queue"),
         ("case", f"/admin/cases/{escalated}", "form.primary"),
         ("policy editor", "/admin/policies/default", "#policy-form"),
-        ("users", "/admin/users", "table.users"),
+        ("users", "/admin/users", "table.users >> nth=0"),
     ]
     others = ["/admin/policies", "/admin/dashboard", "/admin/outcomes", "/admin/audit", "/admin/playground"]
+    # Sign-in locks (sam from one address, and another address for everyone): the Users page then
+    # shows both kinds of Unlock form, and axe checks them too.
+    AdminQueries(store.engine).login_failed(
+        [auth.user_throttle_key("sam", "203.0.113.7"), auth.address_throttle_key("198.51.100.9")],
+        limit=1,
+        window_s=900,
+        lock_s=900,
+    )
     found: dict[str, list[str]] = {}
     widths: dict[str, int] = {}
     for width, height in ((1280, FOLD), (390, 844)):
@@ -310,6 +319,9 @@ def test_accessibility_and_narrow_screens(browser: Any, server: tuple[str, Store
         for name, path, ready in pages:
             page.goto(base + path)
             expect(page.locator(ready)).to_be_visible()
+            if name == "users":
+                expect(page.get_by_role("button", name="Unlock sam", exact=True)).to_be_visible()
+                expect(page.get_by_role("button", name="Unlock 198.51.100.9", exact=True)).to_be_visible()
             problems = axe_problems(page)
             if problems:
                 found[f"{name} at {width} px"] = problems

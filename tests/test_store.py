@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
@@ -96,3 +97,26 @@ def test_bounded_times_out_and_never_swallows_a_cancel() -> None:
                         await task
 
     asyncio.run(main())
+
+
+def test_a_new_sqlite_database_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """var/guard.db holds customers' messages: 0600 like the spool (it was 0644), and so are the
+    -wal and -shm files SQLite makes beside it."""
+    import os
+
+    old_umask = os.umask(0o022)  # the usual umask, under which SQLite's own default is 0644
+    try:
+        path = tmp_path / "var" / "guard.db"
+        url = f"sqlite:///{path}"
+        migrate(url)
+        store = Store.open(url)
+        try:
+            store.record([DecisionRecord(decision_row("perm-1", "send"))])
+            files = sorted(path.parent.glob("guard.db*"))
+            assert {f.name for f in files} >= {"guard.db", "guard.db-wal", "guard.db-shm"}
+            for f in files:
+                assert f.stat().st_mode & 0o777 == 0o600, f"{f.name} is {oct(f.stat().st_mode & 0o777)}"
+        finally:
+            store.close()
+    finally:
+        os.umask(old_umask)

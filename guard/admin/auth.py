@@ -26,7 +26,10 @@ SESSION_COOKIE = "rg_session"
 LOGIN_CSRF_COOKIE = "rg_login_csrf"
 SECRET_KEY_FILE = Path("var") / "secret_key"
 
-# Login throttling: this many failures within the window lock the username (or the address).
+# Login throttling: this many failures within the window lock the username from that address
+# (USER_FAILURE_LIMIT), or the address for every username (IP_FAILURE_LIMIT). Never the username
+# alone, so guesses from elsewhere cannot lock a known admin out; an admin unlocks with the Users
+# page or `guard users unlock`.
 USER_FAILURE_LIMIT = 5
 IP_FAILURE_LIMIT = 20
 FAILURE_WINDOW_S = 15 * 60
@@ -60,6 +63,20 @@ class CurrentUser:
 
     def may(self, area: str) -> bool:
         return self.role in ACCESS[area]
+
+
+def user_throttle_key(username: str, address: str) -> str:
+    """The sign-in throttle's key of ``username`` signing in from ``address``."""
+    return f"user:{username.lower()}|ip:{address}"
+
+
+def user_throttle_prefix(username: str) -> str:
+    """What every throttle key of ``username`` starts with (``|`` is not in a username)."""
+    return f"user:{username.lower()}|"
+
+
+def address_throttle_key(address: str) -> str:
+    return f"ip:{address}"
 
 
 def hash_password(password: str) -> str:

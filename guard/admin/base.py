@@ -55,6 +55,7 @@ NOTICES = {
     "map_rolled_back": "Rolled back: the old score map is published again as a new version.",
     "map_off": "Switched off: this channel's scores are the scorer's own again (as a new version).",
     "map_discarded": "Draft discarded.",
+    "unlocked": "Unlocked: sign-ins are accepted again.",
 }
 PROBLEM_NOTICES = frozenset({"user_refused"})
 """Notices that say something was refused: shown as a problem, not as a success."""

@@ -778,6 +778,31 @@ class AdminQueries(Database):
         with self.session() as s:
             s.execute(delete(LoginThrottle).where(LoginThrottle.key.in_(list(keys))))
 
+    def login_locks(self) -> list[tuple[str, datetime]]:
+        """The throttle keys locked now (``user:<name>|ip:<address>`` and ``ip:<address>``), with
+        the time each lock ends, soonest first."""
+        now = utcnow()
+        with self.session() as s:
+            rows = s.execute(
+                select(LoginThrottle.key, LoginThrottle.locked_until).where(
+                    LoginThrottle.locked_until.is_not(None)
+                )
+            ).all()
+        locks = [(key, until) for key, t in rows if (until := aware(t)) is not None and until > now]
+        return sorted(locks, key=lambda lock: lock[1])
+
+    def unlock_login(self, match: str, actor: str, target: str) -> int:
+        """End the sign-in locks and failure counts of the throttle keys that are ``match`` or, when
+        it ends with ``|`` (a user's prefix), start with it; with an audit entry. The keys cleared."""
+        column = LoginThrottle.key
+        where = column.startswith(match, autoescape=True) if match.endswith("|") else column == match
+        with self.session() as s:
+            keys = list(s.scalars(select(column).where(where)))
+            if keys:
+                s.execute(delete(LoginThrottle).where(column.in_(keys)))
+                _audit(s, actor, "login.unlock", target, {"throttle_keys": keys}, None)
+            return len(keys)
+
 
 class _LastAdminError(Exception):
     pass

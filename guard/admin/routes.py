@@ -8,7 +8,6 @@ from typing import Any
 from urllib.parse import quote
 
 from starlette.datastructures import FormData
-from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route, Router
@@ -25,7 +24,8 @@ from guard.admin.views.cases import CaseViews
 from guard.admin.views.policies import PolicyViews
 from guard.admin.views.session import SessionViews
 from guard.admin.views.users import UserViews
-from guard.errors import BadRequest, BodyTooLarge, LengthRequired, RequestError
+from guard.body import read_form
+from guard.errors import BodyTooLarge, LengthRequired, RequestError
 from guard.runtime import Runtime
 
 
@@ -93,8 +93,9 @@ class Admin(SessionViews, CaseViews, PolicyViews, CalibrationViews, UserViews):
         return endpoint
 
     async def _read_form(self, request: Request, upload: bool) -> Mapping[str, Any]:
+        timeout = self.rt.settings.body_timeout_s
         if not upload:
-            return await request.form()
+            return await read_form(request, timeout)
         limit = self.rt.settings.max_body_bytes
         most = 3 * limit + (2 << 20)  # + the text: 50 replies of 8,000 CJK characters are 1.2 MB
         declared = request.headers.get("content-length")
@@ -108,10 +109,9 @@ class Admin(SessionViews, CaseViews, PolicyViews, CalibrationViews, UserViews):
                 f"The form is {int(declared):,} bytes; the limit is {most:,}. A photo may be at most "
                 f"{limit:,} bytes: go back and choose a smaller one.",
             )
-        try:
-            return await request.form(max_files=2, max_fields=200, max_part_size=limit * 4 // 3 + 4096)
-        except HTTPException as exc:  # Starlette's answer to a malformed multipart body
-            raise BadRequest("invalid_form", f"The form could not be read: {exc.detail}") from None
+        return await read_form(
+            request, timeout, max_files=2, max_fields=200, max_part_size=limit * 4 // 3 + 4096
+        )
 
     # Routes ---------------------------------------------------------------------------------------
 
@@ -150,6 +150,7 @@ class Admin(SessionViews, CaseViews, PolicyViews, CalibrationViews, UserViews):
                 Route("/policies/{channel}/samples", g("policies", self.samples), methods=["POST"]),
                 Route("/policies/{channel}/rollback", g("policies", self.rollback), methods=["POST"]),
                 Route("/users", g("users", self.users), methods=["GET", "POST"]),
+                Route("/users/unlock", g("users", self.unlock), methods=["POST"]),
                 Route("/users/{user_id}", g("users", self.user_update), methods=["POST"]),
                 Route("/audit", g("users", self.audit)),
                 Mount("/static", StaticFiles(directory=STATIC_DIR), name="admin-static"),

@@ -223,7 +223,8 @@ class CaseViews(AuditViews):
             headers={
                 "Content-Security-Policy": "sandbox; default-src 'none'",
                 "Content-Disposition": "inline" if mime in IMAGE_TYPES else "attachment",
-                "Cache-Control": "private, max-age=3600",
+                # Never kept by the browser: a customer's photo is not viewable after sign-out.
+                "Cache-Control": "no-store",
             },
         )
 

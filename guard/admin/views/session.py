@@ -9,6 +9,8 @@ from starlette.responses import RedirectResponse, Response
 
 from guard.admin import auth, charts, traffic
 from guard.admin.base import PREFIX, Ctx, Pages, fmt_duration
+from guard.body import read_form
+from guard.errors import RequestError
 from guard.tables import utcnow
 
 
@@ -50,7 +52,10 @@ class SessionViews(Pages):
         return response
 
     async def _login(self, request: Request) -> Response:
-        form = await request.form()
+        try:
+            form = await read_form(request, self.rt.settings.body_timeout_s, max_files=0, max_fields=20)
+        except RequestError as exc:
+            return self._login_form(request, exc.message, exc.status)
         expected = self.signer.unsign("login", request.cookies.get(auth.LOGIN_CSRF_COOKIE))
         given = form.get("csrf_token")
         if not auth.same_token(expected, given if isinstance(given, str) else None):
@@ -58,7 +63,7 @@ class SessionViews(Pages):
         username = str(form.get("username") or "")[:100]
         password = str(form.get("password") or "")[:1000]
         ip = request.client.host if request.client else "unknown"
-        keys = [f"user:{username.lower()}", f"ip:{ip}"]
+        keys = [auth.user_throttle_key(username, ip), auth.address_throttle_key(ip)]
         queries = self.queries
         locked = await self.db(queries.login_locked_until, keys)
         if locked is not None:

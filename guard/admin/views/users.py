@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
@@ -35,6 +36,7 @@ class UserViews(Pages):
                 return RedirectResponse(f"{PREFIX}/users?notice=user_created", status_code=303)
             status = 422
         users = await self.db(queries.users)
+        locked_users, locked_addresses = _locks(await self.db(queries.login_locks))
         return self.render(
             ctx.request,
             "users.html",
@@ -43,7 +45,22 @@ class UserViews(Pages):
             users=users,
             roles=USER_ROLES,
             message=message,
+            locked_users=locked_users,
+            locked_addresses=locked_addresses,
         )
+
+    async def unlock(self, ctx: Ctx) -> Response:
+        """Lift the sign-in locks of a user (from every address) or of one address."""
+        username = str(ctx.form.get("username") or "")
+        address = str(ctx.form.get("address") or "")
+        if username:
+            match, target = auth.user_throttle_prefix(username), f"user {username}"
+        elif address:
+            match, target = auth.address_throttle_key(address), f"address {address}"
+        else:
+            return self.error(ctx.request, ctx.user, 422, "Name a user or an address to unlock.")
+        await self.db(self.queries.unlock_login, match, ctx.user.username, target)
+        return RedirectResponse(f"{PREFIX}/users?notice=unlocked", status_code=303)
 
     async def user_update(self, ctx: Ctx) -> Response:
         try:
@@ -109,3 +126,24 @@ class UserViews(Pages):
             channels=channels,
             query=query,
         )
+
+
+def _locks(locks: list[tuple[str, datetime]]) -> tuple[dict[str, LockInfo], dict[str, datetime]]:
+    """The locks now, as {username (lower case): (addresses, until)} and {address: until}."""
+    users: dict[str, LockInfo] = {}
+    addresses: dict[str, datetime] = {}
+    for key, until in locks:
+        if key.startswith("user:") and "|ip:" in key:
+            name, address = key[len("user:") :].split("|ip:", 1)
+            found = users.setdefault(name, LockInfo([], until))
+            found.addresses.append(address)
+            found.until = max(found.until, until)
+        elif key.startswith("ip:"):
+            addresses[key[len("ip:") :]] = until
+    return users, addresses
+
+
+@dataclass
+class LockInfo:
+    addresses: list[str]
+    until: datetime
