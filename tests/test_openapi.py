@@ -414,8 +414,9 @@ _RAISED = re.compile(
     r"FetchError|Unavailable|UpstreamError|UpstreamTimeout|super\(\)\.__init__|cls)\(\s*\"([a-z0-9_]+)\"",
     re.S,
 )
-NOT_HTTP = {"invalid_setting", "internal_error"}
-"""ConfigError's code (start-up only), and the catch-all of an unexpected failure (never planned)."""
+NOT_HTTP = {"invalid_setting", "internal_error", "invalid_form"}
+"""ConfigError's code (start-up only), the catch-all of an unexpected failure (never planned), and
+``read_form``'s (guard/body.py: the admin pages' forms, answered with a page, not the API's JSON)."""
 
 
 def raised_codes() -> set[str]:
