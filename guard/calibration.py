@@ -32,18 +32,17 @@ it is part of every score's cache key: a score cached under another map is never
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from guard.channel_book import ChannelBook, bounded
 from guard.policies import QUEUED_ACTIONS, Policy, decide
 from guard.scoring.base import ScorerError
 from guard.scoring.score_map import ScoreMap, fit_logistic, logit, parse_score_map, score_map_json
@@ -343,10 +342,11 @@ def draft_map(channel: str, document: str) -> ChannelMap:
 # The maps in force, per channel, in the serving path -------------------------------------------
 
 
-class CalibrationBook:
-    """The score map in force per channel, read from SQL and re-read in the background (like the
-    pipeline's PolicyBook): a channel's first request waits for it (at most ``timeout_s``); later
-    requests never wait; when SQL fails, the last map known stands (none before the first)."""
+class CalibrationBook(ChannelBook["ChannelMap | None"]):
+    """The score map in force per channel, read from SQL (guard/channel_book.py, as the policies
+    are): a channel's first request waits for it (at most ``timeout_s``); later requests never
+    wait; when SQL fails, the last map known stands (none before the first). Without ``load`` (no
+    database) no channel has a map."""
 
     def __init__(
         self,
@@ -354,59 +354,19 @@ class CalibrationBook:
         ttl_s: float = 2.0,
         timeout_s: float = 2.0,
     ) -> None:
+        super().__init__(ttl_s, timeout_s)
         self._load_fn = load
-        self._ttl = ttl_s
-        self._timeout = timeout_s
-        self._cache: dict[str, tuple[float, ChannelMap | None]] = {}
-        self._loading: dict[str, asyncio.Task[ChannelMap | None]] = {}
-        self._generation = 0
 
     async def get(self, channel: str) -> ChannelMap | None:
-        if self._load_fn is None:
-            return None
-        hit = self._cache.get(channel)
-        if hit is None:
-            return await asyncio.shield(self._reload(channel))
-        if hit[0] <= time.monotonic():
-            self._reload(channel)
-        return hit[1]
+        return None if self._load_fn is None else await super().get(channel)
 
     def known(self, channel: str) -> tuple[bool, ChannelMap | None]:
-        """(True, the map) without waiting when the channel's map was read before (a stale one starts
-        a re-read, as ``get`` does); (False, None) when ``get`` would have to wait for SQL."""
-        if self._load_fn is None:
-            return True, None
-        hit = self._cache.get(channel)
-        if hit is None:
-            return False, None
-        if hit[0] <= time.monotonic():
-            self._reload(channel)
-        return True, hit[1]
+        return (True, None) if self._load_fn is None else super().known(channel)
 
-    def invalidate(self) -> None:
-        """Forget every map (one was published here)."""
-        self._generation += 1
-        self._cache.clear()
-        self._loading.clear()
-
-    def _reload(self, channel: str) -> asyncio.Task[ChannelMap | None]:
-        task = self._loading.get(channel)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(channel, self._generation))
-            self._loading[channel] = task
-        return task
-
-    async def _load(self, channel: str, generation: int) -> ChannelMap | None:
+    async def _read(self, channel: str) -> ChannelMap | None:
         assert self._load_fn is not None
-        try:
-            found = await asyncio.wait_for(asyncio.to_thread(self._load_fn, channel), self._timeout)
-        except Exception as exc:
-            stale = self._cache.get(channel)
-            log.warning(
-                "could not read the score map of channel %r (%r); using the last one known", channel, exc
-            )
-            found = stale[1] if stale is not None else None
-        if generation == self._generation:
-            self._cache[channel] = (time.monotonic() + self._ttl, found)
-            self._loading.pop(channel, None)
-        return found
+        return await bounded(self._timeout, self._load_fn, channel)
+
+    def _fallback(self, channel: str, exc: Exception) -> ChannelMap | None:
+        log.warning("could not read the score map of channel %r (%r); using the last one known", channel, exc)
+        return self.stale(channel)[1]

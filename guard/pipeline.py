@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from guard.breaker import CircuitBreaker
 from guard.cache import CachedScore, ScoreCache, score_key
 from guard.calibration import CalibrationBook, ChannelMap, scorer_version_with
+from guard.channel_book import ChannelBook, bounded
 from guard.errors import SpoolUnavailable
 from guard.followups import MessageContext, Messages, case_ref
 from guard.ids import new_id
@@ -43,7 +44,7 @@ from guard.records import Candidate, DecisionRecord, DecisionRow
 from guard.scoring.base import ScoreInput, Scorer, ScoreResult
 from guard.scoring.batching import MicroBatcher
 from guard.settings import Settings
-from guard.store import Store, bounded
+from guard.store import Store
 from guard.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -172,7 +173,7 @@ class DecisionSink(Protocol):
         ...
 
 
-class PolicyBook:
+class PolicyBook(ChannelBook[Policy]):
     """The policy in force per channel, read from SQL and re-read in the background.
 
     A channel's first request waits for its policy (at most ``timeout_s``); after that requests
@@ -197,84 +198,39 @@ class PolicyBook:
         *,
         copy: PolicyCopy | None = None,
     ) -> None:
+        super().__init__(ttl_s, timeout_s)
         self._store = store
-        self._ttl = ttl_s
-        self._timeout = timeout_s
-        self._cache: dict[str, tuple[float, Policy]] = {}
-        self._loading: dict[str, asyncio.Task[Policy]] = {}
-        self._generation = 0
-        self._refresher: asyncio.Task[None] | None = None
         self._copy = copy if store is not None else None
         self._copying: asyncio.Task[None] | None = None
 
-    @property
-    def refresh_s(self) -> float:
-        """How often the policies in force are re-read (a published version is used within this)."""
-        return self._ttl
-
     def start(self) -> None:
-        """Re-read every known channel's policy every ``ttl_s`` in the background (until :meth:`stop`)."""
-        if self._store is not None and self._refresher is None:
-            self._refresher = asyncio.get_running_loop().create_task(self._refresh(), name="policy-refresh")
+        if self._store is not None:
+            super().start()
 
     async def stop(self) -> None:
         """End the background re-read, and let a rewrite of the copy under way finish (bounded by
         the SQL timeout)."""
-        if self._refresher is not None:
-            self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
-            self._refresher = None
+        await super().stop()
         if self._copying is not None and not self._copying.done():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._copying), self._timeout + 1)
 
-    async def _refresh(self) -> None:
-        while True:
-            await asyncio.sleep(self._ttl)
-            for channel in list(self._cache):
-                await asyncio.shield(self._reload(channel))  # never raises: SQL failing keeps the last
-
-    async def get(self, channel: str) -> Policy:
-        hit = self._cache.get(channel)
-        if hit is None:
-            return await asyncio.shield(self._reload(channel))
-        if hit[0] <= time.monotonic():
-            self._reload(channel)
-        return hit[1]
-
-    def invalidate(self) -> None:
-        """Forget every policy (one was published here); loads already running are not kept."""
-        self._generation += 1
-        self._cache.clear()
-        self._loading.clear()
-
-    def _reload(self, channel: str) -> asyncio.Task[Policy]:
-        task = self._loading.get(channel)
-        if task is None:
-            task = asyncio.get_running_loop().create_task(self._load(channel, self._generation))
-            self._loading[channel] = task
-        return task
-
-    async def _load(self, channel: str, generation: int) -> Policy:
-        try:
-            policy = await self._read(channel)
-        except Exception as exc:
-            policy = self._fallback(channel, exc)
-        else:
-            if self._copy is not None and not self._copy.holds(policy):
-                self._refresh_copy()
-        if generation == self._generation:
-            self._cache[channel] = (time.monotonic() + self._ttl, policy)
-            self._loading.pop(channel, None)
+    async def _read(self, channel: str) -> Policy:
+        if self._store is None:
+            return default_policy()
+        policy, _own = await bounded(self._timeout, self._store.policy_in_force, channel)
         return policy
+
+    def _was_read(self, value: Policy) -> None:
+        if self._copy is not None and not self._copy.holds(value):
+            self._refresh_copy()
 
     def _fallback(self, channel: str, exc: Exception) -> Policy:
         """The policy when SQL cannot be read: the last one read, else the local copy's, else the default."""
-        stale = self._cache.get(channel)
-        if stale is not None:
+        read, last = self.stale(channel)
+        if read and last is not None:
             log.warning("could not read the policy of %r (%r); the last one read stands", channel, exc)
-            return stale[1]
+            return last
         copied = None if self._copy is None else self._copy.policy_for(channel)
         if copied is not None:
             log.warning(
@@ -300,12 +256,6 @@ class PolicyBook:
             await asyncio.to_thread(self._copy.save, policies)
         except Exception as exc:
             log.warning("policies: the local copy was not refreshed (%r)", exc)
-
-    async def _read(self, channel: str) -> Policy:
-        if self._store is None:
-            return default_policy()
-        policy, _own = await bounded(self._timeout, self._store.policy_in_force, channel)
-        return policy
 
 
 @dataclass(frozen=True)

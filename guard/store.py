@@ -9,8 +9,7 @@ created and changed only by the Alembic migrations (``guard migrate``).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
@@ -33,6 +32,7 @@ from sqlalchemy.orm import Session
 
 from guard import resources
 from guard.calibration import ChannelMap, parse_channel_map
+from guard.channel_book import bounded as bounded  # re-exported: the store's callers wait with it
 from guard.database import Database, create_db_engine
 from guard.policies import QUEUED_ACTIONS, Policy, default_policy, parse_policy, policy_document
 from guard.records import DecisionRecord
@@ -61,18 +61,6 @@ T = TypeVar("T")
 MIGRATIONS_DIR = resources.migrations()
 _DECISIONS = cast(Table, Decision.__table__)
 _QUEUE_ITEMS = cast(Table, QueueItem.__table__)
-
-
-async def bounded(timeout_s: float, fn: Callable[..., T], *args: Any) -> T:
-    """Run the blocking ``fn(*args)`` in a worker thread and wait at most ``timeout_s`` for it.
-
-    Past the deadline TimeoutError is raised; the thread is left to finish (or fail) on its own,
-    so a database that accepts connections but never answers cannot hold a request. A task
-    cancelled while it waits is cancelled (``asyncio.wait_for`` on Python 3.11 can swallow a
-    cancel that arrives as the thread finishes: a stopping loop then ran on and its stop hung).
-    """
-    async with asyncio.timeout(timeout_s):
-        return await asyncio.to_thread(fn, *args)
 
 
 def alembic_config(url: str) -> Config:
