@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -125,3 +126,28 @@ SSE_DONE = b"data: [DONE]\n\n"
 def openai_client(base: str, key: str = "sk-client", *, timeout: float = 10) -> OpenAI:
     """The openai SDK pointed at a guard (or a guarded app) served at ``base``, without retries."""
     return OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=timeout)
+
+
+ADMIN_PASSWORD = "correct horse battery"
+"""The password the admin tests give their users."""
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def login(client: Any, username: str, password: str = ADMIN_PASSWORD) -> Any:
+    """Post the admin sign-in form (with the login page's CSRF token); the response, not followed."""
+    token = CSRF.search(client.get("/admin/login").text)
+    assert token is not None
+    return client.post(
+        "/admin/login",
+        data={"username": username, "password": password, "csrf_token": token.group(1), "next": "/admin/"},
+        follow_redirects=False,
+    )
+
+
+def signed_in(client: Any, username: str) -> str:
+    """Sign ``username`` in; returns the session's CSRF token."""
+    r = login(client, username)
+    assert r.status_code == 303, r.text
+    found = CSRF.search(client.get("/admin/dashboard").text)
+    assert found is not None
+    return found.group(1)

@@ -18,11 +18,20 @@ from starlette.testclient import TestClient
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.tables import utcnow
-from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
+from tests.apptools import (
+    ADMIN_PASSWORD,
+    b64,
+    flush,
+    guard_client,
+    login,
+    png_bytes,
+    queries_of,
+    runtime_of,
+    signed_in,
+)
 
-PASSWORD = "correct horse battery"
+PASSWORD = ADMIN_PASSWORD
 ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
 def make_users(queries: AdminQueries) -> None:
@@ -49,27 +58,6 @@ def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
     with guard_client(sqlite_url, secret_key="test-secret-key", on_outcome=hook) as c:
         make_users(queries_of(c))
         yield c
-
-
-def login(client: TestClient, username: str, password: str = PASSWORD) -> Any:
-    page = client.get("/admin/login")
-    token = CSRF.search(page.text)
-    assert token is not None
-    return client.post(
-        "/admin/login",
-        data={"username": username, "password": password, "csrf_token": token.group(1), "next": "/admin/"},
-        follow_redirects=False,
-    )
-
-
-def signed_in(client: TestClient, username: str) -> str:
-    """Sign ``username`` in; returns the session's CSRF token."""
-    r = login(client, username)
-    assert r.status_code == 303, r.text
-    page = client.get("/admin/dashboard")
-    found = CSRF.search(page.text)
-    assert found is not None
-    return found.group(1)
 
 
 def held_case(client: TestClient, question: str = "口袋开线怎么办？", score: str = "0.1") -> dict[str, Any]:

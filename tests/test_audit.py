@@ -16,10 +16,9 @@ from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.handoff import enqueue_outcome
 from guard.policies import audit_sampled, default_policy, parse_policy, policy_document
-from tests.apptools import flush, guard_client, queries_of, runtime_of
+from tests.apptools import ADMIN_PASSWORD, flush, guard_client, queries_of, runtime_of, signed_in
 
-PASSWORD = "correct horse battery"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+PASSWORD = ADMIN_PASSWORD
 
 
 @pytest.fixture(autouse=True)
@@ -42,21 +41,6 @@ def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
         q.create_user("sup", auth.hash_password(PASSWORD), "supervisor", actor="test")
         q.create_user("owner", auth.hash_password(PASSWORD), "policy_owner", actor="test")
         yield c
-
-
-def signed_in(client: TestClient, username: str) -> str:
-    page = client.get("/admin/login")
-    token = CSRF.search(page.text)
-    assert token is not None
-    r = client.post(
-        "/admin/login",
-        data={"username": username, "password": PASSWORD, "csrf_token": token.group(1), "next": "/admin/"},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303
-    found = CSRF.search(client.get("/admin/dashboard").text)
-    assert found is not None
-    return found.group(1)
 
 
 def audit_everything(client: TestClient, channel: str = "default", share: float = 1.0) -> None:

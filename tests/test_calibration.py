@@ -29,11 +29,10 @@ from guard.calibration import (
     parse_channel_map,
 )
 from guard.policies import default_policy, parse_policy, policy_document
-from tests.apptools import flush, guard_client, queries_of, runtime_of
+from tests.apptools import ADMIN_PASSWORD, flush, guard_client, queries_of, runtime_of, signed_in
 
 ROOT = Path(__file__).resolve().parents[1]
-PASSWORD = "correct horse battery"
-CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+PASSWORD = ADMIN_PASSWORD
 POLICY = default_policy()
 
 
@@ -114,20 +113,6 @@ def client(sqlite_url: str) -> Iterator[TestClient]:
         q.create_user("owner", auth.hash_password(PASSWORD), "policy_owner", actor="test")
         q.create_user("sup", auth.hash_password(PASSWORD), "supervisor", actor="test")
         yield c
-
-
-def signed_in(client: TestClient, username: str) -> str:
-    token = CSRF.search(client.get("/admin/login").text)
-    assert token is not None
-    r = client.post(
-        "/admin/login",
-        data={"username": username, "password": PASSWORD, "csrf_token": token.group(1), "next": "/admin/"},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303
-    found = CSRF.search(client.get("/admin/dashboard").text)
-    assert found is not None
-    return found.group(1)
 
 
 def check(client: TestClient, score: float, question: str = "Seam came open") -> dict[str, Any]:
