@@ -536,9 +536,9 @@ class ImageDecoder:
     def _run(
         self, data: bytes, deadline: float, stop: threading.Event, started: threading.Event
     ) -> DecodedImage:
-        started.set()
-        if stop.is_set() or time.monotonic() > deadline:
+        if stop.is_set() or time.monotonic() > deadline:  # it waited its whole time: never started
             raise ImageError("image_decode_timeout", "the image was not decoded in time")
+        started.set()
         return decode_image(data, deadline=deadline, stop=stop, **self._limits)
 
     def _done(self) -> None:

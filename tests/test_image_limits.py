@@ -191,8 +191,12 @@ def test_the_decoder_pool_is_bounded_and_refuses_when_full() -> None:
     started = time.perf_counter()
     outcomes = asyncio.run(main())
     took = time.perf_counter() - started
-    codes = sorted(getattr(o, "code", repr(o)) for o in outcomes)
-    assert codes == ["image_decode_timeout", "image_decoder_busy", "image_decoder_busy"], codes
+    codes = [getattr(o, "code", repr(o)) for o in outcomes]
+    # The first decodes until its time is up; the third finds two pending and is refused at once.
+    # The second waits for the one thread, which frees as its own time runs out: busy when it never
+    # started, a decode timeout when the thread took it up in the last instant; either is right.
+    assert codes[0] == "image_decode_timeout" and codes[2] == "image_decoder_busy", codes
+    assert codes[1] in {"image_decoder_busy", "image_decode_timeout"}, codes
     assert took < 3.0
 
 
