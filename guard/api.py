@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from guard.body import parse_json, read_body, replay
+from guard.calibration import scorer_version_with
 from guard.edge_text import LIMITS, checked
 from guard.errors import BadRequest, InvalidField, NotFound, Unavailable
 from guard.images import DecodedImage, decode_base64
@@ -224,7 +225,9 @@ def _utc(moment: datetime) -> datetime:
 
 
 async def rerank_endpoint(request: Request) -> Response:
-    """The seed tool's batch re-ranking: a query (question + optional image) and N documents."""
+    """The seed tool's batch re-ranking: a query (question + optional image) and N documents, scored
+    as ``POST /v1/guard`` scores drafts on the channel (its instruction unless one is given, its
+    score map in force)."""
     rt = runtime(request)
     settings = rt.settings
     fields, upload = await parse_fields(request, settings)
@@ -241,18 +244,22 @@ async def rerank_endpoint(request: Request) -> Response:
     instruction = _text(fields, "instruction", limit=2000, required=False)
     image = await _image(fields, upload, settings, rt)
     guard = rt.pipeline
-    policy = await guard.policies.get(channel)
-    scored, failed = await guard.score_texts(query, image, documents, instruction or policy.instruction)
+    # The channel's policy (its instruction) and score map, as POST /v1/guard on the channel uses them.
+    policy, channel_map = await guard.channel_rules(channel)
+    scored, failed = await guard.score_texts(
+        query, image, documents, instruction or policy.instruction, calibration=channel_map
+    )
     if failed:
         raise Unavailable("scorer_unavailable", "the scorer could not score these documents")
     order = sorted(range(len(documents)), key=lambda i: scored[i].score or 0.0, reverse=True)
+    scorer = guard.scoring.scorer
     return JSONResponse(
         {
             "results": [
                 {"index": i, "document": documents[i], "relevance_score": round(scored[i].score or 0.0, 4)}
                 for i in order
             ],
-            "scorer": {"name": guard.scoring.scorer.name, "version": guard.scoring.scorer.version},
+            "scorer": {"name": scorer.name, "version": scorer_version_with(scorer.version, channel_map)},
         }
     )
 

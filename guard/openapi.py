@@ -383,8 +383,17 @@ RERANK_REQUEST: Schema = {
         "query": STRING,
         "documents": {"type": "array", "items": STRING, "minItems": 1, "maxItems": 64},
         "image": IMAGE_REF,
-        "instruction": {"type": "string", "maxLength": 2000},
-        "channel": {"type": "string", "maxLength": 100},
+        "instruction": {
+            "type": "string",
+            "maxLength": 2000,
+            "description": "Scoring instruction; unset: the channel's policy's.",
+        },
+        "channel": {
+            "type": "string",
+            "maxLength": 100,
+            "description": "The channel (a key's own by default): its policy's instruction and its score "
+            "map in force apply, as in `POST /v1/guard`.",
+        },
     },
     "examples": [
         {
@@ -407,7 +416,13 @@ RERANK_RESPONSE: Schema = {
                 "properties": {
                     "index": {"type": "integer", "minimum": 0},
                     "document": STRING,
-                    "relevance_score": {"type": "number", "minimum": 0, "maximum": 1},
+                    "relevance_score": {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": 1,
+                        "description": "The score `POST /v1/guard` gives the document as a draft on the "
+                        "channel (its score map applied), rounded to 4 places.",
+                    },
                 },
             },
         },
@@ -671,7 +686,8 @@ def document() -> Schema:
         "/v1/rerank": {
             "post": _operation(
                 "rerank",
-                "Order documents by how well they answer a query (and an optional photo).",
+                "Order documents by how well they answer a query (and an optional photo), scored as on "
+                "the channel's checks.",
                 {"200": {"description": "The documents, best first.", "content": _json(RERANK_RESPONSE)}},
                 requestBody={"required": True, "content": _json(RERANK_REQUEST)},
             )

@@ -371,18 +371,22 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.messages = messages or Messages()
 
+    async def channel_rules(self, channel: str) -> tuple[Policy, ChannelMap | None]:
+        """The channel's policy and its score map in force (None: the scorer's scores as they are),
+        as every score on the channel uses them (``check``, ``POST /v1/rerank``)."""
+        known, channel_map = self.calibrations.known(channel)
+        if known:  # the usual case: no task, no wait
+            return await self.policies.get(channel), channel_map
+        # a channel's first request: read its policy and its map together
+        policy, channel_map = await asyncio.gather(self.policies.get(channel), self.calibrations.get(channel))
+        return policy, channel_map
+
     async def check(self, req: CheckRequest) -> CheckResult:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         if req.image is not None:
             self.start_reading(req.image)  # overlaps the policy lookup (and the earlier /v1/images)
-        known, channel_map = self.calibrations.known(req.channel)
-        if known:  # the usual case: no task, no wait
-            policy = await self.policies.get(req.channel)
-        else:  # a channel's first request: read its policy and its map together
-            policy, channel_map = await asyncio.gather(
-                self.policies.get(req.channel), self.calibrations.get(req.channel)
-            )
+        policy, channel_map = await self.channel_rules(req.channel)
         drafts = (req.reply, *req.candidates)
         reading = await self.read_case(req.question, req.image, req.locale)
         photo, issue, image_text = reading.photo, reading.issue, reading.image_text

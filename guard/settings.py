@@ -21,6 +21,7 @@ AuthMode = Literal["auto", "required"]
 RerankerTemplate = Literal["auto", "lychee", "qwen3-vl"]
 RemoteQuery = Literal["text", "document", "multimodal"]
 RemoteApi = Literal["rerank", "score", "tei"]
+RemoteInstruction = Literal["none", "template_kwargs"]
 SpoolOnError = Literal["503", "hold", "memory"]
 
 
@@ -65,6 +66,10 @@ class Settings:
     remote_api: RemoteApi = "rerank"
     """Request shape: "rerank" (vLLM, Infinity, Jina, Cohere), "score" (vLLM's /score) or "tei"
     (text-embeddings-inference)."""
+    remote_instruction: RemoteInstruction = "none"
+    """Whether the policy's scoring instruction is sent: "none", or "template_kwargs" (``rerank`` /
+    ``score``: ``"chat_template_kwargs": {"instruction": ...}`` for vLLM's score template, vLLM with
+    vllm-project/vllm#42412 and a template that reads ``instruction``; then ``instruction_used`` is true)."""
     score_timeout_s: float = 10.0
     """Deadline for one scoring call; past it the policy's on_error action applies."""
     score_batch_size: int = 32

@@ -240,6 +240,43 @@ def test_fit_preview_publish_serve_roll_back(client: TestClient) -> None:
     ]
 
 
+def test_a_channel_map_changes_rerank_scores_as_it_changes_guard_scores(client: TestClient) -> None:
+    """POST /v1/rerank on a channel applies the channel's score map in force, exactly as POST
+    /v1/guard does: the same scores, the same scorer version (and so the same cache keys)."""
+    from guard.calibration import map_document
+
+    queries = queries_of(client)
+    draft = queries.save_score_map_draft("shop", map_document("shop", None, 2.0, 1.0), {}, "test")
+    assert queries.publish_score_map("shop", "test", draft_id=draft) == 1
+    runtime_of(client).pipeline.calibrations.invalidate()
+    shop_map = runtime_of(client).store.active_score_map("shop")
+    assert shop_map is not None
+    raw = [0.3, 0.45, 0.8]
+    documents = [f"We can fix it [score={r}]" for r in raw]
+
+    def rerank(**channel: str) -> tuple[list[float], str]:
+        r = client.post("/v1/rerank", json={"query": "Seam came open", "documents": documents, **channel})
+        assert r.status_code == 200, r.text
+        by_index = {x["index"]: x["relevance_score"] for x in r.json()["results"]}
+        return [by_index[i] for i in range(len(documents))], r.json()["scorer"]["version"]
+
+    shop_scores, shop_version = rerank(channel="shop")
+    assert shop_scores == pytest.approx([shop_map.apply(r) for r in raw], abs=1e-4)
+    assert shop_scores != pytest.approx(raw, abs=1e-3)  # the map moved them (0.45 -> about 0.65)
+    assert shop_version.startswith("1+cal-shop-v1-")
+    # /v1/guard on the channel gives the same scores under the same version: served from the
+    # cache the rerank filled, as its keys are the channel's.
+    guarded = [check(client, r) for r in raw]
+    assert [g["score"] for g in guarded] == pytest.approx(shop_scores, abs=1e-4)
+    assert {g["scorer"]["version"] for g in guarded} == {shop_version}
+    assert all(g["cached"] for g in guarded)
+    # A channel without a map: the scorer's own scores, on both routes.
+    plain_scores, plain_version = rerank()
+    assert plain_scores == pytest.approx(raw) and plain_version == "1"
+    plain = client.post("/v1/guard", json={"question": "Seam came open", "reply": documents[1]}).json()
+    assert plain["score"] == pytest.approx(0.45) and plain["scorer"]["version"] == "1"
+
+
 def test_guard_calibrate_cli(client: TestClient, sqlite_url: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")} | {
         "GUARD_DATABASE_URL": sqlite_url

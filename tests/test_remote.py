@@ -3,6 +3,7 @@ against in-process fakes for the retry, timeout and bad-answer paths."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -21,14 +22,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from pydantic import BaseModel, ValidationError
 
 from guard.app import load_scorer
 from guard.errors import ScorerError
-from guard.scoring.base import ScoreInput
+from guard.policies import default_policy
+from guard.scoring.base import DEFAULT_INSTRUCTION, ScoreInput
 from guard.scoring.remote import RemoteConfig, RemoteScorer, image_data_url
 from guard.scoring.score_map import load_score_map
 from guard.settings import Settings
 from tests import vllm_protocol as vllm
+from tests.apptools import guard_client, runtime_of
 from tests.serving import closed_port, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,55 +169,76 @@ def _side(one: vllm.Input) -> tuple[str, int | None]:
     return (texts[0] if texts else ""), (photos[0] if photos else None)
 
 
-def _relevance(question: str, photo: int | None, reply: str) -> float:
-    """The fake server's deterministic score of one pair, in (0, 1)."""
-    return (zlib.crc32(f"{question}|{photo}|{reply}".encode()) % 997 + 1) / 999
+def _relevance(question: str, photo: int | None, reply: str, instruction: object = None) -> float:
+    """The fake server's deterministic score of one pair under the instruction its score template
+    writes (None: the template's own default), in (0, 1)."""
+    return (zlib.crc32(f"{question}|{photo}|{reply}|{instruction}".encode()) % 997 + 1) / 999
+
+
+REFUND, REPAIR = "Judge whether the reply offers a refund.", "判断回复是否给出了修补办法。"
+INSTRUCTIONS = [DEFAULT_INSTRUCTION, REFUND, " 判断回复是否解决了问题。 "]
+MODES = ["none", "template_kwargs"]
+BEFORE = {"rerank": vllm.RerankRequest, "score": vllm.ScoreRequest}
+"""vLLM's requests before vllm-project/vllm#42412 (GUARD_REMOTE_INSTRUCTION=none sends nothing more)."""
+SINCE = {"rerank": vllm.InstructedRerankRequest, "score": vllm.InstructedScoreRequest}
+
+
+def _validates(model: type[BaseModel], body: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(body)
+    except ValidationError:
+        return False
+    return True
+
+
+def _pairs(req: BaseModel) -> list[tuple[vllm.Input, vllm.Input]]:
+    if isinstance(req, vllm.RerankRequest | vllm.InstructedRerankRequest):
+        return vllm.pairs(req.query, req.documents)
+    assert isinstance(req, vllm.ScoreRequest | vllm.InstructedScoreRequest)
+    return vllm.pairs(req.queries, req.documents)
 
 
 items_st = st.lists(
     st.builds(
-        lambda q, r, ocr, photo: ScoreInput(
-            q, r, image_text=ocr, image=None if photo is None else PHOTOS[photo]
+        lambda q, r, ocr, photo, instruction: ScoreInput(
+            q, r, instruction=instruction, image_text=ocr, image=None if photo is None else PHOTOS[photo]
         ),
         st.sampled_from(["seam open", "parcel crushed", "口袋开线了", ""]),
         st.sampled_from(["we fix it", "thanks", "退款已发起", ""]),
         st.sampled_from([None, "", "ORDER 1029"]),
         st.sampled_from([None, 0, 1, 2]),
+        st.sampled_from(INSTRUCTIONS),
     ),
     min_size=1,
     max_size=7,
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(items=items_st, layout=st.sampled_from(LAYOUTS))
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(items=items_st, layout=st.sampled_from(LAYOUTS), mode=st.sampled_from(MODES))
 def test_every_layout_is_a_valid_vllm_request_pairing_each_item_with_its_own_inputs(
-    items: list[ScoreInput], layout: tuple[str, str]
+    items: list[ScoreInput], layout: tuple[str, str], mode: str
 ) -> None:
     api, query = layout
     requests = 0
+    older_reads: list[bool] = []
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         nonlocal requests
         requests += 1
         body = json.loads(request.content)
-        if api == "rerank":
-            req: vllm.RerankRequest | vllm.ScoreRequest = vllm.RerankRequest.model_validate(body)
-            assert isinstance(req, vllm.RerankRequest)
-            pairs = vllm.pairs(req.query, req.documents)
-        else:
-            req = vllm.ScoreRequest.model_validate(body)
-            assert isinstance(req, vllm.ScoreRequest)
-            pairs = vllm.pairs(req.queries, req.documents)
+        older_reads.append(_validates(BEFORE[api], body))
+        req = (BEFORE if mode == "none" else SINCE)[api].model_validate(body)
+        instruction = vllm.template_kwargs(req).get("instruction")  # what the score template writes
         scores = []
-        for q, d in pairs:
+        for q, d in _pairs(req):
             (qt, qp), (dt, dp) = _side(q), _side(d)
             if query == "document":  # the reply is the query; the photo and question the document
                 assert qp is None
-                scores.append(_relevance(dt, dp, qt))
+                scores.append(_relevance(dt, dp, qt, instruction))
             else:
                 assert dp is None
-                scores.append(_relevance(qt, qp, dt))
+                scores.append(_relevance(qt, qp, dt, instruction))
         if api == "rerank":
             order = sorted(range(len(scores)), key=lambda i: -scores[i])
             return httpx2.Response(
@@ -221,16 +246,21 @@ def test_every_layout_is_a_valid_vllm_request_pairing_each_item_with_its_own_inp
             )
         return httpx2.Response(200, json={"data": [{"index": i, "score": v} for i, v in enumerate(scores)]})
 
-    s, _ = scorer(handler, api=api, query=query)
+    s, _ = scorer(handler, api=api, query=query, instruction=mode)
     results = s.score_batch(items)
     assert len(results) == len(items)
+    sent = mode == "template_kwargs"
+    # Without the setting the requests are exactly the older ones; with it, an older vLLM would not
+    # read them as they are meant (its OpenAIBaseModel would drop chat_template_kwargs).
+    assert older_reads == [not sent] * requests
     for it, r in zip(items, results, strict=True):
         sends_photo = query != "text" and it.image is not None
         photo = PHOTOS.index(it.image) if sends_photo else None
         ocr = bool(it.image_text) and not sends_photo
         question = f"{it.question}\n{it.image_text}".strip() if ocr else it.question
-        assert r.score == pytest.approx(_relevance(question, photo, it.reply))
-        assert r.instruction_used is False, "no layout sends the instruction"
+        instruction = it.instruction.strip() if sent else None
+        assert r.score == pytest.approx(_relevance(question, photo, it.reply, instruction))
+        assert r.instruction_used is sent, "instruction_used says whether the instruction was sent"
         assert r.inputs_used == (
             "question",
             *(["image_text"] if ocr else []),
@@ -238,6 +268,95 @@ def test_every_layout_is_a_valid_vllm_request_pairing_each_item_with_its_own_inp
             "reply",
         )
     assert requests <= len(items)
+    if not sent:  # the instruction never splits a request it is not sent in
+        assert requests == len({s.group_key(it)[:2] for it in items})
+
+
+# -- the instruction, sent in chat_template_kwargs --------------------------------------------------
+
+
+@pytest.mark.parametrize("api", ["rerank", "score"])
+def test_the_instruction_goes_in_chat_template_kwargs_one_request_per_instruction(api: str) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        seen.append(body)
+        n = len(body["documents"])
+        if api == "rerank":
+            return httpx2.Response(200, json=ranked([0.5] * n))
+        return httpx2.Response(200, json={"data": [{"index": i, "score": 0.5} for i in range(n)]})
+
+    refund, fix = REFUND, REPAIR
+    items = [
+        ScoreInput("seam open", "we fix it", instruction=refund),
+        ScoreInput("seam open", "we fix it", instruction=fix),
+        ScoreInput("seam open", "thanks", instruction=refund),
+    ]
+    s, _ = scorer(handler, api=api, instruction="template_kwargs")
+    results = s.score_batch(items)
+    # Two instructions in one batch: two requests, never one request with one of them.
+    assert [b["chat_template_kwargs"] for b in seen] == [{"instruction": refund}, {"instruction": fix}]
+    assert [b["documents"] for b in seen] == [["we fix it", "thanks"], ["we fix it"]]
+    assert {k: v for k, v in seen[0].items() if k != "documents"} != {
+        k: v for k, v in seen[1].items() if k != "documents"
+    }
+    for body in seen:
+        req = SINCE[api].model_validate(body)
+        assert vllm.template_kwargs(req) == body["chat_template_kwargs"]
+        assert not _validates(BEFORE[api], body), "a request older vLLM would not read as meant"
+    assert all(r.instruction_used for r in results)
+    assert s.version.startswith(f"remote:{api}:rerank.test:m:text+instruction:cal-identity-1-")
+
+    # Off (the default): one request as before, nothing more in it, and instruction_used false.
+    seen.clear()
+    off, _ = scorer(handler, api=api)
+    results = off.score_batch(items)
+    assert len(seen) == 1 and "chat_template_kwargs" not in seen[0]
+    assert BEFORE[api].model_validate(seen[0]) is not None
+    assert not any(r.instruction_used for r in results)
+    assert off.version.startswith(f"remote:{api}:rerank.test:m:text:cal-identity-1-")
+    assert off.version != s.version  # a score cached without the instruction is not served with it
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_two_channels_with_their_own_instructions_through_the_guard(sqlite_url: str, mode: str) -> None:
+    """Each channel's policy instruction reaches the server in its own requests, and each decision
+    says it was used; with the setting off, the requests are as before and it says it was not."""
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        body = json.loads(request.content)
+        bodies.append(body)
+        said = body.get("chat_template_kwargs", {}).get("instruction")
+        score = 0.9 if said == REFUND else 0.3
+        return httpx2.Response(200, json=ranked([score] * len(body["documents"])))
+
+    remote, _ = scorer(handler, instruction=mode)
+    with guard_client(sqlite_url, remote, score_timeout_s=5.0) as client:
+        store = runtime_of(client).store
+        for channel, instruction in (("refunds", REFUND), ("repairs", REPAIR)):
+            store.publish_policy(
+                dataclasses.replace(default_policy(channel), instruction=instruction), author="test"
+            )
+        runtime_of(client).pipeline.policies.invalidate()
+        answers = {
+            channel: client.post(
+                "/v1/guard",
+                json={"question": "The seam came open", "reply": "We will fix it", "channel": channel},
+            ).json()
+            for channel in ("refunds", "repairs")
+        }
+    sent = mode == "template_kwargs"
+    assert [a["instruction_used"] for a in answers.values()] == [sent, sent]
+    if sent:
+        assert [b["chat_template_kwargs"]["instruction"] for b in bodies] == [REFUND, REPAIR]
+        assert bodies[0] != bodies[1]
+        assert (answers["refunds"]["score"], answers["repairs"]["score"]) == pytest.approx((0.9, 0.3))
+    else:
+        plain = {"query": "The seam came open", "documents": ["We will fix it"], "model": "m"}
+        assert bodies[0] == bodies[1] == plain
+        assert answers["refunds"]["score"] == answers["repairs"]["score"] == pytest.approx(0.3)
 
 
 def test_a_bare_multimodal_rerank_query_is_split_by_vllm_so_the_guard_refuses_it() -> None:
@@ -403,6 +522,17 @@ def test_bad_settings_fail_at_start_up() -> None:
         load_scorer(Settings(scorer="remote", remote_url="http://gpu-1:8000", remote_query="photo"))
     with pytest.raises(ScorerError, match="cannot read the remote calibration"):
         load_scorer(Settings(scorer="remote", remote_url="http://x:1", model_calibration="/nonexistent.json"))
+    with pytest.raises(ScorerError, match="GUARD_REMOTE_INSTRUCTION=template_kwargs needs GUARD_REMOTE_API"):
+        load_scorer(
+            Settings(
+                scorer="remote",
+                remote_url="http://x:1",
+                remote_api="tei",
+                remote_instruction="template_kwargs",
+            )
+        )
+    with pytest.raises(ScorerError, match="GUARD_REMOTE_INSTRUCTION='system'"):
+        scorer(lambda r: httpx2.Response(500), instruction="system")
 
 
 # -- a real server: Infinity serving a tiny cross-encoder built here ---------------------------
@@ -492,3 +622,24 @@ def test_a_wrong_url_on_a_real_server_is_a_clear_error(infinity: tuple[str, Path
             s.score_batch([ScoreInput("q", "r")])
     finally:
         s.close()
+
+
+def test_a_server_without_the_field_ignores_the_instruction(infinity: tuple[str, Path]) -> None:
+    """Why GUARD_REMOTE_INSTRUCTION is off by default: a server that does not define the field (here
+    Infinity; vLLM before vllm-project/vllm#42412 likewise) answers 200 and ignores it, so the scores
+    do not change although the decision would say the instruction was used."""
+    base, _ = infinity
+    common = {"scorer": "remote", "remote_url": base, "remote_model": "tiny-ce", "remote_timeout_s": 30.0}
+    off = load_scorer(Settings(**common))
+    on = load_scorer(Settings(**common, remote_instruction="template_kwargs"))
+    items = [
+        ScoreInput("The pocket seam came open", "We will send a replacement today.", instruction=i)
+        for i in (REFUND, REPAIR)
+    ]
+    try:
+        plain, sent = off.score_batch(items), on.score_batch(items)
+        assert [r.score for r in sent] == pytest.approx([r.score for r in plain], abs=1e-4)
+        assert [r.instruction_used for r in sent] == [True, True]  # what the guard can know: it sent it
+    finally:
+        off.close()
+        on.close()

@@ -71,6 +71,7 @@ def test_the_settings_with_fixed_values_are_known() -> None:
         "reranker_template",
         "remote_query",
         "remote_api",
+        "remote_instruction",
         "spool_on_error",
     }
 

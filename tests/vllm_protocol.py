@@ -4,8 +4,18 @@ Derived from vllm-project/vllm ``vllm/entrypoints/pooling/score/protocol.py`` (`
 ``ScoreQueriesDocumentsRequest``; commit 1fff4ef8), ``pooling/base/protocol.py`` (the request mixins;
 020638a6) and ``score/utils.py`` (``ScoreMultiModalParam``, ``validate_score_input``,
 ``_validate_score_input_lens``; 7fbd19b8). The models are stricter than vLLM in one way: fields
-vLLM does not define are refused (vLLM accepts them with a warning and ignores them), so a request
-that passes here means exactly what it says to vLLM.
+vLLM does not define are refused (vLLM's ``OpenAIBaseModel`` has ``extra="allow"``: it accepts them,
+logs them and ignores them; ``openai/engine/protocol.py`` at d7e52523), so a request that passes
+here means exactly what it says to vLLM.
+
+``RerankRequest`` and ``ScoreRequest`` are the requests before vllm-project/vllm#42412;
+``InstructedRerankRequest`` and ``InstructedScoreRequest`` are them since (merged 2026-05-14:
+``ScoringRequestMixin`` in ``pooling/scoring/protocol.py``, read at 055e47c2 under
+``vllm/frontend/entrypoints/pooling/scoring/``; absent at 53158688 and 004706d8), which adds the
+per-query / per-document token limits, ``instruction`` and ``chat_template_kwargs``. vLLM renders
+its score template with those kwargs (``CrossEncoderIOProcessor.get_score_prompt``, scoring/
+io_processor.py at 055e47c2, only when the server has a chat template): ``template_kwargs`` is
+what the template is given.
 
 ``pairs`` is how vLLM turns a request into (query, document) inputs: a string is one input; a list
 is one input per element; a bare ``{"content": [...]}`` (not in a list) is one input *per content
@@ -16,7 +26,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
@@ -79,6 +89,55 @@ class ScoreRequest(_PoolingRequest):
 
     queries: ScoreInputs
     documents: ScoreInputs
+
+
+RESERVED_TEMPLATE_KWARGS = frozenset({"chat_template", "tools", "tokenize"})
+"""Keys ``get_score_prompt`` passes to the template renderer itself: refused in chat_template_kwargs."""
+
+
+class _ScoringRequest(_PoolingRequest):
+    """ScoringRequestMixin since vllm-project/vllm#42412 (scoring/protocol.py)."""
+
+    max_tokens_per_query: Annotated[int, Field(ge=0)] = 0
+    max_tokens_per_doc: Annotated[int, Field(ge=0)] = 0
+    instruction: str | None = None
+    """Folded into ``chat_template_kwargs["instruction"]`` unless that is given (it wins)."""
+    chat_template_kwargs: dict[str, object] | None = None
+
+    @model_validator(mode="after")
+    def _no_reserved_kwargs(self) -> _ScoringRequest:
+        # get_score_prompt refuses the keys it passes itself to the template renderer.
+        reserved = RESERVED_TEMPLATE_KWARGS & (self.chat_template_kwargs or {}).keys()
+        if reserved:
+            raise ValueError(f"chat_template_kwargs contains reserved keys: {sorted(reserved)}")
+        return self
+
+
+class InstructedRerankRequest(_ScoringRequest):
+    """POST /rerank, /v1/rerank, /v2/rerank since vllm-project/vllm#42412."""
+
+    query: ScoreInput
+    documents: ScoreInputs
+    top_n: Annotated[int, Field(ge=0)] = 0
+
+
+class InstructedScoreRequest(_ScoringRequest):
+    """POST /score, /v1/score (the queries/documents form) since vllm-project/vllm#42412."""
+
+    queries: ScoreInputs
+    documents: ScoreInputs
+
+
+def template_kwargs(req: BaseModel) -> dict[str, object]:
+    """The keyword arguments vLLM renders the score template with (besides ``messages``): none
+    before vllm-project/vllm#42412; since, ``chat_template_kwargs`` with a top-level
+    ``instruction`` folded in (a key given in ``chat_template_kwargs`` wins)."""
+    if not isinstance(req, _ScoringRequest):
+        return {}
+    kwargs = dict(req.chat_template_kwargs or {})
+    if req.instruction is not None:
+        kwargs.setdefault("instruction", req.instruction)
+    return kwargs
 
 
 Input = str | list[ImagePart | TextPart]

@@ -90,7 +90,8 @@ class ModelScorer(ABC):
     sees_image: ClassVar[bool] = False
     """The backend can read the photo's pixels (``uses_image`` decides per item)."""
     reads_instruction: ClassVar[bool] = False
-    """The backend puts the scoring instruction in what the model reads."""
+    """The backend puts the scoring instruction in what the model reads (``uses_instruction`` decides
+    per item; a backend whose configuration decides overrides that)."""
     image_text_with_image: ClassVar[bool] = True
     """The text read from the photo is still read when the pixels are (False: the pixels replace it)."""
 
@@ -108,6 +109,10 @@ class ModelScorer(ABC):
 
     def uses_image(self, item: ScoreInput) -> bool:
         return self.sees_image and item.image is not None
+
+    def uses_instruction(self, item: ScoreInput) -> bool:
+        """The item's instruction goes into what the model reads (``instruction_used``)."""
+        return self.reads_instruction
 
     def uses_image_text(self, item: ScoreInput) -> bool:
         return bool(cut(item.image_text)) and (self.image_text_with_image or not self.uses_image(item))
@@ -142,7 +147,7 @@ class ModelScorer(ABC):
         if len(scores) != len(items):
             raise ScorerError(f"{self.name} scorer gave {len(scores)} scores for {len(items)} items")
         return [
-            ScoreResult(score=s, inputs_used=self.inputs_used(it), instruction_used=self.reads_instruction)
+            ScoreResult(score=s, inputs_used=self.inputs_used(it), instruction_used=self.uses_instruction(it))
             for s, it in zip(scores, items, strict=True)
         ]
 

@@ -20,6 +20,14 @@ list, so vLLM reads both parts as one input) and the replies are the documents. 
 sent, the text read from it is not (the served model reads the photo, as the in-process reranker
 does). Photos go as JPEG data URLs.
 
+``GUARD_REMOTE_INSTRUCTION``: ``none`` (the default) sends no instruction; ``template_kwargs``
+(``rerank`` and ``score``) adds ``"chat_template_kwargs": {"instruction": <the item's instruction>}``
+to every request, which vLLM (since vllm-project/vllm#42412, merged 2026-05-14) passes to the score
+template the server was started with; a template that reads ``instruction`` (vLLM's
+``qwen3_vl_reranker.jinja``, the guard's in docs/scoring.md) then writes it into the prompt, so
+``instruction_used`` is True. Items with different instructions never share a request. An older vLLM
+accepts the field and ignores it (its request models allow unknown fields): check the server first.
+
 One pooled HTTP client per scorer (keep-alive, bounded connections); each attempt has its own
 timeout; connection errors, timeouts, 429 and 5xx are retried with exponential backoff; any other
 answer, or one that does not fit the request, is a ScorerError (so the policy's on_error applies).
@@ -55,6 +63,7 @@ RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 IMAGE_MAX_PIXELS = 1280 * 28 * 28
 APIS = ("rerank", "score", "tei")
 LAYOUTS = ("text", "document", "multimodal")
+INSTRUCTION_MODES = ("none", "template_kwargs")
 PATHS = {"rerank": "/rerank", "score": "/score", "tei": "/rerank"}
 
 
@@ -70,6 +79,8 @@ class RemoteConfig:
     calibration: str | None = None
     backoff_s: float = 0.1
     max_connections: int = 32
+    instruction: str = "none"
+    """"none" or "template_kwargs" (send ``chat_template_kwargs.instruction``, vLLM)."""
 
 
 def endpoint_url(url: str, api: str = "rerank") -> str:
@@ -88,12 +99,19 @@ def image_data_url(img: Image.Image, max_pixels: int = IMAGE_MAX_PIXELS) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def check_layout(api: str, query: str) -> None:
-    """ScorerError naming the setting when the API and layout do not go together."""
+def check_layout(api: str, query: str, instruction: str = "none") -> None:
+    """ScorerError naming the setting when the API, the layout and the instruction do not go together."""
     if api not in APIS:
         raise ScorerError(f"GUARD_REMOTE_API={api!r}: use {', '.join(APIS)}")
     if query not in LAYOUTS:
         raise ScorerError(f"GUARD_REMOTE_QUERY={query!r}: use {', '.join(LAYOUTS)}")
+    if instruction not in INSTRUCTION_MODES:
+        raise ScorerError(f"GUARD_REMOTE_INSTRUCTION={instruction!r}: use {', '.join(INSTRUCTION_MODES)}")
+    if api == "tei" and instruction != "none":
+        raise ScorerError(
+            f"GUARD_REMOTE_INSTRUCTION={instruction} needs GUARD_REMOTE_API=rerank or score (vLLM): "
+            "TEI's rerank request has no field for it"
+        )
     if api == "tei" and query != "text":
         raise ScorerError(f"GUARD_REMOTE_QUERY={query} needs GUARD_REMOTE_API=rerank or score (vLLM)")
     if api == "rerank" and query == "multimodal":
@@ -106,8 +124,9 @@ def check_layout(api: str, query: str) -> None:
 class RemoteScorer(ModelScorer):
     """The scoring API of a remote inference server, with retries, timeouts and a pooled client.
 
-    No layout sends the scoring instruction (the query and document slots hold the question, the
-    photo and the reply), so its scores never depend on it (``instruction_used`` is False)."""
+    The query and document slots hold the question, the photo and the reply; the scoring instruction
+    goes only in ``chat_template_kwargs`` with ``GUARD_REMOTE_INSTRUCTION=template_kwargs``, and
+    ``instruction_used`` says whether it was sent."""
 
     sees_image = True
     reads_instruction = False
@@ -121,7 +140,7 @@ class RemoteScorer(ModelScorer):
         transport: httpx2.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        check_layout(cfg.api, cfg.query)
+        check_layout(cfg.api, cfg.query, cfg.instruction)
         self._cfg = cfg
         self._endpoint = endpoint_url(cfg.url, cfg.api)
         self._map = score_map
@@ -136,7 +155,10 @@ class RemoteScorer(ModelScorer):
             transport=transport,
         )
         host = urlsplit(self._endpoint).netloc
-        self._version = f"remote:{cfg.api}:{host}:{cfg.model or 'default'}:{cfg.query}:{score_map.id}"
+        # Sending the instruction is part of the version: a score cached without it (and its
+        # instruction_used) is not served once it is sent, nor the other way round.
+        sends = "+instruction" if cfg.instruction == "template_kwargs" else ""
+        self._version = f"remote:{cfg.api}:{host}:{cfg.model or 'default'}:{cfg.query}{sends}:{score_map.id}"
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteScorer:
@@ -151,6 +173,7 @@ class RemoteScorer(ModelScorer):
             query=settings.remote_query,
             api=settings.remote_api,
             calibration=settings.model_calibration,
+            instruction=settings.remote_instruction,
         )
         return cls(cfg, load_score_map(cfg.calibration, backend="remote", needs={"default": FEATURES}))
 
@@ -170,6 +193,13 @@ class RemoteScorer(ModelScorer):
     def uses_image(self, item: ScoreInput) -> bool:
         return self._cfg.query != "text" and item.image is not None
 
+    def uses_instruction(self, item: ScoreInput) -> bool:
+        return self._cfg.instruction == "template_kwargs"
+
+    def instruction_text(self, item: ScoreInput) -> str:
+        """The instruction sent for ``item`` ("" when none is sent)."""
+        return item.instruction.strip() if self.uses_instruction(item) else ""
+
     def _slot(self, item: ScoreInput, text: str) -> str | dict[str, Any]:
         """``text``, or with the photo vLLM's multimodal form of photo + text (one input)."""
         if not self.uses_image(item):
@@ -182,11 +212,13 @@ class RemoteScorer(ModelScorer):
             parts.append({"type": "text", "text": text})
         return {"content": parts}
 
-    def group_key(self, item: ScoreInput) -> tuple[str, int]:
-        """Items with the same key share one request: the same query slot."""
+    def group_key(self, item: ScoreInput) -> tuple[str, int, str]:
+        """Items with the same key share one request: the same query slot and the same instruction
+        sent (one request carries one instruction)."""
         if self._cfg.query == "document":
-            return (self.reply_text(item), 0)
-        return (self.query_text(item), id(item.image) if self.uses_image(item) else 0)
+            return (self.reply_text(item), 0, self.instruction_text(item))
+        image = id(item.image) if self.uses_image(item) else 0
+        return (self.query_text(item), image, self.instruction_text(item))
 
     def request_body(self, group: Sequence[ScoreInput]) -> dict[str, Any]:
         """One request for items that share a group key; document i is item i's."""
@@ -208,6 +240,10 @@ class RemoteScorer(ModelScorer):
             body = {"query": query, "documents": documents}
         if self._cfg.model and self._cfg.api != "tei":
             body["model"] = self._cfg.model
+        if self.uses_instruction(first):
+            # vLLM hands these to the score template (vllm/entrypoints/pooling/scoring/protocol.py,
+            # ScoringRequestMixin.chat_template_kwargs), where ``instruction`` is the template's variable.
+            body["chat_template_kwargs"] = {"instruction": self.instruction_text(first)}
         return body
 
     def _post(self, body: dict[str, Any]) -> Any:
@@ -260,7 +296,7 @@ class RemoteScorer(ModelScorer):
 
     def raw_scores(self, items: Sequence[ScoreInput]) -> list[float]:
         """The server's relevance score per item; items sharing a group key share a request."""
-        groups: dict[tuple[str, int], list[int]] = {}
+        groups: dict[tuple[str, int, str], list[int]] = {}
         for i, it in enumerate(items):
             groups.setdefault(self.group_key(it), []).append(i)
         out: list[float] = [0.0] * len(items)
