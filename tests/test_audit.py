@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
+from guard.admin.records import QueueFilter
 from guard.handoff import enqueue_outcome
 from guard.policies import audit_sampled, default_policy, parse_policy, policy_document
 from tests.apptools import ADMIN_PASSWORD, flush, guard_client, queries_of, runtime_of, signed_in
@@ -137,10 +138,10 @@ def test_sampling_follows_the_decision_id_and_the_band(client: TestClient) -> No
     sent = [check(client, "0.9") for _ in range(40)]
     held = [check(client, "0.45") for _ in range(5)]  # review: held, never audited
     flush(client)
-    audited = {c.decision.id for c in queries_of(client).queue_page(kind="audit")}
+    audited = {c.decision.id for c in queries_of(client).queue_page(QueueFilter(kind="audit"))}
     expected = {s["decision_id"] for s in sent if audit_sampled(s["decision_id"], 0.5)}
     assert audited == expected and 5 < len(audited) < 35
-    reviews = {c.decision.id for c in queries_of(client).queue_page(kind="review")}
+    reviews = {c.decision.id for c in queries_of(client).queue_page(QueueFilter(kind="review"))}
     assert reviews == {h["decision_id"] for h in held}
 
 
@@ -150,7 +151,7 @@ def test_marking_is_atomic_and_only_for_audit_items(client: TestClient) -> None:
     held = check(client, "0.1")
     flush(client)
     queries: AdminQueries = queries_of(client)
-    [audit] = queries.queue_page(kind="audit")
+    [audit] = queries.queue_page(QueueFilter(kind="audit"))
     assert queries.mark_audit(held["escalation_id"], "right", None, "sup") is None
     assert queries.resolve_case(audit.item.id, "approved", "sup", final_reply="x", note=None) is None
     assert queries.mark_audit(audit.item.id, "right", 2, "sup") is not None
@@ -164,7 +165,7 @@ def test_outcomes_count_audits_by_the_decisions_channel_with_intervals(client: T
     check(client, "0.9")
     flush(client)
     queries = queries_of(client)
-    items = queries.queue_page(kind="audit")
+    items = queries.queue_page(QueueFilter(kind="audit"))
     for i, case in enumerate(items):
         queries.mark_audit(
             case.item.id, "wrong" if i == 0 and case.decision.channel == "shop-b" else "right", None, "s"

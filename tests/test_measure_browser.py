@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from guard.admin.queries import AdminQueries
+from guard.admin.records import QueueFilter
 from guard.policies import default_policy, parse_policy, policy_document
 from guard.store import Store
 from tests import test_admin_browser
@@ -42,8 +43,8 @@ def test_a_sampled_send_is_audited_with_the_keyboard_and_counted(
     assert sent["action"] == "send" and sent["escalation_id"] is None and sent["reply"]
     held = api(base, "/v1/guard", {"question": "Seam came open", "reply": "We can fix it [score=0.45]"})
     queries = AdminQueries(store.engine)
-    until(lambda: len(queries.queue_page(kind="audit")) == 1 and len(store.queue()) == 2)
-    [audit] = queries.queue_page(kind="audit")
+    until(lambda: len(queries.queue_page(QueueFilter(kind="audit"))) == 1 and len(store.queue()) == 2)
+    [audit] = queries.queue_page(QueueFilter(kind="audit"))
     assert audit.decision.id == sent["decision_id"] and held["escalation_id"] != audit.item.id
 
     sup = browser.new_context(viewport={"width": 1280, "height": 900})

@@ -115,17 +115,9 @@ class CaseViews(AuditViews):
         total = await self.db(self.queries.queue_count, f)
         pages = max(math.ceil(total / PAGE_SIZE), 1)
         page = min(page, pages)
-        items = await self.db(
-            self.queries.queue_page,
-            states=f.states,
-            channel=f.channel,
-            kind=f.kind,
-            newest_first=f.newest_first,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-        )
+        items = await self.db(self.queries.queue_page, f, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
         channels = await self.db(self.queries.queue_channels)
-        counts = await self.db(self.queries.queue_state_counts, f.channel, f.kind)
+        counts = await self.db(self.queries.queue_state_counts, f)
         viewers = await self.db(
             self.queries.viewers, [it.item.id for it in items], PRESENCE_TTL_S, except_user=ctx.user.username
         )
