@@ -13,10 +13,8 @@ from guard.admin.queries import AdminQueries
 from guard.admin.records import QueueFilter
 from guard.policies import default_policy, parse_policy, policy_document
 from guard.store import Store
-from tests import test_admin_browser
-from tests.test_admin_browser import SCREENSHOTS, api, sign_in, until
-
-server = test_admin_browser.server  # the served guard on PostgreSQL (the browser: conftest's)
+from tests.browsertools import SCREENSHOTS, api, new_page, sign_in, until
+from tests.browsertools import server as server  # fixture
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +45,8 @@ def test_a_sampled_send_is_audited_with_the_keyboard_and_counted(
     [audit] = queries.queue_page(QueueFilter(kind="audit"))
     assert audit.decision.id == sent["decision_id"] and held["escalation_id"] != audit.item.id
 
-    sup = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = sup.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    sup, page = new_page(browser, errors=errors)
     sign_in(page, base, "sam")
     link = page.locator(f"a[href='/admin/cases/{audit.item.id}']")
     expect(link).to_have_count(1)  # the audit item is in the queue
@@ -74,9 +70,7 @@ def test_a_sampled_send_is_audited_with_the_keyboard_and_counted(
     assert decision["audit"]["marked_by"] == "sam"
     sup.close()
 
-    owner = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = owner.new_page()
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    owner, page = new_page(browser, height=1000, errors=errors)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/outcomes")
     row = page.locator("table.outcomes tr[data-channel='shop-b'][data-action='send']")
@@ -122,10 +116,8 @@ def test_supervisors_approvals_move_a_band_through_a_published_map(
     before = api(base, "/v1/guard", {"channel": "shop", "question": "again", "reply": "ok [score=0.45]"})
     assert before["action"] == "review"
 
-    owner = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = owner.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    owner, page = new_page(browser, height=1000, errors=errors)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/outcomes?channel=shop")
     page.click("a[href='/admin/calibration/shop']")
