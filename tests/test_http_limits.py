@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +18,10 @@ import httpx2
 import pytest
 
 from guard.store import migrate
-from tests.serving import closed_port
+from tests.serving import closed_port, guard_serve, serve_env
 from tests.test_faults_clients import read_response
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
 GRACE_S = 2.0  # guard.http_server.BODY_GRACE_S
@@ -38,49 +35,19 @@ def serve(tmp: Path, *, nofile: int | None = None, **env_extra: str) -> Iterator
     url = f"sqlite:///{tmp / 'guard.db'}"
     migrate(url)
     port = closed_port()
-    env = {
-        **os.environ,
-        "GUARD_DATABASE_URL": url,
-        "GUARD_SPOOL_DIR": str(tmp / "spool"),
-        "GUARD_OCR": "off",
-        "GUARD_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "GUARD_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    env = serve_env(
+        url,
+        tmp / "spool",
+        GUARD_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        GUARD_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
         **env_extra,
-    }
-    env.pop("GUARD_REDIS_URL", None)
+    )
 
     def limit_fds() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    log_path = tmp / "guard.log"
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "guard"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit_fds,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"guard serve did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with guard_serve(env, port, tmp / "guard.log", preexec_fn=None if nofile is None else limit_fds) as proc:
         yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
