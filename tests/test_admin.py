@@ -801,6 +801,22 @@ def test_a_new_channel_gets_its_first_version(client: TestClient) -> None:
     assert client.get("/admin/policies/bad%20name").status_code == 404
 
 
+def test_a_name_no_channel_can_have_is_refused_on_every_channel_page(client: TestClient) -> None:
+    token = signed_in(client, "owner")
+    for section in ("policies", "calibration"):
+        found = client.get(f"/admin/{section}?channel=shop-zh", follow_redirects=False)
+        assert found.status_code == 303 and found.headers["location"].endswith(f"/admin/{section}/shop-zh")
+        refused = client.get(f"/admin/{section}?channel=bad%20name")
+        assert refused.status_code == 422 and "A channel name is" in refused.text
+        page = client.get(f"/admin/{section}/bad%20name")
+        assert page.status_code == 404 and "No such channel." in page.text
+    for path in ("policies/bad%20name", "policies/bad%20name/preview", "calibration/bad%20name/fit"):
+        r = client.post(f"/admin/{path}", data={"csrf_token": token})
+        assert r.status_code == 404 and "No such channel." in r.text, path
+    r = client.post("/admin/calibration/bad%20name/publish", data={"csrf_token": token, "op": "publish"})
+    assert r.status_code == 404 and "No such channel." in r.text
+
+
 def test_template_samples_render_live(client: TestClient) -> None:
     token = signed_in(client, "owner")
     form = band_form(DEFAULT_FORM, csrf=token, tpl_followup_en="Logged: {{ issue }} ({{ case_ref }})")
