@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.admin.routes import Admin
 from guard.app import create_app
@@ -130,7 +131,15 @@ def openai_client(base: str, key: str = "sk-client", *, timeout: float = 10) -> 
 
 ADMIN_PASSWORD = "correct horse battery"
 """The password the admin tests give their users."""
+ADMIN_ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
+"""The users most admin tests sign in as: one of each role."""
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def make_users(queries: AdminQueries, users: Mapping[str, str] = ADMIN_ROLES) -> None:
+    """Create ``users`` (name: role), each with ``ADMIN_PASSWORD``."""
+    for name, role in users.items():
+        queries.create_user(name, auth.hash_password(ADMIN_PASSWORD), role, actor="test")
 
 
 def login(client: Any, username: str, password: str = ADMIN_PASSWORD) -> Any:

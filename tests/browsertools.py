@@ -21,10 +21,9 @@ from typing import Any
 
 import pytest
 
-from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.store import Store, migrate
-from tests.apptools import ADMIN_PASSWORD, served_guard
+from tests.apptools import ADMIN_PASSWORD, make_users, served_guard
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -76,9 +75,7 @@ def served(pg_url: str, users: Mapping[str, str], *, secret_key: str) -> Iterato
     migrate(pg_url)
     store = Store.open(pg_url)
     try:
-        queries = AdminQueries(store.engine)
-        for name, role in users.items():
-            queries.create_user(name, auth.hash_password(PASSWORD), role, actor="test")
+        make_users(AdminQueries(store.engine), users)
         with served_guard(pg_url, secret_key=secret_key) as (base, _runtime):
             yield base, store
     finally:

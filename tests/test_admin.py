@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
 from guard.admin import auth
@@ -24,6 +23,7 @@ from tests.apptools import (
     flush,
     guard_client,
     login,
+    make_users,
     png_bytes,
     queries_of,
     runtime_of,
@@ -31,18 +31,7 @@ from tests.apptools import (
 )
 
 PASSWORD = ADMIN_PASSWORD
-ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
-
-
-def make_users(queries: AdminQueries) -> None:
-    for name, role in ROLES.items():
-        queries.create_user(name, auth.hash_password(PASSWORD), role, actor="test")
-
-
-@pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """argon2 with test-sized cost: the same code path, a fraction of the time."""
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 
 
 @pytest.fixture

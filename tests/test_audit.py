@@ -9,22 +9,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
-from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.admin.records import QueueFilter
 from guard.handoff import enqueue_outcome
 from guard.policies import audit_sampled, default_policy, parse_policy, policy_document
-from tests.apptools import ADMIN_PASSWORD, flush, guard_client, queries_of, runtime_of, signed_in
+from tests.apptools import ADMIN_PASSWORD, flush, guard_client, make_users, queries_of, runtime_of, signed_in
 
 PASSWORD = ADMIN_PASSWORD
-
-
-@pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 
 
 @pytest.fixture
@@ -38,9 +32,7 @@ def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
         outcomes.append(decision_id)
 
     with guard_client(sqlite_url, secret_key="test-secret-key", on_outcome=hook) as c:
-        q = queries_of(c)
-        q.create_user("sup", auth.hash_password(PASSWORD), "supervisor", actor="test")
-        q.create_user("owner", auth.hash_password(PASSWORD), "policy_owner", actor="test")
+        make_users(queries_of(c), {"sup": "supervisor", "owner": "policy_owner"})
         yield c
 
 

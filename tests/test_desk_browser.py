@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import update
 
 from guard.admin import auth
@@ -32,10 +31,9 @@ USERS = {"sam": "supervisor", "ana": "supervisor", "olga": "policy_owner", "root
 
 
 @pytest.fixture
-def server(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Store]]:
+def server(pg_url: str, cheap_hashes: None) -> Iterator[tuple[str, Store]]:
     """The served guard with two supervisors (sam, ana), a policy owner (olga) and an admin (root),
     whose passwords hash fast."""
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     with served(pg_url, USERS, secret_key="desk-e2e") as found:
         yield found
 
