@@ -52,6 +52,18 @@ def closed_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port(first: int, last: int) -> int:
+    """A loopback port in ``[first, last]`` that nothing listens on."""
+    for port in range(first, last + 1):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {first}-{last}")
+
+
 def stop(proc: subprocess.Popen[bytes], *, wait_s: float) -> None:
     """Stop a server process: SIGTERM, and SIGKILL when it has not exited ``wait_s`` seconds later."""
     proc.terminate()
