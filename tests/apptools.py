@@ -24,10 +24,11 @@ from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.admin.routes import Admin
 from guard.app import create_app
+from guard.keys import create_key
 from guard.runtime import OutcomeHook, Runtime, runtime
 from guard.scoring.base import Scorer
 from guard.settings import Settings
-from guard.store import migrate
+from guard.store import Store, migrate
 from tests.fakes import FakeScorer
 from tests.serving import serve
 
@@ -46,6 +47,15 @@ def guard_client(
     # A loopback client: with no API key created, a loopback guard serves it without one (guard/keys.py).
     with TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         yield client
+
+
+def new_key(database_url: str, channel: str = "default") -> str:
+    """A new API key of ``channel``, created in the (migrated) database through a Store of its own."""
+    store = Store.open(database_url)
+    try:
+        return create_key(store, channel)
+    finally:
+        store.close()
 
 
 def runtime_of(client: TestClient) -> Runtime:

@@ -18,10 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from guard.app import create_app
-from guard.keys import create_key
 from guard.policies import parse_policy
 from guard.settings import Settings
 from guard.store import Store, migrate
+from tests.apptools import new_key
 from tests.fakes import FakeScorer
 from tests.own_postgres import own_postgres
 from tests.serving import closed_port, guard_serve, serve, serve_env
@@ -58,11 +58,7 @@ def test_a_guard_restarted_while_postgres_is_down_decides_under_the_published_po
     rerank = Starlette(routes=[Route("/v1/rerank", _rerank, methods=["POST"])])
     with own_postgres() as pg, serve(rerank) as scorer:
         migrate(pg.url)
-        store = Store.open(pg.url)
-        try:
-            key = create_key(store, "shop")
-        finally:
-            store.close()
+        key = new_key(pg.url, "shop")
         env = serve_env(
             pg.url,
             spool,

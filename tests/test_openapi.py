@@ -26,10 +26,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from guard.keys import create_key
 from guard.openapi import document, error_codes
-from guard.store import Store, migrate
-from tests.apptools import flush, guard_client, png_bytes, runtime_of
+from guard.store import migrate
+from tests.apptools import flush, guard_client, new_key, png_bytes, runtime_of
 from tests.serving import BIN, closed_port, guard_serve, serve, serve_env
 from tests.test_images import png_header_only
 
@@ -159,11 +158,7 @@ def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     tmp = tmp_path_factory.mktemp("openapi")
     url = f"sqlite:///{tmp / 'guard.db'}"
     migrate(url)
-    store = Store.open(url)
-    try:
-        key = create_key(store, "default")
-    finally:
-        store.close()
+    key = new_key(url)
     with (
         serve(UPSTREAM) as upstream,
         guard_client(
@@ -463,11 +458,7 @@ def test_schemathesis_against_a_live_guard_finds_no_5xx_and_no_schema_violation(
     """A bounded run (at most 25 cases per operation and phase, a fixed seed) over every operation."""
     url = f"sqlite:///{tmp_path / 'guard.db'}"
     migrate(url)
-    store = Store.open(url)
-    try:
-        key = create_key(store, "default")
-    finally:
-        store.close()
+    key = new_key(url)
     port = closed_port()
     with serve(UPSTREAM) as upstream:
         env = serve_env(
