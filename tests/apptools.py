@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
+from guard.admin.records import Case
 from guard.admin.routes import Admin
 from guard.app import create_app
 from guard.keys import create_key
@@ -150,6 +151,17 @@ def make_users(queries: AdminQueries, users: Mapping[str, str] = ADMIN_ROLES) ->
     """Create ``users`` (name: role), each with ``ADMIN_PASSWORD``."""
     for name, role in users.items():
         queries.create_user(name, auth.hash_password(ADMIN_PASSWORD), role, actor="test")
+
+
+def agree_with_all(queries: AdminQueries, cases: list[Case], actor: str) -> None:
+    """Supervisor ``actor`` agrees with the guard on every case: an audit item is marked right, a
+    review approved as it is, an escalation taken over."""
+    for case in cases:
+        if case.item.kind == "audit":
+            assert queries.mark_audit(case.item.id, "right", None, actor)
+        else:
+            state = "approved" if case.item.kind == "review" else "taken_over"
+            assert queries.resolve_case(case.item.id, state, actor, final_reply="x", note=None)
 
 
 def login(client: Any, username: str, password: str = ADMIN_PASSWORD) -> Any:

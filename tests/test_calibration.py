@@ -27,7 +27,16 @@ from guard.calibration import (
     parse_channel_map,
 )
 from guard.policies import default_policy, parse_policy, policy_document
-from tests.apptools import ADMIN_PASSWORD, flush, guard_client, make_users, queries_of, runtime_of, signed_in
+from tests.apptools import (
+    ADMIN_PASSWORD,
+    agree_with_all,
+    flush,
+    guard_client,
+    make_users,
+    queries_of,
+    runtime_of,
+    signed_in,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = ADMIN_PASSWORD
@@ -152,12 +161,7 @@ def make_labels(client: TestClient) -> None:
         check(client, 0.15 + 0.01 * i, f"escalate {i}")
     flush(client)
     queries: AdminQueries = queries_of(client)
-    for case in queries.queue_page(limit=1000):
-        if case.item.kind == "audit":
-            assert queries.mark_audit(case.item.id, "right", None, "sup")
-        else:
-            state = "approved" if case.item.kind == "review" else "taken_over"
-            assert queries.resolve_case(case.item.id, state, "sup", final_reply="x", note=None)
+    agree_with_all(queries, queries.queue_page(limit=1000), "sup")
 
 
 def test_too_few_labels_on_the_page(client: TestClient) -> None:

@@ -13,6 +13,7 @@ from guard.admin.queries import AdminQueries
 from guard.admin.records import QueueFilter
 from guard.policies import default_policy, parse_policy, policy_document
 from guard.store import Store
+from tests.apptools import agree_with_all
 from tests.browsertools import SCREENSHOTS, api, new_page, sign_in, until
 from tests.browsertools import server as server  # fixture
 
@@ -107,12 +108,7 @@ def test_supervisors_approvals_move_a_band_through_a_published_map(
         )
     queries = AdminQueries(store.engine)
     until(lambda: len(queries.queue_page(limit=100)) == 32)
-    for case in queries.queue_page(limit=100):
-        if case.item.kind == "audit":
-            assert queries.mark_audit(case.item.id, "right", None, "sam")
-        else:
-            state = "approved" if case.item.kind == "review" else "taken_over"
-            assert queries.resolve_case(case.item.id, state, "sam", final_reply="x", note=None)
+    agree_with_all(queries, queries.queue_page(limit=100), "sam")
     before = api(base, "/v1/guard", {"channel": "shop", "question": "again", "reply": "ok [score=0.45]"})
     assert before["action"] == "review"
 
