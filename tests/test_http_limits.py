@@ -98,6 +98,15 @@ def get(port: int, path: str = "/healthz", timeout: float = 5.0) -> bytes:
         return data
 
 
+def decide(base: str) -> httpx2.Response:
+    """A decision asked of the guard at ``base`` (``http://host:port``), over a connection of its own."""
+    return httpx2.post(
+        f"{base}/v1/guard",
+        json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
+        timeout=10,
+    )
+
+
 def test_headers_sent_a_byte_at_a_time_get_408_at_the_header_deadline(guard: int) -> None:
     with connect(guard) as s:
         answer, took = trickle(s, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X" * 100, 0.2, 8)
@@ -213,11 +222,7 @@ def test_past_the_cap_slow_heads_then_slow_bodies_make_room_for_a_normal_request
         start = time.monotonic()
         answer = get(guard, timeout=5)
         took = time.monotonic() - start
-        check = httpx2.post(
-            f"http://127.0.0.1:{guard}/v1/guard",
-            json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
-            timeout=10,
-        )
+        check = decide(f"http://127.0.0.1:{guard}")
         closed = 0
         for s in slow:
             s.settimeout(0.01)
@@ -254,11 +259,7 @@ def test_more_half_open_connections_than_file_descriptors_do_not_lock_out_a_requ
         answer = get(port, timeout=5)
         took = time.monotonic() - start
         # A decision too: SQL and the spool still have file descriptors to work with.
-        check = httpx2.post(
-            f"http://127.0.0.1:{port}/v1/guard",
-            json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
-            timeout=10,
-        )
+        check = decide(f"http://127.0.0.1:{port}")
     finally:
         for s in half_open:
             s.close()
