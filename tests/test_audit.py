@@ -5,7 +5,6 @@ the outcomes page (by the decision's channel), in GET /v1/decisions/{id} and in 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,25 +14,11 @@ from guard.admin.queries import AdminQueries
 from guard.admin.records import QueueFilter
 from guard.handoff import enqueue_outcome
 from guard.policies import audit_sampled, default_policy, parse_policy, policy_document
-from tests.apptools import ADMIN_PASSWORD, flush, guard_client, make_users, queries_of, runtime_of, signed_in
+from tests.apptools import flush, queries_of, runtime_of, signed_in
+from tests.test_admin import client as client  # fixture: the guard with sup, owner and boss
+from tests.test_admin import outcomes as outcomes  # fixture: the decisions the outcome hook was told of
 
-PASSWORD = ADMIN_PASSWORD
 pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
-
-
-@pytest.fixture
-def outcomes() -> list[str]:
-    return []
-
-
-@pytest.fixture
-def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
-    async def hook(decision_id: str) -> None:
-        outcomes.append(decision_id)
-
-    with guard_client(sqlite_url, secret_key="test-secret-key", on_outcome=hook) as c:
-        make_users(queries_of(c), {"sup": "supervisor", "owner": "policy_owner"})
-        yield c
 
 
 def audit_everything(client: TestClient, channel: str = "default", share: float = 1.0) -> None:
