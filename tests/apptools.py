@@ -7,7 +7,7 @@ import base64
 import io
 import json
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -20,13 +20,16 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from guard.admin import auth
 from guard.admin.queries import AdminQueries
+from guard.admin.records import Case
 from guard.admin.routes import Admin
 from guard.app import create_app
+from guard.keys import create_key
 from guard.runtime import OutcomeHook, Runtime, runtime
 from guard.scoring.base import Scorer
 from guard.settings import Settings
-from guard.store import migrate
+from guard.store import Store, migrate
 from tests.fakes import FakeScorer
 from tests.serving import serve
 
@@ -45,6 +48,15 @@ def guard_client(
     # A loopback client: with no API key created, a loopback guard serves it without one (guard/keys.py).
     with TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         yield client
+
+
+def new_key(database_url: str, channel: str = "default") -> str:
+    """A new API key of ``channel``, created in the (migrated) database through a Store of its own."""
+    store = Store.open(database_url)
+    try:
+        return create_key(store, channel)
+    finally:
+        store.close()
 
 
 def runtime_of(client: TestClient) -> Runtime:
@@ -130,7 +142,26 @@ def openai_client(base: str, key: str = "sk-client", *, timeout: float = 10) -> 
 
 ADMIN_PASSWORD = "correct horse battery"
 """The password the admin tests give their users."""
+ADMIN_ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
+"""The users most admin tests sign in as: one of each role."""
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def make_users(queries: AdminQueries, users: Mapping[str, str] = ADMIN_ROLES) -> None:
+    """Create ``users`` (name: role), each with ``ADMIN_PASSWORD``."""
+    for name, role in users.items():
+        queries.create_user(name, auth.hash_password(ADMIN_PASSWORD), role, actor="test")
+
+
+def agree_with_all(queries: AdminQueries, cases: list[Case], actor: str) -> None:
+    """Supervisor ``actor`` agrees with the guard on every case: an audit item is marked right, a
+    review approved as it is, an escalation taken over."""
+    for case in cases:
+        if case.item.kind == "audit":
+            assert queries.mark_audit(case.item.id, "right", None, actor)
+        else:
+            state = "approved" if case.item.kind == "review" else "taken_over"
+            assert queries.resolve_case(case.item.id, state, actor, final_reply="x", note=None)
 
 
 def login(client: Any, username: str, password: str = ADMIN_PASSWORD) -> Any:

@@ -13,7 +13,9 @@ from typing import Any
 import psycopg
 import pytest
 import redis
+from argon2 import PasswordHasher
 
+from guard.admin import auth
 from tests.apptools import chat_upstream
 
 REDIS_URL = os.environ.get("GUARD_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
@@ -77,6 +79,13 @@ def pg_database(pg_server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(pg_server, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """argon2 with test-sized cost: the same code path, a fraction of the time (a module's every
+    test: ``pytestmark = pytest.mark.usefixtures("cheap_hashes")``)."""
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
 
 
 @pytest.fixture

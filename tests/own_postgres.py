@@ -12,13 +12,14 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.serving import free_port
 
 
 def _bin_dir() -> Path | None:
@@ -27,18 +28,6 @@ def _bin_dir() -> Path | None:
         return found[-1].parent
     pg_ctl = shutil.which("pg_ctl")
     return Path(pg_ctl).parent if pg_ctl else None
-
-
-def free_port(first: int, last: int) -> int:
-    """A loopback port in ``[first, last]`` that nothing listens on."""
-    for port in range(first, last + 1):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {first}-{last}")
 
 
 class OwnPostgres:

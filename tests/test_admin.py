@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
 from guard.admin import auth
@@ -24,6 +23,7 @@ from tests.apptools import (
     flush,
     guard_client,
     login,
+    make_users,
     png_bytes,
     queries_of,
     runtime_of,
@@ -31,18 +31,7 @@ from tests.apptools import (
 )
 
 PASSWORD = ADMIN_PASSWORD
-ROLES = {"sup": "supervisor", "owner": "policy_owner", "boss": "admin"}
-
-
-def make_users(queries: AdminQueries) -> None:
-    for name, role in ROLES.items():
-        queries.create_user(name, auth.hash_password(PASSWORD), role, actor="test")
-
-
-@pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """argon2 with test-sized cost: the same code path, a fraction of the time."""
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 
 
 @pytest.fixture
@@ -799,6 +788,22 @@ def test_a_new_channel_gets_its_first_version(client: TestClient) -> None:
     policy = runtime_of(client).store.active_policy("shop-zh")
     assert policy is not None and policy.version == 1
     assert client.get("/admin/policies/bad%20name").status_code == 404
+
+
+def test_a_name_no_channel_can_have_is_refused_on_every_channel_page(client: TestClient) -> None:
+    token = signed_in(client, "owner")
+    for section in ("policies", "calibration"):
+        found = client.get(f"/admin/{section}?channel=shop-zh", follow_redirects=False)
+        assert found.status_code == 303 and found.headers["location"].endswith(f"/admin/{section}/shop-zh")
+        refused = client.get(f"/admin/{section}?channel=bad%20name")
+        assert refused.status_code == 422 and "A channel name is" in refused.text
+        page = client.get(f"/admin/{section}/bad%20name")
+        assert page.status_code == 404 and "No such channel." in page.text
+    for path in ("policies/bad%20name", "policies/bad%20name/preview", "calibration/bad%20name/fit"):
+        r = client.post(f"/admin/{path}", data={"csrf_token": token})
+        assert r.status_code == 404 and "No such channel." in r.text, path
+    r = client.post("/admin/calibration/bad%20name/publish", data={"csrf_token": token, "op": "publish"})
+    assert r.status_code == 404 and "No such channel." in r.text
 
 
 def test_template_samples_render_live(client: TestClient) -> None:

@@ -5,88 +5,22 @@ by conftest.py); in CI (CI=true) a browser that cannot start fails the test, els
 
 from __future__ import annotations
 
-import json
-import socket
-import threading
-import time
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 
-from guard.admin import auth
 from guard.admin.queries import AdminQueries
-from guard.app import create_app
-from guard.settings import Settings
-from guard.store import Store, migrate
+from guard.store import Store
 from tests.apptools import b64, png_bytes
-from tests.fakes import FakeScorer
+from tests.browsertools import SCREENSHOTS, api, new_page, sign_in, until
+from tests.browsertools import server as server  # fixture
 
 pytestmark = pytest.mark.integration
-
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-PASSWORD = "correct horse battery"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def server(pg_url: str) -> Iterator[tuple[str, Store]]:
-    migrate(pg_url)
-    store = Store.open(pg_url)
-    queries = AdminQueries(store.engine)
-    queries.create_user("sam", auth.hash_password(PASSWORD), "supervisor", actor="test")
-    queries.create_user("olga", auth.hash_password(PASSWORD), "policy_owner", actor="test")
-    app = create_app(Settings(database_url=pg_url, secret_key="e2e-secret"), scorer=FakeScorer())
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", store
-    finally:
-        srv.should_exit = True
-        thread.join(15)
-        store.close()
-
-
-def api(base: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(base + path, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        out: dict[str, Any] = json.loads(r.read())
-        return out
-
-
-def until(check: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def held(store: Store) -> list[Any]:
     """The waiting queue items that hold a reply (not the audit copies of answered ones)."""
     return [item for item in store.queue() if item.kind != "audit"]
-
-
-def sign_in(page: Any, base: str, username: str) -> None:
-    page.goto(f"{base}/admin/login")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_load_state()
 
 
 def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tuple[str, Store]) -> None:
@@ -118,10 +52,8 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
     waiting = len(store.queue())
 
     # A supervisor works the queue: opens the escalated case with its photo, edits and sends.
-    sup = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = sup.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    sup, page = new_page(browser, errors=errors)
     page.goto(f"{base}/admin/login")
     page.screenshot(path=str(SCREENSHOTS / "login.png"))
     sign_in(page, base, "sam")
@@ -150,9 +82,7 @@ def test_supervisor_and_policy_owner_in_a_real_browser(browser: Any, server: tup
     sup.close()
 
     # A policy owner moves a threshold, sees the preview change, publishes.
-    owner = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = owner.new_page()
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    owner, page = new_page(browser, height=1000, errors=errors)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/policies/default")
     review_new = page.locator("#preview-counts tr[data-action=review] td.new")

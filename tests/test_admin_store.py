@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import inspect
 
 from guard.admin.queries import AdminQueries
-from guard.admin.records import OutcomeRow
+from guard.admin.records import OutcomeRow, QueueFilter
 from guard.policies import Band, Policy
 from guard.records import DecisionRecord
 from guard.store import Store, downgrade, migrate
@@ -103,9 +103,9 @@ def test_resolve_case_moves_to_the_final_state_once(store: Store, queries: Admin
 def test_queue_page_filters_and_orders(store: Store, queries: AdminQueries) -> None:
     queue_cases(store, 4)
     assert [c.item.id for c in queries.queue_page()] == ["q0", "q1", "q2", "q3"]
-    assert queries.queue_page(newest_first=True)[0].item.id == "q3"
-    assert {c.item.kind for c in queries.queue_page(kind="review")} == {"review"}
-    assert queries.queue_page(channel="elsewhere") == []
+    assert queries.queue_page(QueueFilter(newest_first=True))[0].item.id == "q3"
+    assert {c.item.kind for c in queries.queue_page(QueueFilter(kind="review"))} == {"review"}
+    assert queries.queue_page(QueueFilter(channel="elsewhere")) == []
     count, oldest = queries.queue_summary()
     assert count == 4 and oldest is not None and oldest.tzinfo is not None
     assert queries.queue_channels() == ["default"]

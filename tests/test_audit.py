@@ -5,42 +5,20 @@ the outcomes page (by the decision's channel), in GET /v1/decisions/{id} and in 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
-from guard.admin import auth
 from guard.admin.queries import AdminQueries
+from guard.admin.records import QueueFilter
 from guard.handoff import enqueue_outcome
 from guard.policies import audit_sampled, default_policy, parse_policy, policy_document
-from tests.apptools import ADMIN_PASSWORD, flush, guard_client, queries_of, runtime_of, signed_in
+from tests.apptools import flush, queries_of, runtime_of, signed_in
+from tests.test_admin import client as client  # fixture: the guard with sup, owner and boss
+from tests.test_admin import outcomes as outcomes  # fixture: the decisions the outcome hook was told of
 
-PASSWORD = ADMIN_PASSWORD
-
-
-@pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-
-
-@pytest.fixture
-def outcomes() -> list[str]:
-    return []
-
-
-@pytest.fixture
-def client(sqlite_url: str, outcomes: list[str]) -> Iterator[TestClient]:
-    async def hook(decision_id: str) -> None:
-        outcomes.append(decision_id)
-
-    with guard_client(sqlite_url, secret_key="test-secret-key", on_outcome=hook) as c:
-        q = queries_of(c)
-        q.create_user("sup", auth.hash_password(PASSWORD), "supervisor", actor="test")
-        q.create_user("owner", auth.hash_password(PASSWORD), "policy_owner", actor="test")
-        yield c
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 
 
 def audit_everything(client: TestClient, channel: str = "default", share: float = 1.0) -> None:
@@ -137,10 +115,10 @@ def test_sampling_follows_the_decision_id_and_the_band(client: TestClient) -> No
     sent = [check(client, "0.9") for _ in range(40)]
     held = [check(client, "0.45") for _ in range(5)]  # review: held, never audited
     flush(client)
-    audited = {c.decision.id for c in queries_of(client).queue_page(kind="audit")}
+    audited = {c.decision.id for c in queries_of(client).queue_page(QueueFilter(kind="audit"))}
     expected = {s["decision_id"] for s in sent if audit_sampled(s["decision_id"], 0.5)}
     assert audited == expected and 5 < len(audited) < 35
-    reviews = {c.decision.id for c in queries_of(client).queue_page(kind="review")}
+    reviews = {c.decision.id for c in queries_of(client).queue_page(QueueFilter(kind="review"))}
     assert reviews == {h["decision_id"] for h in held}
 
 
@@ -150,7 +128,7 @@ def test_marking_is_atomic_and_only_for_audit_items(client: TestClient) -> None:
     held = check(client, "0.1")
     flush(client)
     queries: AdminQueries = queries_of(client)
-    [audit] = queries.queue_page(kind="audit")
+    [audit] = queries.queue_page(QueueFilter(kind="audit"))
     assert queries.mark_audit(held["escalation_id"], "right", None, "sup") is None
     assert queries.resolve_case(audit.item.id, "approved", "sup", final_reply="x", note=None) is None
     assert queries.mark_audit(audit.item.id, "right", 2, "sup") is not None
@@ -164,7 +142,7 @@ def test_outcomes_count_audits_by_the_decisions_channel_with_intervals(client: T
     check(client, "0.9")
     flush(client)
     queries = queries_of(client)
-    items = queries.queue_page(kind="audit")
+    items = queries.queue_page(QueueFilter(kind="audit"))
     for i, case in enumerate(items):
         queries.mark_audit(
             case.item.id, "wrong" if i == 0 and case.decision.channel == "shop-b" else "right", None, "s"

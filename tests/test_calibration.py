@@ -14,10 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from argon2 import PasswordHasher
 from starlette.testclient import TestClient
 
-from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.calibration import (
     MIN_LABELS,
@@ -29,10 +27,20 @@ from guard.calibration import (
     parse_channel_map,
 )
 from guard.policies import default_policy, parse_policy, policy_document
-from tests.apptools import ADMIN_PASSWORD, flush, guard_client, queries_of, runtime_of, signed_in
+from tests.apptools import (
+    ADMIN_PASSWORD,
+    agree_with_all,
+    flush,
+    guard_client,
+    make_users,
+    queries_of,
+    runtime_of,
+    signed_in,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = ADMIN_PASSWORD
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 POLICY = default_policy()
 
 
@@ -101,17 +109,10 @@ def test_label_grades(
 # Through the admin pages -------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-
-
 @pytest.fixture
 def client(sqlite_url: str) -> Iterator[TestClient]:
     with guard_client(sqlite_url, secret_key="test-secret-key") as c:
-        q = queries_of(c)
-        q.create_user("owner", auth.hash_password(PASSWORD), "policy_owner", actor="test")
-        q.create_user("sup", auth.hash_password(PASSWORD), "supervisor", actor="test")
+        make_users(queries_of(c), {"owner": "policy_owner", "sup": "supervisor"})
         yield c
 
 
@@ -160,12 +161,7 @@ def make_labels(client: TestClient) -> None:
         check(client, 0.15 + 0.01 * i, f"escalate {i}")
     flush(client)
     queries: AdminQueries = queries_of(client)
-    for case in queries.queue_page(limit=1000):
-        if case.item.kind == "audit":
-            assert queries.mark_audit(case.item.id, "right", None, "sup")
-        else:
-            state = "approved" if case.item.kind == "review" else "taken_over"
-            assert queries.resolve_case(case.item.id, state, "sup", final_reply="x", note=None)
+    agree_with_all(queries, queries.queue_page(limit=1000), "sup")
 
 
 def test_too_few_labels_on_the_page(client: TestClient) -> None:

@@ -12,25 +12,20 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from argon2 import PasswordHasher
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 
 import guard.ocr
-from guard.admin import auth, charts
+from guard.admin import charts
 from guard.admin.queries import AdminQueries
 from guard.admin.records import QueueFilter
 from guard.admin.views import cases
 from guard.policies import default_policy
 from guard.tables import QueueItem, utcnow
-from tests.apptools import b64, flush, guard_client, png_bytes, queries_of
-from tests.test_admin import make_users, signed_in
+from tests.apptools import ADMIN_ROLES, b64, flush, guard_client, make_users, png_bytes, queries_of, signed_in
 from tests.test_ocr import FakeReader
 
-
-@pytest.fixture(autouse=True)
-def cheap_hashes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 
 
 @pytest.fixture
@@ -43,8 +38,7 @@ def reader(monkeypatch: pytest.MonkeyPatch) -> FakeReader:
 @pytest.fixture
 def client(sqlite_url: str, reader: FakeReader) -> Iterator[TestClient]:
     with guard_client(sqlite_url, secret_key="desk-secret", ocr="on", ocr_budget_s=0.3) as c:
-        make_users(queries_of(c))
-        queries_of(c).create_user("ana", auth.hash_password("correct horse battery"), "supervisor", "test")
+        make_users(queries_of(c), {**ADMIN_ROLES, "ana": "supervisor"})
         yield c
 
 

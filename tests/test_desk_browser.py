@@ -8,70 +8,34 @@ In CI (CI=true) a browser or axe-core that is missing fails the test; elsewhere 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from argon2 import PasswordHasher
 from sqlalchemy import update
 
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
-from guard.app import create_app
-from guard.settings import Settings
-from guard.store import Store, migrate
+from guard.store import Store
 from guard.tables import QueueItem, utcnow
 from tests.apptools import b64, png_bytes
-from tests.browsertools import unavailable
-from tests.fakes import FakeScorer
-from tests.test_admin_browser import (
-    PASSWORD,
-    SCREENSHOTS,
-    _free_port,
-    api,
-    sign_in,
-    until,
-)
+from tests.browsertools import SCREENSHOTS, api, new_page, served, sign_in, unavailable, until
 
 pytestmark = pytest.mark.integration
 
 AXE = Path(__file__).resolve().parent / "browser" / "node_modules" / "axe-core" / "axe.min.js"
 FOLD = 900
+USERS = {"sam": "supervisor", "ana": "supervisor", "olga": "policy_owner", "root": "admin"}
 
 
 @pytest.fixture
-def server(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Store]]:
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
-    migrate(pg_url)
-    store = Store.open(pg_url)
-    queries = AdminQueries(store.engine)
-    for name, role in (
-        ("sam", "supervisor"),
-        ("ana", "supervisor"),
-        ("olga", "policy_owner"),
-        ("root", "admin"),
-    ):
-        queries.create_user(name, auth.hash_password(PASSWORD), role, actor="test")
-    app = create_app(Settings(database_url=pg_url, secret_key="desk-e2e"), scorer=FakeScorer())
-    port = _free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", store
-    finally:
-        srv.should_exit = True
-        thread.join(15)
-        store.close()
+def server(pg_url: str, cheap_hashes: None) -> Iterator[tuple[str, Store]]:
+    """The served guard with two supervisors (sam, ana), a policy owner (olga) and an admin (root),
+    whose passwords hash fast."""
+    with served(pg_url, USERS, secret_key="desk-e2e") as found:
+        yield found
 
 
 def four_cases(base: str, store: Store) -> list[dict[str, Any]]:
@@ -238,15 +202,13 @@ def test_the_next_case_is_one_nobody_else_has_open(browser: Any, server: tuple[s
 
     base, store = server
     c1, c2, c3, _ = (c["escalation_id"] for c in four_cases(base, store))
-    ana_ctx = browser.new_context(viewport={"width": 1280, "height": FOLD})
-    ana = ana_ctx.new_page()
+    ana_ctx, ana = new_page(browser, height=FOLD)
     sign_in(ana, base, "ana")
     ana.clock.install()
     ana.goto(f"{base}/admin/cases/{c1}?action=review")
     expect(ana.locator("#presence")).to_have_text("Nobody else has this case open.")
 
-    sam_ctx = browser.new_context(viewport={"width": 1280, "height": FOLD})
-    sam = sam_ctx.new_page()
+    sam_ctx, sam = new_page(browser, height=FOLD)
     sign_in(sam, base, "sam")
     sam.clock.install()
     sam.goto(f"{base}/admin/cases/{c1}?action=review")
@@ -313,8 +275,7 @@ def test_accessibility_and_narrow_screens(browser: Any, server: tuple[str, Store
     widths: dict[str, int] = {}
     for width, height in ((1280, FOLD), (390, 844)):
         # bypass_csp lets the test add axe's script to pages whose CSP allows only their own scripts.
-        ctx = browser.new_context(viewport={"width": width, "height": height}, bypass_csp=True)
-        page = ctx.new_page()
+        ctx, page = new_page(browser, width=width, height=height, bypass_csp=True)
         sign_in(page, base, "root")
         for name, path, ready in pages:
             page.goto(base + path)

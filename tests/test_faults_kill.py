@@ -5,57 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx2
 import pytest
 
 from guard.store import migrate
-from tests.serving import closed_port, stop
+from tests.serving import closed_port, guard_serve, serve_env
 from tests.test_faults import drive, logged, wait_for
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-
-
-def serve_env(database_url: str, spool_dir: Path, **settings: str) -> dict[str, str]:
-    """The environment of a ``guard serve`` process: this one's, with the database, the spool,
-    no OCR, no Redis (a GUARD_REDIS_URL of the test run is dropped) and ``settings`` (GUARD_*)."""
-    env = {**os.environ, "GUARD_DATABASE_URL": database_url, "GUARD_SPOOL_DIR": str(spool_dir)}
-    env["GUARD_OCR"] = "off"
-    env.pop("GUARD_REDIS_URL", None)
-    return env | settings
-
-
-@contextmanager
-def guard_serve(env: dict[str, str], port: int, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "guard"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"guard serve did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            stop(proc, wait_s=30)
 
 
 def test_sigkill_mid_load_then_restart_every_received_decision_lands(tmp_path: Path) -> None:

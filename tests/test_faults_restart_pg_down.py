@@ -6,7 +6,6 @@ copy), and the decision reaches SQL once PostgreSQL is back."""
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from pathlib import Path
@@ -19,15 +18,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from guard.app import create_app
-from guard.keys import create_key
 from guard.policies import parse_policy
 from guard.settings import Settings
 from guard.store import Store, migrate
+from tests.apptools import new_key
 from tests.fakes import FakeScorer
 from tests.own_postgres import own_postgres
-from tests.serving import closed_port, serve
+from tests.serving import closed_port, guard_serve, serve, serve_env
 from tests.test_faults import logged, metric, wait_for
-from tests.test_faults_kill import guard_serve
 
 pytestmark = pytest.mark.integration
 
@@ -60,22 +58,15 @@ def test_a_guard_restarted_while_postgres_is_down_decides_under_the_published_po
     rerank = Starlette(routes=[Route("/v1/rerank", _rerank, methods=["POST"])])
     with own_postgres() as pg, serve(rerank) as scorer:
         migrate(pg.url)
-        store = Store.open(pg.url)
-        try:
-            key = create_key(store, "shop")
-        finally:
-            store.close()
-        env = {
-            **os.environ,
-            "GUARD_DATABASE_URL": pg.url,
-            "GUARD_SPOOL_DIR": str(spool),
-            "GUARD_AUTH": "required",
-            "GUARD_OCR": "off",
-            "GUARD_SQL_TIMEOUT_S": "1",
-            "GUARD_SCORER": "remote",
-            "GUARD_REMOTE_URL": scorer + "/v1",
-        }
-        env.pop("GUARD_REDIS_URL", None)
+        key = new_key(pg.url, "shop")
+        env = serve_env(
+            pg.url,
+            spool,
+            GUARD_AUTH="required",
+            GUARD_SQL_TIMEOUT_S="1",
+            GUARD_SCORER="remote",
+            GUARD_REMOTE_URL=scorer + "/v1",
+        )
         running = Settings(
             database_url=pg.url, spool_dir=str(spool), auth="required", ocr="off", sql_timeout_s=1
         )

@@ -14,9 +14,8 @@ import pytest
 
 from guard.store import migrate
 from tests.promtext import sample
-from tests.serving import closed_port
+from tests.serving import closed_port, guard_serve, serve_env
 from tests.test_faults import drive, logged, proxied, wait_for
-from tests.test_faults_kill import guard_serve, serve_env
 from tests.test_spool_faults import tiny_disk
 
 pytestmark = pytest.mark.integration

@@ -21,21 +21,18 @@ from typing import Any, get_args
 from urllib.parse import urlsplit
 
 import pytest
-from argon2 import PasswordHasher
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from guard.admin import auth
 from guard.app import create_app
 from guard.images import ErrorCode
 from guard.policies import ACTIONS, TEMPLATE_KEYS, Policy, PolicyError, decide, parse_policy
 from guard.settings import Settings
 from guard.store import migrate
-from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
+from tests.apptools import b64, flush, guard_client, make_users, png_bytes, queries_of, runtime_of, signed_in
 from tests.fakes import FakeScorer
 from tests.serving import serve
-from tests.test_admin import make_users, signed_in
 
 API_FUZZ = settings(
     max_examples=60,
@@ -205,8 +202,7 @@ def test_text_fields_are_refused_exactly_when_invalid_and_otherwise_stored_verba
 
 
 @pytest.fixture
-def admin_client(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+def admin_client(sqlite_url: str, cheap_hashes: None) -> Iterator[TestClient]:
     with guard_client(sqlite_url, secret_key="test-secret-key") as c:
         make_users(queries_of(c))
         yield c

@@ -17,9 +17,8 @@ from starlette.testclient import TestClient
 
 from guard.handoff import sign, verify
 from guard.stored import Delivery
-from tests.apptools import guard_client, queries_of, runtime_of
+from tests.apptools import guard_client, make_users, queries_of, runtime_of, signed_in
 from tests.serving import closed_port, serve
-from tests.test_admin import make_users, signed_in
 
 SECRET = "s3cret-for-tests"
 

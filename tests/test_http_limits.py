@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 import resource
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,11 +18,10 @@ import httpx2
 import pytest
 
 from guard.store import migrate
-from tests.serving import closed_port
+from tests.serving import closed_port, guard_serve, serve_env
 from tests.test_faults_clients import read_response
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
 HEADER_TIMEOUT_S = 2.0
 BODY_TIMEOUT_S = 2.0
 GRACE_S = 2.0  # guard.http_server.BODY_GRACE_S
@@ -38,49 +35,19 @@ def serve(tmp: Path, *, nofile: int | None = None, **env_extra: str) -> Iterator
     url = f"sqlite:///{tmp / 'guard.db'}"
     migrate(url)
     port = closed_port()
-    env = {
-        **os.environ,
-        "GUARD_DATABASE_URL": url,
-        "GUARD_SPOOL_DIR": str(tmp / "spool"),
-        "GUARD_OCR": "off",
-        "GUARD_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-        "GUARD_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+    env = serve_env(
+        url,
+        tmp / "spool",
+        GUARD_HEADER_TIMEOUT_S=str(HEADER_TIMEOUT_S),
+        GUARD_BODY_TIMEOUT_S=str(BODY_TIMEOUT_S),
         **env_extra,
-    }
-    env.pop("GUARD_REDIS_URL", None)
+    )
 
     def limit_fds() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
-    log_path = tmp / "guard.log"
-    with log_path.open("ab") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "guard"), "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit_fds,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx2.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"guard serve did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.1)
+    with guard_serve(env, port, tmp / "guard.log", preexec_fn=None if nofile is None else limit_fds) as proc:
         yield port, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +96,15 @@ def get(port: int, path: str = "/healthz", timeout: float = 5.0) -> bytes:
         while chunk := s.recv(65536):
             data += chunk
         return data
+
+
+def decide(base: str) -> httpx2.Response:
+    """A decision asked of the guard at ``base`` (``http://host:port``), over a connection of its own."""
+    return httpx2.post(
+        f"{base}/v1/guard",
+        json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
+        timeout=10,
+    )
 
 
 def test_headers_sent_a_byte_at_a_time_get_408_at_the_header_deadline(guard: int) -> None:
@@ -246,11 +222,7 @@ def test_past_the_cap_slow_heads_then_slow_bodies_make_room_for_a_normal_request
         start = time.monotonic()
         answer = get(guard, timeout=5)
         took = time.monotonic() - start
-        check = httpx2.post(
-            f"http://127.0.0.1:{guard}/v1/guard",
-            json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
-            timeout=10,
-        )
+        check = decide(f"http://127.0.0.1:{guard}")
         closed = 0
         for s in slow:
             s.settimeout(0.01)
@@ -287,11 +259,7 @@ def test_more_half_open_connections_than_file_descriptors_do_not_lock_out_a_requ
         answer = get(port, timeout=5)
         took = time.monotonic() - start
         # A decision too: SQL and the spool still have file descriptors to work with.
-        check = httpx2.post(
-            f"http://127.0.0.1:{port}/v1/guard",
-            json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
-            timeout=10,
-        )
+        check = decide(f"http://127.0.0.1:{port}")
     finally:
         for s in half_open:
             s.close()

@@ -23,7 +23,7 @@ from guard.settings import Settings
 from guard.store import migrate
 from tests.fakes import FakeScorer
 from tests.serving import serve
-from tests.test_fuzz_images import CLEAR_REFS, rss_kb
+from tests.test_fuzz_images import peak_rss as peak_rss  # fixture: (result, peak RSS growth in MB) of fn()
 from tests.test_images import encode, noisy, with_exif_orientation
 
 
@@ -59,23 +59,6 @@ def many_scans_jpeg(size: tuple[int, int] = (4000, 3000), scans: int = 1000) -> 
 
 
 HOSTILE = many_scans_jpeg()
-
-
-@pytest.fixture
-def peak_rss() -> Any:
-    """A function giving (result, peak RSS growth in MB) of running ``fn`` (Linux: VmHWM reset)."""
-    try:
-        CLEAR_REFS.write_text("5")
-    except OSError:
-        pytest.skip("cannot reset the peak RSS here (/proc/self/clear_refs)")
-
-    def measure(fn: Any) -> tuple[Any, float]:
-        CLEAR_REFS.write_text("5")
-        before = rss_kb("VmRSS")
-        result = fn()
-        return result, (rss_kb("VmHWM") - before) / 1024
-
-    return measure
 
 
 def test_scans_are_counted_from_the_markers() -> None:

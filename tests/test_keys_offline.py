@@ -4,7 +4,6 @@ revoked while the previous guard ran stays revoked."""
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -16,9 +15,8 @@ from guard.keys import create_key
 from guard.settings import Settings
 from guard.store import Store, migrate
 from tests.fakes import FakeScorer
-from tests.serving import closed_port, serve
+from tests.serving import closed_port, guard_serve, serve, serve_env
 from tests.test_faults import logged, proxied, wait_for
-from tests.test_faults_kill import guard_serve
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +55,7 @@ def test_a_guard_started_while_postgres_is_down_serves_its_keys(pg_url: str, tmp
 
     proxy.cut()  # PostgreSQL is down from here on
     port = closed_port()
-    env = {
-        **os.environ,
-        "GUARD_DATABASE_URL": url,
-        "GUARD_SPOOL_DIR": str(spool),
-        "GUARD_AUTH": "required",
-        "GUARD_OCR": "off",
-        "GUARD_SQL_TIMEOUT_S": "1",
-    }
-    env.pop("GUARD_REDIS_URL", None)
+    env = serve_env(url, spool, GUARD_AUTH="required", GUARD_SQL_TIMEOUT_S="1")
     try:
         with guard_serve(env, port, tmp_path / "guard.log"):
             base = f"http://127.0.0.1:{port}"

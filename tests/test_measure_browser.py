@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from guard.admin.queries import AdminQueries
+from guard.admin.records import QueueFilter
 from guard.policies import default_policy, parse_policy, policy_document
 from guard.store import Store
-from tests import test_admin_browser
-from tests.test_admin_browser import SCREENSHOTS, api, sign_in, until
-
-server = test_admin_browser.server  # the served guard on PostgreSQL (the browser: conftest's)
+from tests.apptools import agree_with_all
+from tests.browsertools import SCREENSHOTS, api, new_page, sign_in, until
+from tests.browsertools import server as server  # fixture
 
 pytestmark = pytest.mark.integration
 
@@ -42,14 +42,12 @@ def test_a_sampled_send_is_audited_with_the_keyboard_and_counted(
     assert sent["action"] == "send" and sent["escalation_id"] is None and sent["reply"]
     held = api(base, "/v1/guard", {"question": "Seam came open", "reply": "We can fix it [score=0.45]"})
     queries = AdminQueries(store.engine)
-    until(lambda: len(queries.queue_page(kind="audit")) == 1 and len(store.queue()) == 2)
-    [audit] = queries.queue_page(kind="audit")
+    until(lambda: len(queries.queue_page(QueueFilter(kind="audit"))) == 1 and len(store.queue()) == 2)
+    [audit] = queries.queue_page(QueueFilter(kind="audit"))
     assert audit.decision.id == sent["decision_id"] and held["escalation_id"] != audit.item.id
 
-    sup = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = sup.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    sup, page = new_page(browser, errors=errors)
     sign_in(page, base, "sam")
     link = page.locator(f"a[href='/admin/cases/{audit.item.id}']")
     expect(link).to_have_count(1)  # the audit item is in the queue
@@ -73,9 +71,7 @@ def test_a_sampled_send_is_audited_with_the_keyboard_and_counted(
     assert decision["audit"]["marked_by"] == "sam"
     sup.close()
 
-    owner = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = owner.new_page()
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    owner, page = new_page(browser, height=1000, errors=errors)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/outcomes")
     row = page.locator("table.outcomes tr[data-channel='shop-b'][data-action='send']")
@@ -112,19 +108,12 @@ def test_supervisors_approvals_move_a_band_through_a_published_map(
         )
     queries = AdminQueries(store.engine)
     until(lambda: len(queries.queue_page(limit=100)) == 32)
-    for case in queries.queue_page(limit=100):
-        if case.item.kind == "audit":
-            assert queries.mark_audit(case.item.id, "right", None, "sam")
-        else:
-            state = "approved" if case.item.kind == "review" else "taken_over"
-            assert queries.resolve_case(case.item.id, state, "sam", final_reply="x", note=None)
+    agree_with_all(queries, queries.queue_page(limit=100), "sam")
     before = api(base, "/v1/guard", {"channel": "shop", "question": "again", "reply": "ok [score=0.45]"})
     assert before["action"] == "review"
 
-    owner = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = owner.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    owner, page = new_page(browser, height=1000, errors=errors)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/outcomes?channel=shop")
     page.click("a[href='/admin/calibration/shop']")

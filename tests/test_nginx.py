@@ -14,7 +14,7 @@ import httpx2
 import pytest
 
 from tests.serving import closed_port
-from tests.test_http_limits import connect, serve, trickle
+from tests.test_http_limits import connect, decide, serve, trickle
 
 pytestmark = pytest.mark.integration
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nginx" / "guard.conf"
@@ -72,11 +72,7 @@ def proxied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 def test_the_api_and_the_admin_pages_through_nginx(proxied: int) -> None:
     base = f"http://127.0.0.1:{proxied}"
     assert httpx2.get(f"{base}/healthz", timeout=5).status_code == 200
-    answer = httpx2.post(
-        f"{base}/v1/guard",
-        json={"question": "the pocket seam came open", "reply": "We will replace the trousers."},
-        timeout=10,
-    )
+    answer = decide(base)
     assert answer.status_code == 200, answer.text
     assert answer.json()["action"]
     assert httpx2.get(f"{base}/admin/login", timeout=5).status_code == 200

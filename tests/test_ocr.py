@@ -190,7 +190,7 @@ def test_a_registered_photo_is_read_on_arrival_and_its_text_used(
 
 
 def test_supervisors_see_the_text_read_from_the_photo(client: TestClient) -> None:
-    from tests.test_admin import make_users, signed_in
+    from tests.apptools import make_users, signed_in
 
     held = client.post(
         "/v1/guard",

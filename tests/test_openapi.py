@@ -8,10 +8,8 @@ import asyncio
 import base64
 import io
 import json
-import os
 import re
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,16 +26,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from guard.keys import create_key
 from guard.openapi import document, error_codes
-from guard.store import Store, migrate
-from tests.apptools import flush, guard_client, png_bytes, runtime_of
-from tests.serving import closed_port, serve
-from tests.test_faults_kill import guard_serve
+from guard.store import migrate
+from tests.apptools import flush, guard_client, new_key, png_bytes, runtime_of
+from tests.serving import BIN, closed_port, guard_serve, serve, serve_env
 from tests.test_images import png_header_only
 
 GUARD = Path(__file__).resolve().parents[1] / "guard"
-BIN = Path(sys.executable).parent
 DOC = document()
 PNG = png_bytes()
 TEXT = "We have logged the open seam on your pocket; a specialist will contact you."
@@ -163,11 +158,7 @@ def guard(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guard]:
     tmp = tmp_path_factory.mktemp("openapi")
     url = f"sqlite:///{tmp / 'guard.db'}"
     migrate(url)
-    store = Store.open(url)
-    try:
-        key = create_key(store, "default")
-    finally:
-        store.close()
+    key = new_key(url)
     with (
         serve(UPSTREAM) as upstream,
         guard_client(
@@ -467,22 +458,12 @@ def test_schemathesis_against_a_live_guard_finds_no_5xx_and_no_schema_violation(
     """A bounded run (at most 25 cases per operation and phase, a fixed seed) over every operation."""
     url = f"sqlite:///{tmp_path / 'guard.db'}"
     migrate(url)
-    store = Store.open(url)
-    try:
-        key = create_key(store, "default")
-    finally:
-        store.close()
+    key = new_key(url)
     port = closed_port()
     with serve(UPSTREAM) as upstream:
-        env = {
-            **os.environ,
-            "GUARD_DATABASE_URL": url,
-            "GUARD_SPOOL_DIR": str(tmp_path / "spool"),
-            "GUARD_OCR": "off",
-            "GUARD_UPSTREAM_URL": upstream + "/v1",
-            "GUARD_UPSTREAM_TIMEOUT_S": "5",
-        }
-        env.pop("GUARD_REDIS_URL", None)
+        env = serve_env(
+            url, tmp_path / "spool", GUARD_UPSTREAM_URL=upstream + "/v1", GUARD_UPSTREAM_TIMEOUT_S="5"
+        )
         with guard_serve(env, port, tmp_path / "guard.log"):
             run = subprocess.run(
                 [

@@ -22,10 +22,11 @@ from guard.errors import ImageError
 from guard.images import decode_image
 from guard.scoring.base import ScoreInput, ScoreResult
 from guard.store import Store
-from tests.apptools import b64, flush, guard_client, png_bytes, queries_of, runtime_of
+from tests.apptools import b64, flush, guard_client, make_users, png_bytes, queries_of, runtime_of
 from tests.fakes import FakeScorer
-from tests.test_admin import band_form, held_case, make_users, publish, signed_in
-from tests.test_admin import cheap_hashes as cheap_hashes  # autouse: test-sized argon2
+from tests.test_admin import band_form, held_case, publish, signed_in
+
+pytestmark = pytest.mark.usefixtures("cheap_hashes")  # test-sized argon2 (conftest.py)
 
 URL = "/admin/playground"
 STRICT = "Be strict."

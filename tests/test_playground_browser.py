@@ -1,5 +1,5 @@
 """The playground in a real browser (Debian's chromium via Playwright, the guard under uvicorn, real
-PostgreSQL; the server fixture is test_admin_browser's, the browser the one all browser modules
+PostgreSQL; the server fixture is tests/browsertools.py's, the browser the one all browser modules
 share): score one reply, re-rank three, check the order and the colours, and save
 docs/screenshots/playground.png."""
 
@@ -12,8 +12,8 @@ import pytest
 from guard.scoring.base import DEFAULT_INSTRUCTION
 from guard.store import Store
 from tests.apptools import png_bytes
-from tests.test_admin_browser import SCREENSHOTS, api, sign_in
-from tests.test_admin_browser import server as server  # fixture
+from tests.browsertools import SCREENSHOTS, api, new_page, sign_in
+from tests.browsertools import server as server  # fixture
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +44,8 @@ def test_score_and_rerank_in_a_real_browser(browser: Any, server: tuple[str, Sto
     base, store = server
     photo = tmp_path / "seam.png"
     photo.write_bytes(png_bytes((160, 120), "orange"))
-    ctx = browser.new_context(viewport={"width": 1280, "height": 1000})
-    page = ctx.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    ctx, page = new_page(browser, height=1000, errors=errors)
     sign_in(page, base, "olga")
     page.click("nav a[href='/admin/playground']")
     expect(page.locator("h1")).to_have_text("Playground")

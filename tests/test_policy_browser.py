@@ -1,5 +1,5 @@
 """The policy editor in a real browser (Debian's chromium via Playwright, the guard under uvicorn, real
-PostgreSQL; the server fixture is test_admin_browser's, the browser the one all browser modules
+PostgreSQL; the server fixture is tests/browsertools.py's, the browser the one all browser modules
 share): the band controls, the preview beside the bands, and publishing and rolling back through a
 confirmation with a change note, seen in the versions list and the audit log. Saves
 docs/screenshots/policy-bands.png, policy-confirm.png and audit.png."""
@@ -13,8 +13,8 @@ import pytest
 from guard.admin import auth
 from guard.admin.queries import AdminQueries
 from guard.store import Store
-from tests.test_admin_browser import PASSWORD, SCREENSHOTS, api, sign_in, until
-from tests.test_admin_browser import server as server  # fixture
+from tests.browsertools import PASSWORD, SCREENSHOTS, api, new_page, sign_in, until
+from tests.browsertools import server as server  # fixture
 
 pytestmark = pytest.mark.integration
 
@@ -33,10 +33,8 @@ def test_band_controls_and_the_preview_beside_them(browser: Any, server: tuple[s
     for score in ("0.45", "0.45", "0.55", "0.9"):
         api(base, "/v1/guard", {"question": "Seam came open", "reply": f"We can fix it [score={score}]"})
     until(lambda: store.count_decisions() == 4)
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = ctx.new_page()
     errors: list[str] = []
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    ctx, page = new_page(browser, errors=errors)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/policies/default")
 
@@ -88,8 +86,7 @@ def test_band_controls_and_the_preview_beside_them(browser: Any, server: tuple[s
 
     # Without JavaScript the buttons are plain form buttons, and Enter in a field previews (the
     # form's default button), never a band button.
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, java_script_enabled=False)
-    page = ctx.new_page()
+    ctx, page = new_page(browser, java_script_enabled=False)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/policies/default")
     page.get_by_role("button", name="Remove band 5").click()
@@ -114,8 +111,7 @@ def test_publish_and_roll_back_through_a_confirmation_with_a_change_note(
     for i in range(3):
         api(base, "/v1/guard", {"question": f"Seam came open ({i})", "reply": "We can fix it [score=0.45]"})
     until(lambda: store.count_decisions() == 3)
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = ctx.new_page()
+    ctx, page = new_page(browser)
     sign_in(page, base, "olga")
     page.goto(f"{base}/admin/policies/default")
     page.select_option("#band_action_1", "escalate")
@@ -160,8 +156,7 @@ def test_publish_and_roll_back_through_a_confirmation_with_a_change_note(
     ctx.close()
 
     # An admin reads it in the audit log: notes, readable changes, filtered to the rollback.
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = ctx.new_page()
+    ctx, page = new_page(browser)
     sign_in(page, base, "ada")
     page.goto(f"{base}/admin/audit")
     page.select_option("#f-actor", "olga")

@@ -13,7 +13,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from guard.keys import create_key
 from guard.policies import Band, Policy
 from guard.spool import spool_key
 from guard.store import Store, migrate
+from tests import serving
 from tests.conftest import pg_database
 from tests.promtext import families, sample
 from tests.serving import closed_port
@@ -82,14 +82,10 @@ def body(i: int, *, distinct: bool) -> dict[str, Any]:
 
 def free_port() -> int:
     """A free loopback port in this test's range (17400-17499), else any free one."""
-    for port in range(17400, 17500):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    return closed_port()
+    try:
+        return serving.free_port(17400, 17499)
+    except RuntimeError:
+        return closed_port()
 
 
 # The command ----------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ from typing import Any, ParamSpec, TypeVar
 
 import jinja2
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from guard import resources
 from guard.admin import auth, charts
 from guard.admin.auth import CurrentUser
+from guard.admin.forms import valid_channel
 from guard.admin.queries import AdminQueries
 from guard.followups import Messages
 from guard.issues.text import detect_locale
@@ -73,6 +74,14 @@ class Ctx:
 
 
 Handler = Callable[[Ctx], Awaitable[Response]]
+
+
+class PageError(Exception):
+    """What a handler raises to answer with the error page instead (``Admin.guarded`` renders it)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -189,6 +198,24 @@ class Pages:
         if self._signer is None:
             self._signer = auth.Signer(auth.load_secret_key(self.rt.settings.secret_key))
         return self._signer
+
+    def channel_of(self, ctx: Ctx) -> str:
+        """The ``{channel}`` of the path; a 404 page (``PageError``) when it is not a channel's name."""
+        channel = str(ctx.request.path_params["channel"])
+        if not valid_channel(channel):
+            raise PageError(404, "No such channel.")
+        return channel
+
+    def channel_search(self, ctx: Ctx, section: str) -> Response | None:
+        """The answer to a channel named in the query (``?channel=``, the index pages' search): to
+        ``/admin/{section}/{channel}``, or a 422 page for a name no channel can have; None when the
+        query names none."""
+        wanted = ctx.request.query_params.get("channel")
+        if wanted is None:
+            return None
+        if valid_channel(wanted):
+            return RedirectResponse(f"{PREFIX}/{section}/{wanted}", status_code=303)
+        return self.error(ctx.request, ctx.user, 422, "A channel name is 1-100 letters, digits or _ . -")
 
     async def _policy_of(self, channel: str, version: int) -> Policy:
         found = await self.db(self.queries.policy_at, channel, version) if version else None

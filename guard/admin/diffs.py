@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from guard.admin.charts import ACTION_LABELS
 from guard.policies import DEFAULT_UNCERTAIN_ACTION
@@ -98,13 +98,32 @@ def _segments(raw: Any) -> list[Segment] | None:
     return sorted(out)
 
 
-def _action_at(segments: list[Segment], lo: float, hi: float) -> str | None:
-    """The action of the band that covers the stretch [lo, hi) (one band does: it lies between edges)."""
+V = TypeVar("V")
+
+
+def _value_at(bands: list[tuple[float, float, V]], lo: float, hi: float) -> V | None:
+    """The value (action, audit sample) of the band that covers the stretch [lo, hi) (one band
+    does: it lies between edges); None when none does."""
     mid = (lo + hi) / 2
-    for a, b, action in segments:
-        if a <= mid < b:
-            return action
-    return None
+    return next((x for a, b, x in bands if a <= mid < b), None)
+
+
+def _stretches(
+    old: list[tuple[float, float, V]], new: list[tuple[float, float, V]]
+) -> list[tuple[float, float, V | None, V | None]]:
+    """(lo, hi, old value, new value) of each stretch of scores, cut at every edge of both
+    versions, whose value differs; a stretch that continues the same change is joined to it."""
+    edges = sorted({e for a, b, _ in old + new for e in (a, b) if math.isfinite(e)})
+    stretches: list[tuple[float, float, V | None, V | None]] = []
+    for lo, hi in itertools.pairwise(edges):
+        was, now = _value_at(old, lo, hi), _value_at(new, lo, hi)
+        if was == now:
+            continue
+        if stretches and stretches[-1][1] == lo and stretches[-1][2:] == (was, now):
+            stretches[-1] = (stretches[-1][0], hi, was, now)  # extend: the same move continues
+        else:
+            stretches.append((lo, hi, was, now))
+    return stretches
 
 
 def band_label(lo: float, hi: float) -> str:
@@ -123,23 +142,13 @@ def _band_changes(before: Any, after: Any) -> list[Change]:
         return [Change("bands", _bands_text(old) if old else None, None)]
     if old is None:  # the first version: every band is new
         return [Change(f"scores {band_label(a, b)}", None, ACTION_LABELS.get(x, x)) for a, b, x in new]
-    edges = sorted({e for a, b, _ in old + new for e in (a, b) if math.isfinite(e)})
-    stretches: list[tuple[float, float, str | None, str | None]] = []
-    for lo, hi in itertools.pairwise(edges):
-        was, now = _action_at(old, lo, hi), _action_at(new, lo, hi)
-        if was == now:
-            continue
-        if stretches and stretches[-1][1] == lo and stretches[-1][2:] == (was, now):
-            stretches[-1] = (stretches[-1][0], hi, was, now)  # extend: the same move continues
-        else:
-            stretches.append((lo, hi, was, now))
     out = [
         Change(
             f"scores {band_label(lo, hi)}",
             ACTION_LABELS.get(was, was) if was else "no band",
             ACTION_LABELS.get(now, now) if now else "no band",
         )
-        for lo, hi, was, now in stretches
+        for lo, hi, was, now in _stretches(old, new)
     ]
     if not out:  # the same action for every score: bands were split or merged
         out.append(Change("bands (same action for every score)", _bands_text(old), _bands_text(new)))
@@ -176,24 +185,9 @@ def _audit_changes(before: Any, after: Any) -> list[Change]:
             for a, b, x in new
             if x is not None
         ]
-
-    def at(bands: list[tuple[float, float, float | None]], lo: float, hi: float) -> float | None:
-        mid = (lo + hi) / 2
-        return next((x for a, b, x in bands if a <= mid < b or (b >= 1.0 and mid == b)), None)
-
-    edges = sorted({e for a, b, _ in old + new for e in (a, b) if math.isfinite(e)})
-    stretches: list[tuple[float, float, float | None, float | None]] = []
-    for lo, hi in itertools.pairwise(edges):
-        was, now = at(old, lo, hi), at(new, lo, hi)
-        if was == now:
-            continue
-        if stretches and stretches[-1][1] == lo and stretches[-1][2:] == (was, now):
-            stretches[-1] = (stretches[-1][0], hi, was, now)
-        else:
-            stretches.append((lo, hi, was, now))
     return [
         Change(f"audit sample, scores {band_label(lo, hi)}", _audit_text(was), _audit_text(now))
-        for lo, hi, was, now in stretches
+        for lo, hi, was, now in _stretches(old, new)
     ]
 
 

@@ -34,6 +34,7 @@ from guard.admin import charts
 from guard.admin.base import Ctx, Pages
 from guard.admin.forms import SAMPLE_CASE_REF, PolicyForm, field_name, valid_channel
 from guard.admin.headers import CSP
+from guard.admin.records import QueueFilter
 from guard.errors import ImageError
 from guard.followups import MessageContext, Messages, case_ref, template_problems
 from guard.images import DecodedImage, decode_base64, decode_image
@@ -550,7 +551,7 @@ class Playground:
         channels = await admin.db(queries.policy_channels)
         cases: list[dict[str, Any]] = []
         if ctx.user.may("queue"):
-            items = await admin.db(queries.queue_page, states=["pending"], newest_first=True, limit=100)
+            items = await admin.db(queries.queue_page, QueueFilter(newest_first=True), limit=100)
             cases = [
                 {
                     "id": it.item.id,

@@ -108,35 +108,24 @@ class AdminQueries(Database):
 
     # Queue
 
-    def queue_page(
-        self,
-        *,
-        states: Sequence[str] = ("pending",),
-        channel: str | None = None,
-        kind: str | None = None,
-        newest_first: bool = False,
-        limit: int = 200,
-        offset: int = 0,
-    ) -> list[Case]:
-        """Queue items with the decision fields the queue shows, filtered and ordered."""
-        f = QueueFilter(tuple(states), channel, kind, newest_first)
+    def queue_page(self, f: QueueFilter | None = None, *, limit: int = 200, offset: int = 0) -> list[Case]:
+        """Queue items with the decision fields the queue shows, filtered and ordered (no filter:
+        the pending cases, oldest first)."""
+        f = f or QueueFilter()
         with self.session() as s:
-            q = _filtered(select(QueueItem, Decision).join(Decision, Decision.id == QueueItem.decision_id), f)
-            rows = s.execute(q.order_by(*_order(f)).limit(limit).offset(offset)).all()
+            rows = s.execute(_filtered(_cases(), f).order_by(*_order(f)).limit(limit).offset(offset)).all()
             return [_case(item, dec) for item, dec in rows]
 
     def queue_count(self, f: QueueFilter) -> int:
         """How many cases the filters match."""
         with self.session() as s:
-            return int(s.scalar(_filtered(select(func.count()).select_from(QueueItem), f)) or 0)
+            return int(s.scalar(_counted(f)) or 0)
 
-    def queue_state_counts(self, channel: str | None = None, kind: str | None = None) -> dict[str, int]:
-        """Cases per state under the channel and action filters (for the state filter's options)."""
+    def queue_state_counts(self, f: QueueFilter) -> dict[str, int]:
+        """Cases per state under ``f``'s channel and action filters, whatever its states (for the
+        state filter's options)."""
         with self.session() as s:
-            q = _filtered(
-                select(QueueItem.state, func.count()).select_from(QueueItem),
-                QueueFilter((), channel, kind),
-            )
+            q = _filtered(select(QueueItem.state, func.count()).select_from(QueueItem), replace(f, states=()))
             return {state: int(n) for state, n in s.execute(q.group_by(QueueItem.state))}
 
     def queue_neighbours(self, queue_item_id: str, f: QueueFilter) -> Neighbours | None:
@@ -164,14 +153,10 @@ class AdminQueries(Database):
                 .limit(1)
             )
             following = s.scalar(_filtered(select(QueueItem.id), f).where(after).order_by(*order).limit(1))
-            total = int(s.scalar(_filtered(select(func.count()).select_from(QueueItem), f)) or 0)
+            total = int(s.scalar(_counted(f)) or 0)
             position: int | None = None
-            if (
-                item.state in f.states
-                and (not f.channel or item.channel == f.channel)
-                and (not f.kind or item.kind == f.kind)
-            ):
-                ahead = s.scalar(_filtered(select(func.count()).select_from(QueueItem), f).where(before))
+            if _admits(f, item):
+                ahead = s.scalar(_counted(f).where(before))
                 position = int(ahead or 0) + 1
             return Neighbours(previous, following, position, total)
 
@@ -259,11 +244,7 @@ class AdminQueries(Database):
 
     def case(self, queue_item_id: str) -> Case | None:
         with self.session() as s:
-            found = s.execute(
-                select(QueueItem, Decision)
-                .join(Decision, Decision.id == QueueItem.decision_id)
-                .where(QueueItem.id == queue_item_id)
-            ).first()
+            found = s.execute(_cases().where(QueueItem.id == queue_item_id)).first()
             return None if found is None else _case(found[0], found[1])
 
     def resolve_case(
@@ -273,28 +254,12 @@ class AdminQueries(Database):
         case exactly one succeeds (UPDATE ... WHERE state = 'pending'); None for the other."""
         now = utcnow()
         with self.session() as s:
-            result = s.execute(
-                update(QueueItem)
-                .where(
-                    QueueItem.id == queue_item_id,
-                    QueueItem.state == "pending",
-                    QueueItem.kind != "audit",  # sent already: it is marked, not resolved
-                )
-                .values(
-                    state=state,
-                    claimed_by=actor,
-                    resolved_by=actor,
-                    resolved_at=now,
-                    updated_at=now,
-                    final_reply=final_reply,
-                    note=note,
-                )
-                .execution_options(synchronize_session=False)
+            # an audit item was sent already: it is marked (mark_audit), not resolved
+            item = _close_pending(
+                s, queue_item_id, actor, now, audit=False, state=state, final_reply=final_reply, note=note
             )
-            if getattr(result, "rowcount", 0) != 1:
+            if item is None:
                 return None
-            item = s.get(QueueItem, queue_item_id)
-            assert item is not None
             after = {"state": state, "final_reply": final_reply, "note": note}
             _audit(
                 s,
@@ -314,29 +279,19 @@ class AdminQueries(Database):
         of two supervisors exactly one marks it; None for the other (or for a held case)."""
         now = utcnow()
         with self.session() as s:
-            result = s.execute(
-                update(QueueItem)
-                .where(
-                    QueueItem.id == queue_item_id,
-                    QueueItem.state == "pending",
-                    QueueItem.kind == "audit",
-                )
-                .values(
-                    state="audited",
-                    claimed_by=actor,
-                    resolved_by=actor,
-                    resolved_at=now,
-                    updated_at=now,
-                    audit_verdict=verdict,
-                    audit_grade=grade,
-                    note=note,
-                )
-                .execution_options(synchronize_session=False)
+            item = _close_pending(
+                s,
+                queue_item_id,
+                actor,
+                now,
+                audit=True,
+                state="audited",
+                audit_verdict=verdict,
+                audit_grade=grade,
+                note=note,
             )
-            if getattr(result, "rowcount", 0) != 1:
+            if item is None:
                 return None
-            item = s.get(QueueItem, queue_item_id)
-            assert item is not None
             after = {"state": "audited", "verdict": verdict, "grade": grade, "note": note}
             _audit(s, actor, "case.audit", f"case {queue_item_id}", {"state": "pending"}, after)
             return ResolvedCase(queue_item_id, item.decision_id, "audited", now)
@@ -826,6 +781,45 @@ def _filtered(q: _Select, f: QueueFilter) -> _Select:
     if f.kind:
         q = q.where(QueueItem.kind == f.kind)
     return q
+
+
+def _admits(f: QueueFilter, item: QueueItem) -> bool:
+    """Whether ``f`` lets ``item`` through: ``_filtered``'s rule, for a row already read."""
+    return (
+        (not f.states or item.state in f.states)
+        and (not f.channel or item.channel == f.channel)
+        and (not f.kind or item.kind == f.kind)
+    )
+
+
+def _counted(f: QueueFilter) -> Select[int]:
+    """How many queue items ``f`` lets through."""
+    return _filtered(select(func.count()).select_from(QueueItem), f)
+
+
+def _cases() -> Select[QueueItem, Decision]:
+    """Queue items with their decisions (what ``_case`` reads)."""
+    return select(QueueItem, Decision).join(Decision, Decision.id == QueueItem.decision_id)
+
+
+def _close_pending(
+    s: Session, queue_item_id: str, actor: str, now: datetime, *, audit: bool, **values: Any
+) -> QueueItem | None:
+    """Move a pending queue item out of pending with ``values``, atomically: of two supervisors
+    acting on one item exactly one succeeds (UPDATE ... WHERE state = 'pending'); None for the
+    other, and for an item not of the kind asked for (``audit``: an audit item, else a held case)."""
+    kind = QueueItem.kind == "audit" if audit else QueueItem.kind != "audit"
+    result = s.execute(
+        update(QueueItem)
+        .where(QueueItem.id == queue_item_id, QueueItem.state == "pending", kind)
+        .values(claimed_by=actor, resolved_by=actor, resolved_at=now, updated_at=now, **values)
+        .execution_options(synchronize_session=False)
+    )
+    if getattr(result, "rowcount", 0) != 1:
+        return None
+    item = s.get(QueueItem, queue_item_id)
+    assert item is not None
+    return item
 
 
 def _order(f: QueueFilter) -> tuple[Any, ...]:

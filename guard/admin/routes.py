@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from guard.admin import auth
 from guard.admin.auth import CurrentUser
-from guard.admin.base import PREFIX, STATIC_DIR, Ctx, Handler
+from guard.admin.base import PREFIX, STATIC_DIR, Ctx, Handler, PageError
 from guard.admin.headers import SecurityHeaders
 from guard.admin.playground import Playground
 from guard.admin.views.calibration import CalibrationViews
@@ -86,6 +86,8 @@ class Admin(SessionViews, CaseViews, PolicyViews, CalibrationViews, UserViews):
                     )
             try:
                 return await handler(Ctx(request, user, form))
+            except PageError as exc:
+                return self.error(request, user, exc.status, exc.message)
             finally:
                 if isinstance(form, FormData):
                     await form.close()  # uploaded files; the handler has read what it needs

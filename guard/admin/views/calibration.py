@@ -10,7 +10,6 @@ from starlette.responses import RedirectResponse, Response
 from guard.admin import charts, traffic
 from guard.admin.base import PREFIX, Ctx, Pages
 from guard.admin.calibrate import fit_from_labels, preview_map
-from guard.admin.forms import valid_channel
 from guard.admin.records import ScoreMapRecord
 from guard.calibration import FitReport, draft_map, parse_channel_map
 from guard.tables import utcnow
@@ -20,11 +19,8 @@ class CalibrationViews(Pages):
     """/admin/calibration and /admin/calibration/{channel}."""
 
     async def calibration_index(self, ctx: Ctx) -> Response:
-        wanted = ctx.request.query_params.get("channel")
-        if wanted is not None:
-            if valid_channel(wanted):
-                return RedirectResponse(f"{PREFIX}/calibration/{wanted}", status_code=303)
-            return self.error(ctx.request, ctx.user, 422, "A channel name is 1-100 letters, digits or _ . -")
+        if (search := self.channel_search(ctx, "calibration")) is not None:
+            return search
         rows = await self.db(self.queries.outcome_rows, None)
         counts: dict[str, int] = {}
         for r in rows:
@@ -34,9 +30,7 @@ class CalibrationViews(Pages):
         return self.render(ctx.request, "calibration_index.html", ctx.user, channels=channels, counts=counts)
 
     async def calibration(self, ctx: Ctx, status: int = 200, message: str | None = None) -> Response:
-        channel = ctx.request.path_params["channel"]
-        if not valid_channel(channel):
-            return self.error(ctx.request, ctx.user, 404, "No such channel.")
+        channel = self.channel_of(ctx)
         history = await self.db(self.queries.score_map_history, channel)
         drafts = [h for h in history if h.state == "draft"]
         published = [h for h in history if h.state == "published"]
@@ -77,9 +71,7 @@ class CalibrationViews(Pages):
         )
 
     async def calibration_fit(self, ctx: Ctx) -> Response:
-        channel = ctx.request.path_params["channel"]
-        if not valid_channel(channel):
-            return self.error(ctx.request, ctx.user, 404, "No such channel.")
+        channel = self.channel_of(ctx)
         fit, _draft_id = await self.db(
             fit_from_labels, self.rt.store, self.queries, channel, ctx.user.username
         )
@@ -88,9 +80,7 @@ class CalibrationViews(Pages):
         return RedirectResponse(f"{PREFIX}/calibration/{channel}?notice=map_drafted", status_code=303)
 
     async def calibration_publish(self, ctx: Ctx) -> Response:
-        channel = ctx.request.path_params["channel"]
-        if not valid_channel(channel):
-            return self.error(ctx.request, ctx.user, 404, "No such channel.")
+        channel = self.channel_of(ctx)
         op = str(ctx.form.get("op") or "")
         note = str(ctx.form.get("note") or "").strip()[:2000] or None
         try:

@@ -115,17 +115,9 @@ class CaseViews(AuditViews):
         total = await self.db(self.queries.queue_count, f)
         pages = max(math.ceil(total / PAGE_SIZE), 1)
         page = min(page, pages)
-        items = await self.db(
-            self.queries.queue_page,
-            states=f.states,
-            channel=f.channel,
-            kind=f.kind,
-            newest_first=f.newest_first,
-            limit=PAGE_SIZE,
-            offset=(page - 1) * PAGE_SIZE,
-        )
+        items = await self.db(self.queries.queue_page, f, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
         channels = await self.db(self.queries.queue_channels)
-        counts = await self.db(self.queries.queue_state_counts, f.channel, f.kind)
+        counts = await self.db(self.queries.queue_state_counts, f)
         viewers = await self.db(
             self.queries.viewers, [it.item.id for it in items], PRESENCE_TTL_S, except_user=ctx.user.username
         )
@@ -173,11 +165,7 @@ class CaseViews(AuditViews):
         follow_up = self.messages().follow_up(ctx_msg, policy.templates)
         deliveries = await self.db(self.rt.store.deliveries, decision.id)
         neighbours = await self.db(self.queries.queue_neighbours, queue_item_id, f)
-        others: list[Viewer] = []
-        if case.item.state == "pending":
-            others = await self.db(
-                self.queries.touch_viewer, queue_item_id, ctx.user.username, PRESENCE_TTL_S
-            )
+        others = await self._seen(ctx, case)
         waited = case.waiting_s(utcnow())
         skipped = None
         if decision.reason in PHOTO_TEXT_SKIPPED and "image_text" not in decision.inputs_used:
@@ -206,6 +194,13 @@ class CaseViews(AuditViews):
             query=query,
             filters=shown,
         )
+
+    async def _seen(self, ctx: Ctx, case: Case) -> list[Viewer]:
+        """Record that this supervisor has ``case`` open, while it waits; the others who have it
+        open (none once it is resolved)."""
+        if case.item.state != "pending":
+            return []
+        return await self.db(self.queries.touch_viewer, case.item.id, ctx.user.username, PRESENCE_TTL_S)
 
     async def case(self, ctx: Ctx) -> Response:
         return await self._case_view(ctx, ctx.request.path_params["queue_item_id"])
@@ -238,11 +233,7 @@ class CaseViews(AuditViews):
         case = await self.db(self.queries.case, queue_item_id)
         if case is None:
             return JSONResponse({"error": {"code": "not_found", "message": "There is no such case."}}, 404)
-        others: list[Viewer] = []
-        if case.item.state == "pending":
-            others = await self.db(
-                self.queries.touch_viewer, queue_item_id, ctx.user.username, PRESENCE_TTL_S
-            )
+        others = await self._seen(ctx, case)
         return JSONResponse(
             {
                 "others": [v.username for v in others],

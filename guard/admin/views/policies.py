@@ -68,15 +68,18 @@ def note_problem(note: str) -> str | None:
     return None
 
 
+def _change_note(ctx: Ctx) -> tuple[str, str | None]:
+    """The change note a confirmation form carries, and what is wrong with it (None: nothing)."""
+    note = str(ctx.form.get("change_note") or "").strip()
+    return note, note_problem(note)
+
+
 class PolicyViews(Pages):
     """Policies and their outcomes."""
 
     async def policies(self, ctx: Ctx) -> Response:
-        wanted = ctx.request.query_params.get("channel")
-        if wanted is not None:
-            if valid_channel(wanted):
-                return RedirectResponse(f"{PREFIX}/policies/{wanted}", status_code=303)
-            return self.error(ctx.request, ctx.user, 422, "A channel name is 1-100 letters, digits or _ . -")
+        if (search := self.channel_search(ctx, "policies")) is not None:
+            return search
         channels = await self.db(self.queries.policy_channels)
         rows = []
         for channel in channels:
@@ -85,9 +88,7 @@ class PolicyViews(Pages):
         return self.render(ctx.request, "policies.html", ctx.user, rows=rows)
 
     async def policy(self, ctx: Ctx) -> Response:
-        channel = ctx.request.path_params["channel"]
-        if not valid_channel(channel):
-            return self.error(ctx.request, ctx.user, 404, "No such channel.")
+        channel = self.channel_of(ctx)
         current, own = await self.in_force(channel)
         form = PolicyForm.from_policy(channel, current)
         if ctx.request.method != "POST":
@@ -105,24 +106,42 @@ class PolicyViews(Pages):
                 return self._redirect_policy(channel, "unchanged")
             confirm = {"kind": "publish", "note": "", "error": None}
             if op == "confirm_publish":
-                note = str(ctx.form.get("change_note") or "").strip()
-                problem = note_problem(note)
+                note, problem = _change_note(ctx)
                 if ctx.form.get("confirm_digest") != policy_digest(form.policy):
                     problem = "The draft changed after you asked to publish it: check the summary again."
                 if problem is None:
-                    preview = await self._preview(channel, form, current, self._window(ctx))
-                    await self.db(
-                        self.queries.publish_policy_audited,
-                        form.policy,
-                        ctx.user.username,
-                        note=note,
-                        summary=move_summary(preview["moves"], preview["window"]),
-                    )
-                    self._invalidate()
-                    return self._redirect_policy(channel, "published")
+                    return await self._publish(ctx, form, current, form.policy, note, "published")
                 confirm.update(note=note, error=problem)
         status = 422 if form.problems or (confirm and confirm["error"]) else 200
         return await self._policy_page(ctx, channel, form, current, own, status, confirm=confirm)
+
+    async def _publish(
+        self,
+        ctx: Ctx,
+        form: PolicyForm,
+        current: Policy,
+        policy: Policy,
+        note: str,
+        notice: str,
+        *,
+        action: str = "policy.publish",
+        rollback_of: int | None = None,
+    ) -> Response:
+        """Publish ``policy`` (what ``form`` shows) over ``current`` with its change note and the
+        preview's summary of what it moves, audited as ``action``; back to the policy page, which
+        says ``notice``."""
+        preview = await self._preview(policy.channel, form, current, self._window(ctx))
+        await self.db(
+            self.queries.publish_policy_audited,
+            policy,
+            ctx.user.username,
+            action,
+            note=note,
+            summary=move_summary(preview["moves"], preview["window"]),
+            rollback_of=rollback_of,
+        )
+        self._invalidate()
+        return self._redirect_policy(policy.channel, notice)
 
     def _window(self, ctx: Ctx) -> str:
         return str(ctx.form.get("window") or ctx.request.query_params.get("window") or "24h")
@@ -221,9 +240,7 @@ class PolicyViews(Pages):
         }
 
     async def preview_fragment(self, ctx: Ctx) -> Response:
-        channel = ctx.request.path_params["channel"]
-        if not valid_channel(channel):
-            return self.error(ctx.request, ctx.user, 404, "No such channel.")
+        channel = self.channel_of(ctx)
         current, _own = await self.in_force(channel)
         form = PolicyForm.from_form(channel, ctx.form, self.messages())
         preview = await self._preview(channel, form, current, str(ctx.form.get("window") or "24h"))
@@ -259,21 +276,18 @@ class PolicyViews(Pages):
         form = PolicyForm.from_policy(channel, old)
         note, problem = "", None
         if ctx.form.get("op") == "confirm_rollback":
-            note = str(ctx.form.get("change_note") or "").strip()
-            problem = note_problem(note)
+            note, problem = _change_note(ctx)
             if problem is None:
-                preview = await self._preview(channel, form, current, self._window(ctx))
-                await self.db(
-                    self.queries.publish_policy_audited,
+                return await self._publish(
+                    ctx,
+                    form,
+                    current,
                     old,
-                    ctx.user.username,
-                    "policy.rollback",
-                    note=note,
-                    summary=move_summary(preview["moves"], preview["window"]),
+                    note,
+                    "rolled_back",
+                    action="policy.rollback",
                     rollback_of=version,
                 )
-                self._invalidate()
-                return self._redirect_policy(channel, "rolled_back")
         confirm = {"kind": "rollback", "version": version, "policy": old, "note": note, "error": problem}
         return await self._policy_page(
             ctx, channel, form, current, own, 422 if problem else 200, confirm=confirm
