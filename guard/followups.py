@@ -5,7 +5,7 @@ them by key (``followup.zh``, ``holding.escalate.en``, ...). Policy owners write
 templates, so they run in a tight sandbox: Jinja2's immutable sandbox, a short list of
 filters, ``range`` of at most :data:`MAX_RANGE` items (and :data:`MAX_RANGE_TOTAL` a render),
 no string formatting, ``*``/``+``/``**`` refused when the result would be large, loops nested
-at most :data:`MAX_LOOP_DEPTH` deep, a render deadline of :data:`RENDER_BUDGET_S` and an
+at most :data:`MAX_LOOP_DEPTH` deep, a render budget of :data:`RENDER_BUDGET_S` (CPU time) and an
 output of at most :data:`MAX_MESSAGE_CHARS`. A template that breaks any of these, renders
 ``None``, an empty message or markup is refused when a policy is validated or published
 (:func:`template_problems`); at run time it falls back to the default, and the default to a
@@ -42,6 +42,8 @@ TEMPLATE_DIR = resources.followup_templates()
 MAX_TEMPLATE_CHARS = 4000
 MAX_MESSAGE_CHARS = 1000
 RENDER_BUDGET_S = 0.05
+"""CPU time a render may take, counted on the rendering thread's own clock: a template that loops
+is stopped, a busy machine that merely pre-empts the thread does not make a good one fail."""
 MAX_RANGE = 1000
 MAX_RANGE_TOTAL = 10_000
 MAX_SEQUENCE = 500
@@ -103,8 +105,10 @@ _BUDGET: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("templa
 
 def _tick() -> _Budget | None:
     budget = _BUDGET.get()
-    if budget is not None and time.monotonic() > budget.deadline:
-        raise SecurityError(f"the template took longer than {RENDER_BUDGET_S * 1000:.0f} ms to render")
+    if budget is not None and time.thread_time() > budget.deadline:
+        raise SecurityError(
+            f"the template took more than {RENDER_BUDGET_S * 1000:.0f} ms of CPU time to render"
+        )
     return budget
 
 
@@ -278,7 +282,7 @@ class Messages:
             raise TemplateError(f"template does not render (it does not compile): {exc!r}") from exc
 
     def _bounded_render(self, template: jinja2.Template, ctx: MessageContext) -> str:
-        token = _BUDGET.set(_Budget(deadline=time.monotonic() + RENDER_BUDGET_S))
+        token = _BUDGET.set(_Budget(deadline=time.thread_time() + RENDER_BUDGET_S))
         try:
             return _collect(template.generate(_variables(ctx))).strip()
         except TemplateError:

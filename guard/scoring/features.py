@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-FEATURES_VERSION = "f3"
+from guard.scoring.kinds import KIND_FEATURES
+
+FEATURES_VERSION = "f4"
 """Bump whenever a feature's definition changes (stored in, and checked against, the calibration JSON)."""
 
 FloatArray = NDArray[np.float32] | NDArray[np.float64]
@@ -604,8 +606,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "cos_minus_issue_r",
     "q_vs_issue_softmax",
     "r_issue_at_q",
+    *KIND_FEATURES,
+    "refusal_x_kind_match",
 )
-"""The named (hand-made) features; the model also reads the dense interaction block."""
+"""The named features (the last ones from the kind models, ``guard.scoring.kinds``); the model
+also reads the dense interaction block."""
 
 
 def core_embedding(core: Core) -> NDArray[np.float64]:
@@ -625,9 +630,15 @@ def dense_features(e_q: FloatArray, e_r: NDArray[np.float64]) -> NDArray[np.floa
 
 
 def feature_vector(
-    question: str, question_lang: str | None, e_q: FloatArray, core: Core, protos: Prototypes
+    question: str,
+    question_lang: str | None,
+    e_q: FloatArray,
+    core: Core,
+    protos: Prototypes,
+    kinds: NDArray[np.float64],
 ) -> NDArray[np.float64]:
-    """Named features of a reply, in FEATURE_NAMES order. ``e_q``: the question's unit embedding."""
+    """Named features of a reply, in FEATURE_NAMES order. ``e_q``: the question's unit embedding;
+    ``kinds``: the reply's KIND_FEATURES (``guard.scoring.kinds.kind_features``)."""
     reply = core.text
     e_r = core_embedding(core)
     sent_cos = core.cos if core.cos.size else np.zeros(1)
@@ -685,6 +696,8 @@ def feature_vector(
             cos_qr - max_issue_r,
             q_vs_issue,
             float(p_r[int(np.argmax(p_q))]),
+            *kinds,
+            refusal * float(kinds[0]),
         ],
         dtype=np.float64,
     )

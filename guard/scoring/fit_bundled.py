@@ -20,6 +20,8 @@ fitted on inner out-of-fold scores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -34,7 +36,6 @@ from numpy.typing import NDArray
 from guard.evaluation import auroc
 from guard.scoring.base import ScoreInput
 from guard.scoring.bundled import (
-    ABOUT_SURELY_NOT,
     ABOUT_THRESHOLD,
     CALIBRATION_PATH,
     Calibration,
@@ -57,9 +58,10 @@ from guard.scoring.features import (
     Prototypes,
     SentenceHead,
 )
+from guard.scoring.kinds import KindModels, empty_kind_models, fit_kind_models
 from guard.scoring.perturb import SPAM_EN, SPAM_ZH, UNRELATED_EN, UNRELATED_ZH, Source, generate
 
-CALIBRATION_VERSION = "2026.12.02-1"
+CALIBRATION_VERSION = "2026.12.02-2"
 L2 = 3.0
 ABOUT_L2 = 1.0
 """L2 of the sentence head (``features.SentenceHead``); cross-validated on sentences, 1.0 flags 1.6%
@@ -69,12 +71,12 @@ PCA_DIMS = 48
 N_FOLDS = 5
 INNER_FOLDS = 3
 SEED = 7
-GENERATED_WEIGHT = 0.5
+GENERATED_WEIGHT = 1.0
 SYNTHETIC_WEIGHT = 1.0
 INJECTION_CAP = 0.2
 STUFFING_CAP = 0.3
 UNRELATED_CAP = 0.45
-"""A reply with a line that is surely not customer-service talk is held for review (the review band)."""
+"""A reply with a line that is not customer-service talk is held for review (the review band)."""
 ISSUE_TEMP = 0.05
 MASS_FULL_SHARE = 0.4
 BANDS = (0.4, 0.5, 0.7)
@@ -241,6 +243,10 @@ class Case:
     item: ScoreInput
     kind: str = "dev"
     """"dev" (labelled), "synthetic" (hand-written grade 1, training only) or a generated kind."""
+    issue: str = ""
+    """The labelled issue kind of the question (labelled cases only)."""
+    swapped: bool = False
+    """A labelled swapped case (``dev-QQQ-s``): another question's grade-2 reply."""
 
     @property
     def real(self) -> bool:
@@ -279,7 +285,9 @@ def load_sources(path: Path) -> list[Source]:
 
 def to_case(s: Source) -> Case:
     item = ScoreInput(question=s.question, reply=s.reply, has_image=s.image is not None, locale=s.lang)
-    return Case(s.id, s.qid, s.lang, s.grade, s.image is not None, item)
+    return Case(
+        s.id, s.qid, s.lang, s.grade, s.image is not None, item, issue=s.issue, swapped=s.id.endswith("-s")
+    )
 
 
 def generated_cases(sources: Sequence[Source]) -> list[Case]:
@@ -295,7 +303,7 @@ def generated_cases(sources: Sequence[Source]) -> list[Case]:
             ScoreInput(question=g.question, reply=g.reply, has_image=g.image is not None, locale=g.lang),
             kind=g.kind,
         )
-        for g in generate(seeds, seed=SEED)
+        for g in generate(seeds, seed=SEED, group={s.qid: fold_of(s.qid) for s in seeds})
     ]
 
 
@@ -303,13 +311,14 @@ def load_cases(path: Path) -> list[Case]:
     return [to_case(s) for s in load_sources(path)]
 
 
+def fold_of(qid: str, n_folds: int = N_FOLDS, seed: int = SEED) -> int:
+    """A question's fold: from its id alone, so the same in every set of rows it is part of."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{qid}".encode()).digest()[:8], "big") % n_folds
+
+
 def group_folds(qids: Sequence[str], n_folds: int = N_FOLDS, seed: int = SEED) -> NDArray[np.int64]:
     """Fold index per case; every question's cases share a fold."""
-    uniq = sorted(set(qids))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(uniq))
-    fold_of = {uniq[i]: k % n_folds for k, i in enumerate(order)}
-    return np.array([fold_of[q] for q in qids], dtype=np.int64)
+    return np.array([fold_of(q, n_folds, seed) for q in qids], dtype=np.int64)
 
 
 # ------------------------------------------------------------------ the model
@@ -469,17 +478,32 @@ def about_report(cases: Sequence[Case], encoder: Encoder) -> str:
         pool_p.extend(head.proba(encoder.encode(held_pool)).tolist())
     t, p = np.asarray(talk_p), np.asarray(pool_p)
     return (
-        f"sentence head (CV): {len(t)} talk sentences, {(t < ABOUT_THRESHOLD).mean():.2%} set aside, "
-        f"{(t < ABOUT_SURELY_NOT).mean():.2%} surely not talk; {len(p)} unrelated, "
-        f"{(p >= ABOUT_THRESHOLD).mean():.2%} read as talk"
+        f"sentence head (CV): {len(t)} talk sentences, {(t < ABOUT_THRESHOLD).mean():.2%} set aside "
+        f"(their reply held for review); {len(p)} unrelated, {(p >= ABOUT_THRESHOLD).mean():.2%} read as talk"
     )
 
 
+def fit_kinds(
+    cases: Sequence[Case], encoder: Encoder, held_replies: frozenset[str] = frozenset()
+) -> KindModels:
+    """The kind models (``guard.scoring.kinds``) on the labelled questions and their own grade-2
+    replies; ``held_replies`` (the held-out fold's replies) are left out, so that a swapped reply
+    held out is never a text the reply models were fitted on."""
+    real = [c for c in cases if c.real]
+    questions = {c.qid: (c.item.question, c.lang, c.issue) for c in real}
+    replies = [
+        (c.item.reply, c.lang, c.issue)
+        for c in real
+        if c.grade == 2 and not c.swapped and c.item.reply not in held_replies
+    ]
+    return fit_kind_models(sorted(questions.values()), replies, encoder.encode)
+
+
 def features_for(
-    cases: Sequence[Case], encoder: Encoder, protos: Prototypes, about: dict[str, Any]
+    cases: Sequence[Case], encoder: Encoder, protos: Prototypes, about: dict[str, Any], kinds: KindModels
 ) -> Features:
     head = SentenceHead(w=np.asarray(about["w"], dtype=np.float64), b=float(about["b"]))
-    return build_features([c.item for c in cases], encoder, protos, head)
+    return build_features([c.item for c in cases], encoder, protos, head, kinds)
 
 
 def fit_all(f: Features, y: NDArray[np.int64], cases: Sequence[Case]) -> dict[str, Any]:
@@ -619,6 +643,7 @@ def base_calibration_dict() -> dict[str, Any]:
         },
         "mass": {"full_share": MASS_FULL_SHARE},
         "about": {"w": [0.0] * DENSE_DIM, "b": 0.0},
+        "kinds": empty_kind_models(DENSE_DIM).to_json(),
         "targets": list(GRADE_TARGETS),
         "prototypes": {
             "generic": list(GENERIC_PROTOTYPES),
@@ -643,8 +668,9 @@ def with_model(base: dict[str, Any], fitted: dict[str, Any]) -> dict[str, Any]:
     d: dict[str, Any] = json.loads(json.dumps(base))
     d["model"] = _rounded(fitted["model"])
     d["post"] = fitted["post"]
-    if "about" in fitted:  # raw_scores of the heads alone has no sentence head
+    if "about" in fitted:  # raw_scores of the heads alone has no sentence head or kind models
         d["about"] = _rounded(fitted["about"])
+        d["kinds"] = fitted["kinds"].to_json()
     return d
 
 
@@ -656,13 +682,37 @@ def to_calibration(d: dict[str, Any]) -> Calibration:
 
 
 def fit_everything(
-    cases: Sequence[Case], encoder: Encoder, protos: Prototypes
+    cases: Sequence[Case], encoder: Encoder, protos: Prototypes, held_replies: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Any], Features]:
-    """The sentence head, then the features it selects, then the heads and the post map."""
+    """The sentence head and the kind models, then the features they give, then the heads and the
+    post map."""
     about = fit_about(cases, encoder)
-    f = features_for(cases, encoder, protos, about)
+    kinds = fit_kinds(cases, encoder, held_replies)
+    f = cross_fitted_features(cases, encoder, protos, about, held_replies)
     y = np.array([c.grade for c in cases], dtype=np.int64)
-    return {**fit_all(f, y, cases), "about": about}, f
+    return {**fit_all(f, y, cases), "about": about, "kinds": kinds}, f
+
+
+def cross_fitted_features(
+    cases: Sequence[Case],
+    encoder: Encoder,
+    protos: Prototypes,
+    about: dict[str, Any],
+    held_replies: frozenset[str],
+) -> Features:
+    """The training rows' features, their kind features from kind models that saw neither the
+    row's question nor its reply text (inner folds): the heads learn how far to trust the kind
+    models on text they have not seen, as served, not on text they were fitted on. (Only the named
+    features depend on the kind models.)"""
+    folds = group_folds([c.qid for c in cases], n_folds=INNER_FOLDS)
+    f = features_for(cases, encoder, protos, about, empty_kind_models(DENSE_DIM))
+    named = f.named.copy()
+    for k in range(INNER_FOLDS):
+        inner = [c for c, fold in zip(cases, folds, strict=True) if fold == k]
+        others = [c for c, fold in zip(cases, folds, strict=True) if fold != k]
+        kinds = fit_kinds(others, encoder, held_replies | {c.item.reply for c in inner})
+        named[folds == k] = features_for(inner, encoder, protos, about, kinds).named
+    return dataclasses.replace(f, named=named)
 
 
 def cross_validate(
@@ -674,10 +724,13 @@ def cross_validate(
     oof = np.zeros(len(cases))
     for k in range(N_FOLDS):
         tr = folds != k
-        fitted, _ = fit_everything([c for c, t in zip(cases, tr, strict=True) if t], encoder, protos)
         held = [c for c, t in zip(cases, tr, strict=True) if not t]
+        train = [c for c, t in zip(cases, tr, strict=True) if t]
+        fitted, _ = fit_everything(train, encoder, protos, frozenset(c.item.reply for c in held))
         cal = to_calibration(with_model(base, fitted))
-        oof[~tr] = apply_calibration(cal, features_for(held, encoder, protos, fitted["about"]))
+        oof[~tr] = apply_calibration(
+            cal, features_for(held, encoder, protos, fitted["about"], fitted["kinds"])
+        )
     return oof
 
 

@@ -16,7 +16,7 @@ tests can use different filler and spam than the training.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from guard.scoring.features import content_tokens, text_lang
@@ -307,16 +307,23 @@ def perturbations(case: Source, rng: random.Random, pools: Pools = Pools()) -> l
 
 
 def generate(
-    cases: Sequence[Source], seed: int = 7, swaps_per_question: int = 8, pools: Pools = Pools()
+    cases: Sequence[Source],
+    seed: int = 7,
+    swaps_per_question: int = 8,
+    pools: Pools = Pools(),
+    group: Mapping[str, int] | None = None,
 ) -> list[Generated]:
-    """Every generated negative for ``cases`` (deterministic for a seed)."""
+    """Every generated negative for ``cases`` (deterministic for a seed).
+
+    ``group`` (question id -> cross-validation fold): a question's replies from other questions are
+    taken only from questions of its own fold, so no reply text crosses folds."""
     rng = random.Random(seed)
     questions: dict[str, Source] = {}
     for c in cases:
         questions.setdefault(c.qid, c)
-    good = [c for c in cases if c.grade == 2]
     out: list[Generated] = []
     for qid, q in sorted(questions.items()):
+        good = [c for c in cases if c.grade == 2 and (group is None or group[c.qid] == group[qid])]
         others = [g for g in good if g.issue != q.issue and g.lang == q.lang]
         for k, g in enumerate(rng.sample(others, min(swaps_per_question, len(others)))):
             out.append(
