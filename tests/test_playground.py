@@ -721,3 +721,23 @@ def test_with_the_bundled_scorer_and_the_real_reader_the_playground_reproduces_a
         page = post(c, token, "score", question=question, replies=reply, files=files).text
     assert _score_and_action(page) == (f"{live['score']:.3f}", live["action"])
     assert 'data-status="cached"' in page and "58213" in page
+
+
+def test_photos_decode_in_the_guards_bounded_decoder(sqlite_url: str) -> None:
+    """The playground decodes a photo as the check API does: the guard's own decoder pool, with its
+    limits and deadline; when that pool is full the form says so, as the API's 503 does."""
+    with guard_client(sqlite_url, secret_key="k", image_decode_max_pending=1) as client:
+        make_users(queries_of(client))
+        token = signed_in(client, "sup")
+        decoder = runtime_of(client).pipeline.images
+        photo = {"photo": ("p.png", png_bytes((64, 48), "orange"), "image/png")}
+        before = decoder.pending
+        decoder.pending = 1  # one photo being decoded: the pool is full
+        try:
+            r = post(client, token, op="score", replies="We can repair it", files=photo)
+        finally:
+            decoder.pending = before
+        assert r.status_code == 422
+        assert "cannot be decoded now" in (field_error(r.text, "photo") or "") and decoder.busy == 1
+        r = post(client, token, op="score", replies="We can repair it", files=photo)
+        assert r.status_code == 200 and field_error(r.text, "photo") is None

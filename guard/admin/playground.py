@@ -17,7 +17,6 @@ back when everything is scored.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -35,9 +34,9 @@ from guard.admin.base import Ctx, Pages
 from guard.admin.forms import SAMPLE_CASE_REF, PolicyForm, field_name, valid_channel
 from guard.admin.headers import CSP
 from guard.admin.records import QueueFilter
-from guard.errors import ImageError
+from guard.errors import ImageError, Unavailable
 from guard.followups import MessageContext, Messages, case_ref, template_problems
-from guard.images import DecodedImage, decode_base64, decode_image
+from guard.images import DecodedImage, decode_base64
 from guard.pipeline import CaseReading, Pipeline, Scored, Shown, compose, decide_case, uncertainty
 from guard.policies import (
     TEMPLATE_KEYS,
@@ -533,12 +532,11 @@ class Playground:
         return None
 
     async def _decode(self, form: TrialForm, data: bytes, key: str = "photo") -> DecodedImage | None:
-        s = self.settings
+        """The photo decoded as the check API decodes it: the guard's own bounded decoder pool,
+        with its limits and deadline (never the default thread pool)."""
         try:
-            return await asyncio.to_thread(
-                decode_image, data, max_pixels=s.max_image_pixels, max_bytes=s.max_body_bytes
-            )
-        except ImageError as exc:  # the API's own messages: too large, not an image, unsupported, ...
+            return await self.admin.rt.pipeline.images.decode(data)
+        except (ImageError, Unavailable) as exc:  # the API's own messages: too large, busy, ...
             form.errors[key] = exc.message
             return None
 
