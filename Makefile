@@ -62,6 +62,9 @@ test: $(TEST_STAMP) $(INFINITY)/.installed $(AXE)
 	@# The admin pages' browser test drives Debian's chromium (CI runs as root; no browser downloads).
 	if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null; then \
 		apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-microhei >/dev/null; fi
+	@# tests/test_nginx.py puts Debian's nginx in front of a served guard (docs/deployment.md's example).
+	if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; fi
 	$(MAKE) --no-print-directory lint
 	if [ "$(WHEEL_SMOKE)" != off ]; then $(MAKE) --no-print-directory wheel-smoke; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
