@@ -7,7 +7,8 @@ feature scaling, logistic heads, post-map) is data: ``calibration/bundled.json``
 The scorer reads the whole reply as the customer would see it (canonical form: invisible
 characters, markup and repetition removed, text addressed to a grader dropped), compares each of
 its sentences and the whole with the question (plus the text read from the photo when there is
-any), and scores the pair with two logistic heads over USE interaction features and named cues.
+any), reads which problem each side is about (``guard.scoring.kinds``), and scores the pair with
+two logistic heads over USE interaction features and named cues.
 It cannot see what a photo shows beyond its text, and it does not read the scoring instruction.
 """
 

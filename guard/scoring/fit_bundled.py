@@ -10,10 +10,12 @@ groups folds by question (``dev-QQQ-x``: all replies of a question, its swapped 
 case generated for it stay in one fold). Prints the metrics table and writes the calibration JSON
 fitted on all rows. Deterministic: the same file every run.
 
-The model: two logistic heads, P(grade >= 1) and P(grade = 2), over the USE interaction block
-[q * r, |q - r|, r] and the named features; each dense block is fitted in its top principal
-directions (from the training rows, labels unused) and mapped back to 512 weights, so serving is one
-dot product. Their expected target (0 / 0.55 / 1) goes through a monotone map onto the policy's bands,
+The model: the sentence head and the kind models (``guard.scoring.kinds``) first, then two logistic
+heads, P(grade >= 1) and P(grade = 2), over the USE interaction block [q * r, |q - r|, r] and the
+named features (the kind features cross-fitted: ``cross_fitted_features``); each dense block is
+fitted in its top principal directions (from the training rows, labels unused) and mapped back to
+512 weights, so serving is one dot product. Their combined raw score goes through a monotone map
+onto the policy's bands,
 fitted on inner out-of-fold scores.
 """
 
