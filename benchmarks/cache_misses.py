@@ -1,6 +1,6 @@
 """The check API on a cache miss: every request scored by the bundled scorer (photo reading excluded).
 
-    .venv/bin/python benchmarks/cache_misses.py [--seconds 10] [--repeat 2]
+    .venv/bin/python benchmarks/cache_misses.py [--seconds 10] [--repeat 2] [--scorer-threads 1]
         [--pg postgresql://postgres@127.0.0.1:5432/postgres] [--redis redis://127.0.0.1:6379/12]
 
 Serves ``create_app`` with the bundled scorer (micro-batching as configured: at most 32 pairs, no
@@ -43,12 +43,18 @@ def bodies(n: int = 24) -> list[str]:
     ]
 
 
-def guard_server(database_url: str, redis_url: str, spool_dir: str) -> Any:
+def guard_server(database_url: str, redis_url: str, spool_dir: str, scorer_threads: int = 1) -> Any:
     from guard.app import create_app
     from guard.settings import Settings
 
     return create_app(
-        Settings(database_url=database_url, redis_url=redis_url, spool_dir=spool_dir, ocr="off")
+        Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            spool_dir=spool_dir,
+            ocr="off",
+            scorer_threads=scorer_threads,
+        )
     )
 
 
@@ -58,6 +64,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="alternating runs of each; the best is kept")
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/12")
+    ap.add_argument("--scorer-threads", type=int, default=1, help="GUARD_SCORER_THREADS of the guard")
     args = ap.parse_args()
 
     print(f"load generator: {generator()}; {os.cpu_count()} CPUs; load average at start: {loadavg()}")
@@ -67,7 +74,13 @@ def main() -> None:
     with (
         scratch_stores(args.pg, args.redis) as url,
         tempfile.TemporaryDirectory() as tmp,
-        served(guard_server, database_url=url, redis_url=args.redis, spool_dir=f"{tmp}/spool") as base,
+        served(
+            guard_server,
+            database_url=url,
+            redis_url=args.redis,
+            spool_dir=f"{tmp}/spool",
+            scorer_threads=args.scorer_threads,
+        ) as base,
     ):
         load(base + "/v1/guard", method="POST", bodies=misses, seconds=3, concurrency=8)  # warm-up
         for concurrency in (1, 32):

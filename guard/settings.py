@@ -33,7 +33,7 @@ class Settings:
     """Redis URL for the score cache; unset means an in-process LRU."""
     scorer: ScorerName = "bundled"
     """Scorer backend: "bundled" (the default), "reranker", "clip" or "remote"."""
-    scorer_threads: int = 2
+    scorer_threads: int = 1
     """CPU threads the scorer may use."""
     reranker_model: str | None = None
     """Qwen-VL yes/no reranker (scorer "reranker"): a checkpoint directory or a hub id."""
