@@ -177,3 +177,27 @@ def test_scores_use_the_kind_of_the_reply_the_customer_reads() -> None:
         ]
     )
     assert plain < 0.4 and spammed <= plain + 0.02
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "a " * 750,
+        "'" * 1500,
+        "开" * 1500,
+        "-".join(["seam"] * 300),
+        "x" * 100_000,
+        "not " * 5000,
+        "口袋开线" * 3000,
+    ],
+)
+def test_reading_a_hostile_reply_for_its_kind_is_bounded(reply: str) -> None:
+    """Whatever the reply, its kind is read from a bounded prefix (MAX_KIND_CHARS) in bounded time:
+    no cue pattern backtracks on long runs (a few ms each on this machine; the bound allows for load)."""
+    import time
+
+    p_q = question_kinds(SHIPPED.kinds, "The box arrived crushed", None, "en")
+    for lang in ("en", "zh"):
+        started = time.thread_time()
+        kind_features(SHIPPED.kinds, p_q, reply, lang, unit())
+        assert time.thread_time() - started < 0.1

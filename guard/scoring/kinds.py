@@ -17,6 +17,7 @@ of other kinds (guard.issues.lexicon). They are features of the learned model, n
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from guard.issues.lexicon import KINDS, cue_matches
+from guard.issues.lexicon import KINDS, POINTERS, cue_matches
 from guard.issues.model import Example, IssueModel, features, fit, parse_model
 from guard.issues.text import plain_text
 
@@ -90,7 +91,14 @@ def question_example(question: str, image_text: str | None, lang: str) -> tuple[
 
 
 def reply_example(reply: str, lang: str) -> tuple[str, ...]:
-    return tuple(features(plain_text(reply, MAX_KIND_CHARS), "", lang))
+    return _read_reply(reply, lang)[0]
+
+
+def _read_reply(reply: str, lang: str) -> tuple[tuple[str, ...], dict[str, re.Match[str]]]:
+    """The reply model's features of a reply and its issue cues (found once: they are features too)."""
+    text = plain_text(reply, MAX_KIND_CHARS)
+    cues = cue_matches(text, lang)
+    return tuple(features(text, "", lang, (cues, {}, cue_matches(text, lang, POINTERS)))), cues
 
 
 def _softmax_rows(z: NDArray[np.float64]) -> NDArray[np.float64]:
@@ -155,11 +163,11 @@ def kind_features(
     embedding) to a question of kinds ``p_q`` (``question_kinds``), in that order."""
     if not reply.strip():
         return np.zeros(len(KIND_FEATURES))
-    p_words = _distribution(models.reply, reply_example(reply, r_lang))
-    p_r = 0.5 * (p_words + _softmax_rows(e_r @ models.reply_w + models.reply_b))
+    words, cues = _read_reply(reply, r_lang)
+    p_r = 0.5 * (_distribution(models.reply, words) + _softmax_rows(e_r @ models.reply_w + models.reply_b))
     top = int(np.argmax(p_q))
     match = float(p_q @ p_r)
-    on_kind = KINDS[top] in (cues := cue_matches(plain_text(reply, MAX_KIND_CHARS), r_lang))
+    on_kind = KINDS[top] in cues
     return np.array(
         [match, float(p_r[top]), match * float(p_q[top]), float(on_kind), float(bool(cues) and not on_kind)],
         dtype=np.float64,
