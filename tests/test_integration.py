@@ -50,7 +50,8 @@ def test_all_four_actions_logged_in_postgres_with_redis_cache(pg_url: str, redis
             decisions = list(s.scalars(select(Decision)))
             items = list(s.scalars(select(QueueItem)))
         assert len(decisions) == 5
-        assert sorted(i.kind for i in items) == ["escalate", "review"]
+        # the held ones; an answered one may also be copied for audit (sampled by decision id)
+        assert sorted(i.kind for i in items if i.kind != "audit") == ["escalate", "review"]
         assert all(i.state == "pending" for i in items)
         assert {d.action for d in decisions} == {"send", "follow_up", "review", "escalate"}
         assert all(d.image_sha256 and d.policy_version == 1 for d in decisions)

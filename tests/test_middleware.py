@@ -175,7 +175,8 @@ def test_the_example_chatbot_produces_all_four_actions(
     items = wait_for_rows(pg_url, select(QueueItem), 2)
     assert {d.action for d in decisions} == {"send", "follow_up", "review", "escalate"}
     assert all(d.image_sha256 for d in decisions), "the photo reached the guard"
-    assert sorted(i.kind for i in items) == ["escalate", "review"]
+    # the held ones; an answered one may also be copied for audit (sampled by decision id)
+    assert sorted(i.kind for i in items if i.kind != "audit") == ["escalate", "review"]
 
 
 @pytest.mark.integration
